@@ -1,0 +1,27 @@
+"""regatt runtime: encode images with an exported regional-attention ONNX model.
+
+Needs numpy, OpenCV and onnxruntime only; never imports torch.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["Encoder", "ModelCard", "load_features", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy so that ``import regatt_sdk`` (and ``regatt --version``) stays instant.
+    if name == "Encoder":
+        from .encoder import Encoder
+
+        return Encoder
+    if name == "ModelCard":
+        from .card import ModelCard
+
+        return ModelCard
+    if name == "load_features":
+        from .store import load_features
+
+        return load_features
+    raise AttributeError(name)

@@ -1,0 +1,113 @@
+"""The model card: everything a runtime needs to use an exported encoder, stored as JSON in the
+ONNX file's ``metadata_props`` under the key :data:`CARD_KEY`.
+
+Every stage reads and writes this one record: the exporter fills it, the SDK's preprocessing,
+the feature store (which keeps the card's hash) and the benchmarks read it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
+
+CARD_KEY = "regatt.card"
+CARD_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Golden:
+    """A fixed input and the descriptor the exported model must produce for it.
+
+    The input is :func:`regatt_sdk.card.golden_image` ``(height, width, seed)``; ``vector`` is the
+    full float32 descriptor written as a list of floats.
+    """
+
+    height: int
+    width: int
+    seed: int
+    vector: list[float]
+    atol: float = 1e-5
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Facts about one exported encoder.
+
+    ``mean``/``std`` are in 0..255 pixel units and in the model's ``color`` order; the ONNX graph
+    applies them itself (the SDK only decodes, resizes and crops). ``stride`` is the backbone's
+    total stride (the 1/32 of the region pooling). ``dim`` is the descriptor length.
+    """
+
+    backbone: str
+    dim: int
+    channels: int
+    stride: int
+    color: str  # "BGR" or "RGB": channel order the backbone expects
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    max_side: int = 1024
+    levels: int = 5
+    attention: str = "context"  # context | regional | none
+    whitening: str = "none"  # where the whitening came from ("official", a file, "none")
+    preset: str = "custom"
+    precision: str = "fp32"
+    input_name: str = "image"
+    output_name: str = "descriptor"
+    input_dtype: str = "uint8"  # uint8 or float32; layout is always NHWC, BGR, 0..255
+    format: int = CARD_FORMAT
+    versions: dict[str, str] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    golden: Golden | None = None
+    outputs: tuple[str, ...] = ("descriptor",)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelCard":
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError("model card is not a JSON object")
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in raw.items() if k in known}
+        missing = [
+            f.name
+            for f in fields(cls)
+            if f.name not in data and f.default is MISSING and f.default_factory is MISSING
+        ]
+        if missing:
+            raise ValueError(f"model card lacks {missing}")
+        if data.get("golden") is not None:
+            data["golden"] = Golden(**data["golden"])
+        for key in ("mean", "std", "outputs"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+    @property
+    def hash(self) -> str:
+        """Short content hash identifying the model (used by feature stores)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+def golden_image(height: int, width: int, seed: int):
+    """The deterministic uint8 BGR test image ``(height, width, 3)`` behind :class:`Golden`.
+
+    Smooth colour gradients plus seeded noise, so every region of the grid sees texture.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    base = np.stack(
+        [
+            127 + 100 * np.sin(xx / max(width, 1) * 6.0 + seed),
+            127 + 100 * np.cos(yy / max(height, 1) * 5.0),
+            127 + 100 * np.sin((xx + yy) / max(height + width, 1) * 9.0),
+        ],
+        axis=-1,
+    )
+    noise = rng.normal(0, 30, size=base.shape)
+    return np.clip(base + noise, 0, 255).astype(np.uint8)

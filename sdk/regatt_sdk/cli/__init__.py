@@ -1,0 +1,1 @@
+"""The ``regatt`` command line (typer). Each command lives in its own module."""

@@ -1,0 +1,59 @@
+"""Entry point of the ``regatt`` command: builds the typer app from the command modules.
+
+``regatt --version`` answers before any command module (or onnxruntime, or torch) is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from .. import __version__
+
+#: command modules under ``regatt_sdk.cli``; each defines ``register(app: typer.Typer)``.
+COMMAND_MODULES: tuple[str, ...] = (
+    "export_cmd",
+    "encode_cmd",
+    "doctor_cmd",
+)
+
+app = typer.Typer(
+    name="regatt",
+    help="Regional-attention image retrieval: export, encode, search, evaluate, benchmark.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"regatt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Regional-attention image retrieval."""
+
+
+def build() -> typer.Typer:
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{name}").register(app)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] in (["--version"], ["-V"]):
+        typer.echo(f"regatt {__version__}")
+        return
+    from .errors import run_cli
+
+    run_cli(build(), args)
