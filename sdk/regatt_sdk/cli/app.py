@@ -17,6 +17,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "export_cmd",
     "encode_cmd",
     "doctor_cmd",
+    "search_cmd",
+    "eval_cmd",
 )
 
 app = typer.Typer(

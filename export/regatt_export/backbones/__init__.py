@@ -1,0 +1,13 @@
+"""Backbone registry: name -> :class:`BackboneSpec` (preprocessing facts + a builder).
+
+A built backbone maps a normalised ``(N, 3, H, W)`` float tensor in the spec's colour order to
+its last feature map ``(N, C, H/stride, W/stride)`` and exposes its ImageNet classifier as
+``.classifier`` (an ``nn.Linear`` over the pooled C channels) for attention training.
+"""
+
+from __future__ import annotations
+
+from .base import BackboneSpec, build_backbone, get_spec, BACKBONES  # noqa: F401
+from . import efficientnet, resnet  # noqa: F401  (register themselves)
+
+__all__ = ["BackboneSpec", "build_backbone", "get_spec", "BACKBONES"]

@@ -1,0 +1,49 @@
+"""The backbone registry and the facts that travel with each backbone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Preprocessing and shape facts of a backbone, and how to build it.
+
+    ``mean``/``std`` are in 0..255 units and in ``color`` order ("BGR" or "RGB").
+    ``build(weights)`` returns the feature extractor; ``weights`` is ``None`` (the default
+    pretrained weights), ``"random"``, or a path to a state-dict file.
+    """
+
+    name: str
+    color: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    stride: int
+    channels: int
+    build: Callable[[str | None], nn.Module]
+    description: str
+    offline: bool  # default weights available without network
+
+
+BACKBONES: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    BACKBONES[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}") from None
+
+
+def build_backbone(name: str, weights: str | None = None) -> nn.Module:
+    """Build backbone ``name`` in eval mode with ``weights`` (see :class:`BackboneSpec`)."""
+    module = get_spec(name).build(weights)
+    return module.eval()

@@ -1,0 +1,130 @@
+"""One factory for every way of making an encoder: the release directory, a registry backbone
+with optional learned files, or random weights; returns the module and its model card."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from regatt_sdk.card import ModelCard
+
+from . import __version__
+from .backbones import build_backbone, get_spec
+from .encoder import RegionalAttentionEncoder
+from .head import Attention
+from .official import load_attention_file, load_npy, load_whitening_arrays, load_whitening_file, release_files
+from .weights import WeightsError, assign_strict, load_state_dict
+
+DEFAULT_BACKBONE = "efficientnet-lite0"
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """What to build. ``official`` (a release directory) fixes backbone, attention and PCA."""
+
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = None  # None: the backbone's default; "random"; or a file
+    official: str | None = None
+    attention: str = "context"
+    attention_weights: str | None = None
+    whitening: str | None = None
+    levels: int = 5
+    max_side: int = 1024
+    seed: int = 0
+    use_default_assets: bool = True  # the packaged learned files for the default backbone
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+
+    return {"regatt": __version__, "torch": torch.__version__, "onnx": onnx.__version__, "python": platform.python_version()}
+
+
+def build_encoder(cfg: EncoderConfig) -> tuple[RegionalAttentionEncoder, ModelCard]:
+    """Build the encoder (eval mode) and the card describing it (without a golden vector)."""
+    torch.manual_seed(cfg.seed)
+    if cfg.levels < 1 or cfg.levels > 10:
+        raise ValueError(f"--levels must be 1..10, got {cfg.levels}")
+    preset = "custom"
+    if cfg.official:
+        files = release_files(cfg.official)
+        spec = get_spec("resnet101-caffe")
+        backbone = build_backbone("resnet101-caffe", "random")
+        assign_strict(backbone, load_state_dict(files["backbone"]), str(files["backbone"]))
+        backbone.eval()
+        if cfg.attention == "none":
+            attention = Attention(spec.channels, "none")
+        else:
+            attention = load_attention_file(files["attention"], spec.channels, "context")
+            if cfg.attention != "context":
+                raise ValueError("the release ships 'context' attention only: use --attention context or none")
+        whitening = load_whitening_arrays(load_npy(files["mean"]), load_npy(files["components"]), "official", spec.channels)
+        whitening.source = "official (PCA Landmark)"
+        preset = "official"
+    else:
+        spec = get_spec(cfg.backbone)
+        backbone = build_backbone(cfg.backbone, cfg.weights)
+        assets = default_assets(cfg) if cfg.use_default_assets else {}
+        att_file = cfg.attention_weights or assets.get("attention")
+        if cfg.attention == "none":
+            attention = Attention(spec.channels, "none")
+        elif att_file:
+            attention = load_attention_file(att_file, spec.channels, cfg.attention)
+        else:
+            attention = Attention(spec.channels, cfg.attention)  # random init (seeded)
+        wh_file = cfg.whitening or assets.get("whitening")
+        whitening = load_whitening_file(wh_file, spec.channels) if wh_file else None
+        if whitening is not None:
+            whitening.source = Path(wh_file).name
+        if cfg.weights == "random":
+            preset = "random"
+        elif cfg.backbone == DEFAULT_BACKBONE and not cfg.weights:
+            preset = "default"
+    encoder = RegionalAttentionEncoder(backbone, spec, attention, whitening, cfg.levels).eval()
+    card = ModelCard(
+        backbone=spec.name,
+        dim=encoder.dim,
+        channels=spec.channels,
+        stride=spec.stride,
+        color=spec.color,
+        mean=tuple(spec.mean),
+        std=tuple(spec.std),
+        max_side=cfg.max_side,
+        levels=cfg.levels,
+        attention=attention.variant,
+        whitening=whitening.source if whitening is not None else "none",
+        preset=preset,
+        versions=_versions(),
+        provenance={
+            "official": cfg.official,
+            "weights": cfg.weights or "default",
+            "attention_weights": str(cfg.attention_weights or assets_name(cfg, "attention") or "random-init" if attention.variant != "none" else "none"),
+            "seed": cfg.seed,
+        },
+    )
+    return encoder, card
+
+
+def assets_name(cfg: EncoderConfig, kind: str) -> str | None:
+    return default_assets(cfg).get(kind) if cfg.use_default_assets else None
+
+
+def default_assets(cfg: EncoderConfig) -> dict[str, str]:
+    """Packaged learned files (attention, whitening) for the default backbone, if present."""
+    if cfg.official or cfg.backbone != DEFAULT_BACKBONE or cfg.weights:
+        return {}
+    root = Path(__file__).parent / "assets"
+    found = {}
+    att = root / f"{DEFAULT_BACKBONE}-attention-{cfg.attention}.pth"
+    if att.is_file():
+        found["attention"] = str(att)
+    wh = root / f"{DEFAULT_BACKBONE}-whitening.npz"
+    if wh.is_file():
+        found["whitening"] = str(wh)
+    return found
+
+
+__all__ = ["EncoderConfig", "build_encoder", "WeightsError", "replace"]

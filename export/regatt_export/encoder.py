@@ -1,0 +1,119 @@
+"""The regional-attention encoder as one ``nn.Module``: image in, descriptor out.
+
+``image (N, H, W, 3)`` BGR, uint8 or float 0..255 (already resized) -> ``descriptor (N, D)``:
+colour order, mean/std, backbone, R-MAC grid, regional max and mean pooling, whitening, the
+release's normalisation, attention, attention-weighted mean over the ``R`` real regions (the sum
+divided by ``R``, not by the weights), normalisation again.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .backbones import BackboneSpec
+from .head import Attention, Whitening, release_normalize
+from .pooling import box_pool
+from .regions import axis_cells, rmac_boxes, slot_layout
+
+
+class RegionalAttentionEncoder(nn.Module):
+    """Backbone + regional-attention head; see the module docstring for shapes."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        spec: BackboneSpec,
+        attention: Attention,
+        whitening: Whitening | None = None,
+        levels: int = 5,
+    ):
+        super().__init__()
+        if whitening is not None and whitening.in_dim != spec.channels:
+            raise ValueError(
+                f"whitening expects {whitening.in_dim}-d regional vectors, backbone {spec.name} gives {spec.channels}"
+            )
+        if attention.channels != spec.channels:
+            raise ValueError(f"attention expects {attention.channels} channels, backbone gives {spec.channels}")
+        self.backbone = backbone
+        self.spec = spec
+        self.attention = attention
+        self.whitening = whitening
+        self.levels = levels
+        layout = slot_layout(levels)
+        self.register_buffer("box_y", torch.tensor(layout.box_y, dtype=torch.long), persistent=False)
+        self.register_buffer("box_x", torch.tensor(layout.box_x, dtype=torch.long), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(spec.mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(spec.std, dtype=torch.float32), persistent=False)
+        self.unit_std = all(s == 1.0 for s in spec.std)
+
+    @property
+    def dim(self) -> int:
+        return self.whitening.out_dim if self.whitening is not None else self.spec.channels
+
+    def normalize_input(self, image: torch.Tensor) -> torch.Tensor:
+        """``(N, H, W, 3)`` BGR 0..255 -> ``(N, 3, H, W)`` float in the backbone's convention."""
+        x = image.to(torch.float32)
+        if self.spec.color == "RGB":
+            x = x.index_select(3, torch.tensor([2, 1, 0], device=x.device))
+        x = x - self.pixel_mean
+        if not self.unit_std:
+            x = x / self.pixel_std
+        return x.permute(0, 3, 1, 2)
+
+    def regional(self, image: torch.Tensor, feat: torch.Tensor):
+        """Pool ``feat (N, C, h, w)`` over the grid of ``image``'s size.
+
+        Returns ``rmax (N, R, C)``, ``rmean (N, R, C)`` or None, ``gmean (N, C)`` or None,
+        ``valid (R,)`` bool, for the fixed ``R`` slots.
+        """
+        height = torch.scalar_tensor(image.shape[1], dtype=torch.float64)
+        width = torch.scalar_tensor(image.shape[2], dtype=torch.float64)
+        fh = torch.scalar_tensor(feat.shape[2], dtype=torch.int64)
+        fw = torch.scalar_tensor(feat.shape[3], dtype=torch.int64)
+        y0, y1, x0, x1, valid = axis_cells(height, width, self.levels, self.spec.stride, fh, fw)
+        need_mean = self.attention.needs_means
+        rmax, rmean = box_pool(feat, y0, y1, x0, x1, self.box_y, self.box_x, with_mean=need_mean)
+        gmean = feat.mean(dim=(2, 3)) if need_mean else None
+        return rmax, rmean, gmean, valid
+
+    def head(self, rmax, rmean, gmean, valid) -> tuple[torch.Tensor, torch.Tensor]:
+        """Regional vectors -> ``(descriptor (N, D), weights (N, R))``; invalid slots weigh 0."""
+        v = self.whitening(rmax) if self.whitening is not None else rmax
+        v = release_normalize(v)
+        mask = valid[None, :, None]
+        v = torch.where(mask, v, torch.zeros_like(v))
+        if self.attention.variant == "none":
+            phi = valid.to(v.dtype)[None, :].expand(v.shape[0], -1)
+        else:
+            phi = self.attention(rmean, gmean) * valid.to(v.dtype)[None, :]
+        count = valid.to(v.dtype).sum()
+        g = (phi[..., None] * v).sum(dim=1) / count
+        return release_normalize(g), phi
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        feat = self.backbone(self.normalize_input(image))
+        g, _ = self.head(*self.regional(image, feat))
+        return g
+
+    def explain(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(descriptor (N, D), boxes (R, 4) float64 x1,y1,x2,y2 inclusive, valid (R,), weights (N, R))``."""
+        feat = self.backbone(self.normalize_input(image))
+        parts = self.regional(image, feat)
+        g, phi = self.head(*parts)
+        height = torch.scalar_tensor(image.shape[1], dtype=torch.float64)
+        width = torch.scalar_tensor(image.shape[2], dtype=torch.float64)
+        boxes, valid = rmac_boxes(height, width, self.levels)
+        return g, boxes, valid, phi
+
+
+class ExplainEncoder(nn.Module):
+    """Export wrapper with the extra outputs ``boxes``, ``valid`` and ``weights``."""
+
+    def __init__(self, encoder: RegionalAttentionEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, image: torch.Tensor):
+        g, boxes, valid, phi = self.encoder.explain(image)
+        return g, boxes.to(torch.float32), valid.to(torch.uint8), phi

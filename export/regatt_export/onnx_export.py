@@ -1,0 +1,184 @@
+"""Export an encoder to one self-contained ONNX file, then prove it matches PyTorch.
+
+The graph's input is the resized image ``(N, H, W, 3)`` BGR (uint8 or float32, any N, H, W);
+its output ``descriptor (N, D)``; with ``explain=True`` also ``boxes (R, 4)``, ``valid (R,)``
+and ``weights (N, R)``. The model card (with a golden vector) goes into ``metadata_props``.
+Nothing is written at the destination unless onnxruntime agrees with PyTorch at every check
+size, none of which is the traced size.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from regatt_sdk.card import CARD_KEY, Golden, ModelCard, golden_image
+
+from .encoder import ExplainEncoder, RegionalAttentionEncoder
+
+TRACE_SIZE = (1, 200, 264)
+#: (name, height, width): portrait, landscape, square, 1:4, 4:1, tiny, odd
+CHECK_SIZES: tuple[tuple[str, int, int], ...] = (
+    ("portrait", 320, 240),
+    ("landscape", 240, 320),
+    ("square", 256, 256),
+    ("1:4", 96, 384),
+    ("4:1", 384, 96),
+    ("tiny", 16, 16),
+    ("odd", 77, 123),
+)
+GOLDEN_SIZE = (96, 128, 1234)
+OPSET = 17
+
+
+class ParityError(RuntimeError):
+    """The exported graph disagrees with PyTorch; nothing was written."""
+
+
+@dataclass(frozen=True)
+class ParityRow:
+    name: str
+    height: int
+    width: int
+    batch: int
+    max_abs_diff: float
+    min_cosine: float
+    ok: bool
+
+
+class _Wrapped(nn.Module):
+    def __init__(self, encoder: RegionalAttentionEncoder, explain: bool):
+        super().__init__()
+        self.inner = ExplainEncoder(encoder) if explain else encoder
+
+    def forward(self, image: torch.Tensor):
+        return self.inner(image)
+
+
+def torch_descriptor(encoder: nn.Module, image: np.ndarray) -> np.ndarray:
+    """Run the PyTorch encoder on ``(N, H, W, 3)`` uint8/float32 -> ``(N, D)`` float32."""
+    with torch.no_grad():
+        out = encoder(torch.from_numpy(np.ascontiguousarray(image)))
+    if isinstance(out, tuple):
+        out = out[0]
+    return out.float().numpy()
+
+
+def _check_image(batch: int, height: int, width: int, seed: int, dtype: str) -> np.ndarray:
+    imgs = np.stack([golden_image(height, width, seed + i) for i in range(batch)])
+    return imgs if dtype == "uint8" else imgs.astype(np.float32)
+
+
+def check_parity(
+    encoder: nn.Module,
+    onnx_path: str | Path,
+    input_dtype: str = "uint8",
+    sizes: tuple[tuple[str, int, int], ...] = CHECK_SIZES,
+    atol: float = 1e-5,
+    providers: list[str] | None = None,
+) -> list[ParityRow]:
+    """Compare onnxruntime with PyTorch on seeded images at ``sizes`` (and a batch of 2)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=providers or ["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    rows = []
+    cases = [(n, h, w, 1) for n, h, w in sizes] + [("batch of 2", sizes[0][1], sizes[0][2], 2)]
+    for i, (label, h, w, batch) in enumerate(cases):
+        image = _check_image(batch, h, w, 100 + i, input_dtype)
+        want = torch_descriptor(encoder, image)
+        got = sess.run(None, {name: image})[0]
+        diff = float(np.abs(want - got).max()) if np.isfinite(got).all() else float("inf")
+        cos = float(np.min(np.sum(want * got, axis=1) / (np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1))))
+        rows.append(ParityRow(label, h, w, batch, diff, cos, diff <= atol))
+    return rows
+
+
+def make_golden(encoder: nn.Module, input_dtype: str, atol: float) -> Golden:
+    h, w, seed = GOLDEN_SIZE
+    vec = torch_descriptor(encoder, _check_image(1, h, w, seed, input_dtype))[0]
+    return Golden(height=h, width=w, seed=seed, vector=[float(x) for x in vec], atol=atol)
+
+
+def write_card(onnx_path: str | Path, card: ModelCard) -> None:
+    """Store ``card`` as JSON in the model's ``metadata_props`` (in place)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = CARD_KEY, card.to_json()
+    model.producer_name = "regatt"
+    onnx.save(model, str(onnx_path))
+
+
+def export_onnx(
+    encoder: RegionalAttentionEncoder,
+    card: ModelCard,
+    out_path: str | Path,
+    *,
+    input_dtype: str = "uint8",
+    explain: bool = False,
+    atol: float = 1e-5,
+    sizes: tuple[tuple[str, int, int], ...] = CHECK_SIZES,
+) -> tuple[ModelCard, list[ParityRow]]:
+    """Export, embed the card, check parity; write ``out_path`` only if every check passes.
+
+    Raises :class:`ParityError` (with the table) when onnxruntime and PyTorch disagree.
+    """
+    if input_dtype not in ("uint8", "float32"):
+        raise ValueError(f"input dtype must be uint8 or float32, got {input_dtype!r}")
+    encoder = encoder.eval()
+    wrapped = _Wrapped(encoder, explain).eval()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    n, h, w = TRACE_SIZE
+    example = torch.from_numpy(_check_image(n, h, w, 7, input_dtype))
+    outputs = ["descriptor", "boxes", "valid", "weights"] if explain else ["descriptor"]
+    dynamic = {"image": {0: "batch", 1: "height", 2: "width"}, "descriptor": {0: "batch"}}
+    if explain:
+        dynamic["weights"] = {0: "batch"}
+    fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=out_path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapped,
+                (example,),
+                tmp,
+                dynamo=False,
+                input_names=["image"],
+                output_names=outputs,
+                dynamic_axes=dynamic,
+                opset_version=OPSET,
+                do_constant_folding=True,
+            )
+        wrapped.eval()
+        card = replace(card, input_dtype=input_dtype, outputs=tuple(outputs), golden=make_golden(encoder, input_dtype, atol))
+        write_card(tmp, card)
+        rows = check_parity(encoder, tmp, input_dtype, sizes, atol)
+        if not all(r.ok for r in rows):
+            raise ParityError("onnxruntime disagrees with PyTorch:\n" + format_parity(rows))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return card, rows
+
+
+def format_parity(rows: list[ParityRow]) -> str:
+    lines = [f"{'case':<12} {'size':>10} {'batch':>5} {'max|diff|':>10} {'cosine':>10}  ok"]
+    for r in rows:
+        lines.append(
+            f"{r.name:<12} {f'{r.height}x{r.width}':>10} {r.batch:>5} {r.max_abs_diff:>10.2e} {r.min_cosine:>10.7f}  {'yes' if r.ok else 'NO'}"
+        )
+    return "\n".join(lines)

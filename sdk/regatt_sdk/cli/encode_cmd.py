@@ -1,0 +1,99 @@
+"""``regatt encode MODEL SRC... -o STORE``: encode images into a feature store.
+
+Exit status: 0 when every image was encoded, 1 when some files failed (each one is listed with
+its reason in ``STORE/failures.jsonl``), 2 for usage errors (missing model or sources, a store
+that exists without ``--resume``, a store made with another model).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..imageio import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+from ..sources import check_specs, parse_extensions
+from .errors import fail
+
+#: failures printed on stderr after a run; the full list is in the store's failures.jsonl
+SHOWN_FAILURES = 10
+
+
+def encode(
+    model: Path = typer.Argument(..., help="Exported .onnx model (with a regatt model card)."),
+    sources: list[str] = typer.Argument(
+        None,
+        help="Image files, folders (recursive), @LIST files (one path per line), or - (stdin).",
+        show_default=False,
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="Feature store directory."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted store: skip images already in it."
+    ),
+    ext: str = typer.Option(
+        None, "--ext", help="Extensions to take from folders, e.g. jpg,png (default: all known)."
+    ),
+    list_files: list[Path] = typer.Option(
+        None, "--list", help="Text file of image paths, one per line (repeatable)."
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per inference batch."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Decoding threads."),
+    max_pixels: int = typer.Option(
+        DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Refuse images above this many pixels."
+    ),
+    min_side: int = typer.Option(
+        DEFAULT_MIN_SIDE, "--min-side", min=1, help="Refuse images with a shorter side below this."
+    ),
+    upscale_small: bool = typer.Option(
+        False, "--upscale-small", help="Upscale images below --min-side instead of refusing them."
+    ),
+    max_side: int = typer.Option(
+        None, "--max-side", min=1, help="Resize the longest side to this (default: the model's)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, or cuda:N."),
+    threads: int = typer.Option(None, "--threads", min=1, help="Inference threads (CPU)."),
+    chunk_rows: int = typer.Option(256, "--chunk-rows", min=1, help="Rows per store commit."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
+) -> None:
+    """Encode images into a feature store (crash-safe; resumable with --resume)."""
+    sources = list(sources or [])
+    list_files = list(list_files or [])
+    if not sources and not list_files:
+        raise fail("give at least one image, folder, @LIST or - (stdin), or --list FILE")
+    if not model.is_file():
+        raise fail(f"{model}: model file not found")
+    if sources.count("-") > 1:
+        raise fail("stdin (-) can be named only once")
+    parse_extensions(ext)  # validate early
+    check_specs(sources, list_files)
+
+    from ..encoder import Encoder
+    from ..pipeline import encode_to_store
+
+    encoder = Encoder(model, device=device, max_side=max_side, threads=threads)
+    report = encode_to_store(
+        encoder,
+        sources,
+        output,
+        resume=resume,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        max_pixels=max_pixels,
+        chunk_rows=chunk_rows,
+        min_side=min_side,
+        upscale_small=upscale_small,
+        extensions=ext,
+        list_files=list_files,
+    )
+    for failure in report.failures[:SHOWN_FAILURES]:
+        typer.echo(f"failed: {failure.name}: {failure.reason}", err=True)
+    if report.failed > SHOWN_FAILURES:
+        typer.echo(f"... and {report.failed - SHOWN_FAILURES} more failures", err=True)
+    typer.echo(report.summary())
+    raise typer.Exit(report.exit_code)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``encode`` command to the ``regatt`` app."""
+    app.command("encode")(encode)

@@ -1,0 +1,204 @@
+"""``regatt eval MODEL --dataset NAME --root DIR``: mAP on a retrieval benchmark.
+
+Encodes the database into a feature store (reused and completed when it exists: ``--store``,
+default a cache folder per dataset, root and model), encodes the queries cropped to their
+boxes, ranks the whole database per query with and without average query expansion, and
+prints the scores in the paper's layout; ``--json`` writes them (``map``/``map_qe`` in percent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+
+from ..errors import RegattError
+
+_TITLES = {
+    "oxford5k": "Oxford5k", "paris6k": "Paris6k", "oxford105k": "Oxford105k",
+    "paris106k": "Paris106k", "roxford5k": "ROxford5k", "rparis6k": "RParis6k",
+    "holidays": "Holidays", "generic": "generic",
+}  # fmt: skip
+
+
+def default_store(dataset: str, root: Path, card_hash: str, max_side: int) -> Path:
+    """Cache folder for a dataset's database features: ``$REGATT_CACHE`` or ~/.cache/regatt."""
+    base = Path(os.environ.get("REGATT_CACHE") or Path.home() / ".cache" / "regatt")
+    where = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]
+    return base / "eval" / f"{dataset}-{where}-{card_hash[:12]}-s{max_side}"
+
+
+def database_features(dataset, encoder, store_path: Path, model: Path, *, progress: bool,
+                      batch_size: int):  # fmt: skip
+    """Encode (or complete) the store, then ``(dataset restricted to encoded images, (N, D))``.
+
+    Images that failed to encode are dropped from the database with a warning (they can then
+    never be retrieved, which lowers recall as in the official protocols).
+    """
+    from ..pipeline import encode_to_store
+    from ..sources import SourceItem
+    from ..store import MANIFEST, FeatureStore
+
+    if (store_path / MANIFEST).exists():
+        existing = FeatureStore.open(store_path)
+        if existing.dim != encoder.dim:
+            raise RegattError(
+                f"feature store {store_path} holds {existing.dim}-d descriptors but {model} "
+                f"gives {encoder.dim}-d: pass another --store"
+            )
+    items = [SourceItem(name, str(path)) for name, path in zip(dataset.names, dataset.paths)]
+    report = encode_to_store(encoder, items, store_path, resume=True, progress=progress,
+                             batch_size=batch_size)  # fmt: skip
+    store = FeatureStore.open(store_path)
+    names, vectors = store.names, store.vectors
+    row = {n: i for i, n in enumerate(names)}
+    failed = {f.name: f.reason for f in store.failures}
+    missing = [n for n in dataset.names if n not in row]
+    if missing:
+        shown = "; ".join(f"{n}: {failed.get(n, 'not in the store')}" for n in missing[:3])
+        typer.secho(
+            f"warning: {len(missing)} database image(s) could not be encoded and are left out "
+            f"({shown}{'; ...' if len(missing) > 3 else ''})", err=True, fg=typer.colors.YELLOW,
+        )  # fmt: skip
+    keep = [i for i, n in enumerate(dataset.names) if n in row]
+    if not keep:
+        raise RegattError(f"no database image of {dataset.name} could be encoded ({store_path})")
+    kept = replace(
+        dataset, names=[dataset.names[i] for i in keep], paths=[dataset.paths[i] for i in keep]
+    )
+    if names[: len(kept.names)] == kept.names and len(names) == len(kept.names):
+        db = vectors  # same order: use the memory map as is
+    else:
+        db = np.asarray(vectors[np.array([row[n] for n in kept.names], dtype=np.int64)])
+    return kept, db, report
+
+
+def query_features(dataset, encoder) -> np.ndarray:
+    """(Q, D) descriptors of the queries, each cropped to its box when it has one."""
+    return np.stack(
+        [encoder.encode(str(q.path), roi=q.box) for q in dataset.queries]
+    ).astype(np.float32)
+
+
+def score(dataset, queries: np.ndarray, database: np.ndarray, *, qe: int, backend: str):
+    """``(result, result_qe or None)``: :class:`~regatt_sdk.evaluation.EvalResult` s."""
+    from ..evaluation import evaluate
+    from ..expansion import QueryExpansion, retrieve
+
+    gts = dataset.ground_truth()
+    _, ranks = retrieve(queries, database, backend=backend)
+    plain = evaluate(ranks, gts, dataset=dataset.name)
+    if qe <= 0:
+        return plain, None
+    _, ranks_qe = retrieve(queries, database, steps=[QueryExpansion(k=qe)], backend=backend)
+    return plain, evaluate(ranks_qe, gts, dataset=dataset.name)
+
+
+def print_table(dataset_name: str, model: Path, plain, with_qe, qe: int) -> None:
+    """The paper's layout: one row per method, one mAP column per dataset (setting)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    title = _TITLES.get(dataset_name, dataset_name)
+    table = Table(title=f"{title}: mAP (%)")
+    table.add_column("Method")
+    settings = list(plain.settings)
+    multi = len(settings) > 1
+    for s in settings:
+        table.add_column(f"{title} {s.capitalize()}" if multi else title, justify="right")
+        if multi:
+            table.add_column(f"{s.capitalize()} mP@10", justify="right")
+    rows = [(f"{model.stem}", plain)]
+    if with_qe is not None:
+        rows.append((f"{model.stem} + QE (top {qe})", with_qe))
+    for label, res in rows:
+        cells = []
+        for s in settings:
+            r = res.settings[s]
+            cells.append(f"{r.map:.1f}")
+            if multi:
+                cells.append(f"{r.mp.get(10, float('nan')):.1f}")
+        table.add_row(label, *cells)
+    Console().print(table)
+
+
+def evaluate_cmd(
+    model: Path = typer.Argument(..., help="Exported .onnx model."),
+    dataset: str = typer.Option(
+        ..., "--dataset", "-d",
+        help="oxford5k, paris6k, oxford105k, paris106k, roxford5k, rparis6k, holidays or generic.",
+    ),  # fmt: skip
+    root: Path = typer.Option(..., "--root", help="The dataset's folder (official layout)."),
+    qe: int = typer.Option(5, "--qe", min=0, help="Also score average QE over the top K (0: off)."),
+    json_path: Path = typer.Option(None, "--json", help="Write the scores to this JSON file."),
+    store: Path = typer.Option(
+        None, "--store", help="Feature store for the database (reused when present)."
+    ),
+    gt: Path = typer.Option(
+        None, "--gt", help="Ground truth: the classic gt folder or the generic CSV."
+    ),
+    distractors: Path = typer.Option(
+        None, "--distractors", help="Extra database images (Oxford105k / Paris106k / R1M)."
+    ),
+    backend: str = typer.Option("exact", "--backend", help="exact (numpy) or faiss."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, or cuda:N."),
+    max_side: int = typer.Option(None, "--max-side", min=1, help="Resize the longest side to this."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per inference batch."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
+) -> None:
+    """Evaluate a model on a retrieval benchmark (mAP, with and without query expansion)."""
+    from ..datasets import DATASETS, load_dataset
+
+    key = dataset.lower()
+    if key not in DATASETS:
+        raise RegattError(f"--dataset {dataset!r} is unknown: use one of {', '.join(DATASETS)}")
+    if not model.is_file():
+        raise RegattError(f"{model}: model file not found")
+    ds = load_dataset(key, root, gt=gt, distractors=distractors)
+
+    from ..encoder import Encoder
+
+    encoder = Encoder(model, device=device, max_side=max_side)
+    card_hash = str(encoder.card.hash)
+    store_path = store or default_store(key, root, card_hash, int(encoder.max_side))
+    t0 = time.monotonic()
+    ds, db, report = database_features(ds, encoder, store_path, model, progress=progress,
+                                       batch_size=batch_size)  # fmt: skip
+    t1 = time.monotonic()
+    queries = query_features(ds, encoder)
+    t2 = time.monotonic()
+    plain, with_qe = score(ds, queries, db, qe=qe, backend=backend)
+    t3 = time.monotonic()
+    print_table(key, model, plain, with_qe, qe)
+    if json_path is not None:
+        out: dict[str, Any] = {
+            "dataset": key,
+            "protocol": ds.protocol,
+            "model": str(model),
+            "card_hash": card_hash,
+            "max_side": int(encoder.max_side),
+            "images": len(ds.names),
+            "queries": len(ds.queries),
+            "store": str(store_path),
+            "map": round(plain.map, 4),
+            "results": plain.to_dict(),
+            "seconds": {"database": round(t1 - t0, 3), "queries": round(t2 - t1, 3),
+                        "search": round(t3 - t2, 3)},
+        }  # fmt: skip
+        if with_qe is not None:
+            out.update(map_qe=round(with_qe.map, 4), qe_k=qe, results_qe=with_qe.to_dict())
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        typer.echo(f"wrote {json_path}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``eval`` to the app."""
+    app.command("eval")(evaluate_cmd)

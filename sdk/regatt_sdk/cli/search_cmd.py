@@ -1,0 +1,113 @@
+"""``regatt index`` (encode a database into a feature store) and ``regatt search``.
+
+``regatt search MODEL STORE QUERY [--roi x1,y1,x2,y2] [--top K] [--qe K] [--show OUT.png]``
+encodes the query (cropped to the box), ranks the store's descriptors by inner product
+(optionally with average query expansion) and prints rank, score and name per line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import RegattError
+
+Roi = tuple[float, float, float, float]
+
+
+def parse_roi(text: str | None) -> Roi | None:
+    """``"x1,y1,x2,y2"`` (original pixels) -> a float box; bad text raises :class:`RegattError`."""
+    if text is None:
+        return None
+    parts = [p for p in text.replace(" ", ",").split(",") if p]
+    try:
+        x1, y1, x2, y2 = (float(p) for p in parts)
+    except ValueError:
+        raise RegattError(
+            f"--roi {text!r}: expected four numbers x1,y1,x2,y2 in original pixels, e.g. 10,20,300,400"
+        ) from None
+    if not (x2 > x1 and y2 > y1):
+        raise RegattError(f"--roi {text!r}: need x1 < x2 and y1 < y2")
+    return (x1, y1, x2, y2)
+
+
+def open_store(path: Path, model_dim: int, model_path: Path):
+    """``(names, vectors (N, D) memmap)`` of the store at ``path``, checked against the model."""
+    from ..store import FeatureStore
+
+    store = FeatureStore.open(path)
+    if store.count == 0:
+        raise RegattError(f"feature store {path} is empty: encode images into it with 'regatt index'")
+    if store.dim != model_dim:
+        raise RegattError(
+            f"feature store {path} holds {store.dim}-d descriptors but {model_path} gives "
+            f"{model_dim}-d: search with the model that made the store, or re-index"
+        )
+    return store, store.names, store.vectors
+
+
+def resolve_image(name: str, images: Path | None) -> Path | None:
+    """The image file of a store row: the name itself if it is a file, else under ``images``."""
+    candidates = [Path(name)]
+    if images is not None:
+        candidates.append(images / name)
+        candidates += [images / f"{name}{ext}" for ext in (".jpg", ".jpeg", ".png", ".JPG")]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def search(
+    model: Path = typer.Argument(..., help="Exported .onnx model (the one that made the store)."),
+    store: Path = typer.Argument(..., help="Feature store directory (from 'regatt index')."),
+    query: Path = typer.Argument(..., help="Query image."),
+    roi: str = typer.Option(None, "--roi", help="Query box x1,y1,x2,y2 in original pixels."),
+    top: int = typer.Option(10, "--top", "-k", min=1, help="Number of results to print."),
+    qe: int = typer.Option(0, "--qe", min=0, help="Average query expansion over the top K (0: off)."),
+    show: Path = typer.Option(None, "--show", help="Write the query and results as a PNG grid."),
+    images: Path = typer.Option(
+        None, "--images", help="Folder holding the store's images, for --show (default: names are paths)."
+    ),
+    backend: str = typer.Option("exact", "--backend", help="exact (numpy) or faiss."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, or cuda:N."),
+    max_side: int = typer.Option(None, "--max-side", min=1, help="Resize the longest side to this."),
+) -> None:
+    """Rank the images of a feature store by similarity to a query image."""
+    box = parse_roi(roi)
+    if not model.is_file():
+        raise RegattError(f"{model}: model file not found")
+    if not query.is_file():
+        raise RegattError(f"{query}: query image not found")
+
+    from ..encoder import Encoder
+    from ..expansion import QueryExpansion, retrieve
+
+    encoder = Encoder(model, device=device, max_side=max_side)
+    st, names, vectors = open_store(store, encoder.dim, model)
+    if st.card_hash != str(encoder.card.hash):
+        typer.secho(
+            f"warning: {store} was made with another model card ({st.card_hash}); "
+            "scores may be meaningless", err=True, fg=typer.colors.YELLOW,
+        )
+    qvec = encoder.encode(str(query), roi=box)
+    steps = [QueryExpansion(k=qe)] if qe > 0 else []
+    scores, ids = retrieve(qvec, vectors, steps=steps, top=top, backend=backend)
+    results = [(names[int(i)], float(s)) for s, i in zip(scores[0], ids[0])]
+    for r, (name, score) in enumerate(results, start=1):
+        typer.echo(f"{r:4d}  {score:.6f}  {name}")
+    if show is not None:
+        from ..grid import save_result_grid
+
+        out = save_result_grid(
+            show, query, [(n, s, resolve_image(n, images)) for n, s in results], roi=box
+        )
+        typer.echo(f"wrote {out}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``index`` (alias of ``encode`` for a database) and ``search`` to the app."""
+    from .encode_cmd import encode
+
+    app.command(
+        "index", help="Encode a database of images into a feature store (same as 'regatt encode')."
+    )(encode)
+    app.command("search")(search)

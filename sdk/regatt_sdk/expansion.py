@@ -1,0 +1,179 @@
+"""Query expansion and database-side augmentation as composable steps.
+
+* Average query expansion (AQE, the paper's "QE top 5"): the query plus its ``k`` nearest
+  database descriptors, averaged, L2-normalised, searched again.
+* alpha-QE (Radenovic et al.): the same with weights ``sim^alpha`` (the query's own weight is
+  ``1 = (q.q)^alpha``); ``alpha = 0`` is AQE.
+* alpha-DBA: every database descriptor replaced by the ``sim^alpha``-weighted sum of itself and
+  its ``k`` nearest other database descriptors, L2-normalised.
+
+Each step maps ``(queries (Q, D), database (N, D)) -> (queries', database')``; :func:`retrieve`
+applies a sequence of them in order and then searches. Negative similarities get weight 0
+(a fractional power of a negative number is undefined).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from .search import DEFAULT_CHUNK_ROWS, as_queries, build_index, check_compatible, topk
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows of ``x`` (M, D) scaled to unit L2 norm (zero rows stay zero); float32."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norms, eps)).astype(np.float32, copy=False)
+
+
+def _weights(scores: np.ndarray, alpha: float) -> np.ndarray:
+    """``max(sim, 0) ** alpha``; ``alpha == 0`` gives all ones (plain average). (M, k)."""
+    if alpha == 0:
+        return np.ones_like(scores, dtype=np.float32)
+    return np.power(np.maximum(scores, 0.0), alpha, dtype=np.float32)
+
+
+def expand_queries(
+    queries: np.ndarray,
+    database: np.ndarray,
+    neighbours: np.ndarray,
+    scores: np.ndarray | None = None,
+    *,
+    k: int = 5,
+    alpha: float = 0.0,
+) -> np.ndarray:
+    """alpha-QE of ``queries`` (Q, D) with their first ``k`` ``neighbours`` (Q, >=k) indices into
+    ``database`` (N, D) and the matching ``scores`` (Q, >=k) (needed when ``alpha != 0``).
+
+    Returns (Q, D) float32, unit rows: ``normalize(q + sum_i w_i x_i)``, ``w_i = sim_i^alpha``.
+    """
+    q = as_queries(queries)
+    nb = np.asarray(neighbours, dtype=np.int64)[:, :k]
+    if alpha != 0 and scores is None:
+        raise ValueError("alpha-QE needs the neighbours' scores")
+    w = _weights(np.asarray(scores, dtype=np.float32)[:, :k], alpha) if alpha != 0 else None
+    out = q.copy()
+    for i in range(q.shape[0]):
+        vecs = np.asarray(database[np.sort(nb[i])], dtype=np.float32)  # sorted: memmap friendly
+        if w is None:
+            out[i] += vecs.sum(axis=0)
+        else:
+            order = np.argsort(nb[i], kind="stable")
+            out[i] += w[i][order] @ vecs
+    return l2_normalize(out)
+
+
+def average_query_expansion(
+    queries: np.ndarray, database: np.ndarray, neighbours: np.ndarray, k: int = 5
+) -> np.ndarray:
+    """The paper's AQE: mean of the query (Q, D) and its ``k`` nearest database rows, normalised."""
+    return expand_queries(queries, database, neighbours, k=k, alpha=0.0)
+
+
+def augment_database(
+    database: np.ndarray,
+    *,
+    k: int = 5,
+    alpha: float = 3.0,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    backend: str = "exact",
+) -> np.ndarray:
+    """alpha-DBA: (N, D) -> (N, D) float32 in memory, each row the ``sim^alpha``-weighted sum of
+    itself (weight 1) and its ``k`` nearest other rows, L2-normalised.
+
+    Database-vs-database top-k runs in blocks of ``chunk_rows`` query rows, so the extra memory
+    beyond the output is one block of scores.
+    """
+    check_compatible(np.zeros((1, database.shape[-1]), np.float32), database)
+    n = database.shape[0]
+    kk = min(k + 1, n)
+    index = build_index(database, backend, chunk_rows=chunk_rows)
+    out = np.empty(database.shape, dtype=np.float32)
+    block_rows = 4096
+    for start in range(0, n, block_rows):
+        rows = np.asarray(database[start : start + block_rows], dtype=np.float32)
+        scores, ids = index.search(rows, kk)
+        self_ids = np.arange(start, start + rows.shape[0])[:, None]
+        others = ids != self_ids
+        # drop self (wherever it ranked) and keep the k best others
+        keep = np.argsort(~others, axis=1, kind="stable")[:, : kk - 1]
+        nb = np.take_along_axis(ids, keep, 1)
+        sc = np.take_along_axis(scores, keep, 1)
+        w = _weights(sc, alpha)
+        acc = rows.copy()
+        for i in range(rows.shape[0]):
+            acc[i] += w[i] @ np.asarray(database[nb[i]], dtype=np.float32)
+        out[start : start + rows.shape[0]] = l2_normalize(acc)
+    return out
+
+
+class Step(Protocol):
+    """A retrieval step: ``(queries (Q, D), database (N, D), backend) -> (queries', database')``."""
+
+    def __call__(
+        self, queries: np.ndarray, database: np.ndarray, backend: str
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class QueryExpansion:
+    """alpha-QE over the top ``k`` (``alpha = 0``: the paper's average QE, top 5)."""
+
+    k: int = 5
+    alpha: float = 0.0
+
+    def __call__(
+        self, queries: np.ndarray, database: np.ndarray, backend: str = "exact"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.k <= 0:
+            return as_queries(queries), database
+        scores, ids = build_index(database, backend).search(queries, self.k)
+        return expand_queries(queries, database, ids, scores, k=self.k, alpha=self.alpha), database
+
+
+@dataclass(frozen=True)
+class DatabaseAugmentation:
+    """alpha-DBA over the top ``k`` neighbours of every database row."""
+
+    k: int = 5
+    alpha: float = 3.0
+
+    def __call__(
+        self, queries: np.ndarray, database: np.ndarray, backend: str = "exact"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.k <= 0:
+            return as_queries(queries), database
+        return as_queries(queries), augment_database(
+            database, k=self.k, alpha=self.alpha, backend=backend
+        )
+
+
+def apply_steps(
+    queries: np.ndarray, database: np.ndarray, steps: Sequence[Step], backend: str = "exact"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``steps`` in order; returns the final ``(queries (Q, D), database (N, D))``."""
+    q = as_queries(queries)
+    check_compatible(q, database)
+    for step in steps:
+        q, database = step(q, database, backend)
+    return q, database
+
+
+def retrieve(
+    queries: np.ndarray,
+    database: np.ndarray,
+    *,
+    steps: Sequence[Step] = (),
+    top: int | None = None,
+    backend: str = "exact",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply ``steps`` then search: ``(scores (Q, k), indices (Q, k))``, ``k = top`` or all N."""
+    q, db = apply_steps(queries, database, steps, backend)
+    index = build_index(db, backend)
+    if top is None:
+        return index.rank(q)
+    return index.search(q, top)

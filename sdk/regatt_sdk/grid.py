@@ -1,0 +1,131 @@
+"""A picture of a search result: the query and its top results as a labelled grid (OpenCV).
+
+Tiles are ``tile x tile`` pixels, each image fitted inside with its aspect ratio kept, on a dark
+background, with a caption strip below (name and score). The query tile comes first with a
+blue frame and its box (if any) drawn in yellow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import RegattError
+from .imageio import read_image
+
+_BG = (32, 32, 32)
+_QUERY = (255, 128, 0)  # BGR blue-ish frame
+_BOX = (0, 255, 255)
+_TEXT = (235, 235, 235)
+_CAPTION = 34
+
+
+def _fit(image: np.ndarray, tile: int) -> tuple[np.ndarray, float, int, int]:
+    """``image`` (H, W, 3) scaled into a ``tile`` square: ``(canvas, scale, x0, y0)``."""
+    h, w = image.shape[:2]
+    scale = tile / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    small = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+    canvas = np.full((tile, tile, 3), _BG, dtype=np.uint8)
+    y0, x0 = (tile - nh) // 2, (tile - nw) // 2
+    canvas[y0 : y0 + nh, x0 : x0 + nw] = small
+    return canvas, scale, x0, y0
+
+
+def _text_width(text: str) -> int:
+    return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)[0][0]
+
+
+def _shorten(text: str, width: int) -> str:
+    """``text`` cut from the left (``..`` + its end) so that it fits ``width`` pixels."""
+    if _text_width(text) <= width:
+        return text
+    while text and _text_width(".." + text) > width:
+        text = text[1:]
+    return ".." + text
+
+
+def _caption(width: int, lines: Sequence[str]) -> np.ndarray:
+    strip = np.full((_CAPTION, width, 3), _BG, dtype=np.uint8)
+    for i, text in enumerate(lines[:2]):
+        cv2.putText(strip, _shorten(text, width - 6), (3, 13 + 15 * i), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4, _TEXT, 1, cv2.LINE_AA)
+    return strip
+
+
+def _tile(image: np.ndarray | None, tile: int, lines: Sequence[str]) -> np.ndarray:
+    if image is None:
+        body = np.full((tile, tile, 3), _BG, dtype=np.uint8)
+        cv2.putText(body, "unreadable", (6, tile // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, _TEXT, 1)
+    else:
+        body = _fit(image, tile)[0]
+    return np.vstack([body, _caption(tile, lines)])
+
+
+def result_grid(
+    query: np.ndarray,
+    results: Sequence[tuple[str, float, np.ndarray | None]],
+    *,
+    query_label: str = "query",
+    roi: tuple[float, float, float, float] | None = None,
+    tile: int = 200,
+    columns: int = 6,
+) -> np.ndarray:
+    """The grid as a BGR uint8 image ``(rows * (tile + 34), columns * tile, 3)``.
+
+    ``query``: BGR (H, W, 3); ``results``: ``(name, score, image or None)`` best first;
+    ``roi``: the query box in the query's original pixels.
+    """
+    qcanvas, scale, x0, y0 = _fit(query, tile)
+    if roi is not None:
+        x1, y1, x2, y2 = (float(v) for v in roi)
+        p1 = (int(round(x0 + x1 * scale)), int(round(y0 + y1 * scale)))
+        p2 = (int(round(x0 + x2 * scale)), int(round(y0 + y2 * scale)))
+        cv2.rectangle(qcanvas, p1, p2, _BOX, 2)
+    cv2.rectangle(qcanvas, (0, 0), (tile - 1, tile - 1), _QUERY, 3)
+    tiles = [np.vstack([qcanvas, _caption(tile, ["QUERY", query_label])])]
+    for i, (name, score, image) in enumerate(results, start=1):
+        tiles.append(_tile(image, tile, [f"#{i}  {score:.4f}", name]))
+    columns = max(1, min(columns, len(tiles)))
+    blank = np.full_like(tiles[0], _BG)
+    while len(tiles) % columns:
+        tiles.append(blank)
+    rows = [np.hstack(tiles[r : r + columns]) for r in range(0, len(tiles), columns)]
+    return np.vstack(rows)
+
+
+def save_result_grid(
+    out: str | Path,
+    query_path: str | Path,
+    results: Sequence[tuple[str, float, str | Path | None]],
+    *,
+    roi: tuple[float, float, float, float] | None = None,
+    tile: int = 200,
+    columns: int = 6,
+) -> Path:
+    """Read the query and result images (paths; ``None`` or unreadable -> a blank tile) and write
+    the grid to ``out`` (PNG). Returns the written path."""
+    out = Path(out)
+    loaded = []
+    for name, score, path in results:
+        image = None
+        if path is not None:
+            try:
+                image = read_image(path)
+            except RegattError:
+                image = None
+        loaded.append((name, score, image))
+    grid = result_grid(
+        read_image(query_path), loaded, query_label=Path(query_path).name, roi=roi,
+        tile=tile, columns=columns,
+    )
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(out.suffix or ".png", grid)
+    if not ok:
+        raise RegattError(f"{out}: cannot encode the grid as '{out.suffix}': use a .png path")
+    out.write_bytes(buf.tobytes())
+    return out
