@@ -295,3 +295,77 @@ def test_evaluate_rejects_misshaped_rankings():
     gt = GroundTruth(np.array([1]), np.zeros(0, np.int64), 1)
     with pytest.raises(ValueError, match="Q = 2"):
         evaluate_setting(np.zeros((1, 3), np.int64), [gt, gt])
+
+
+# --------------------------------------------------------------------------- eval CLI
+# ``cli`` runs the commands with a colour-histogram stand-in encoder (see test_search.py).
+
+from test_search import cli, make_group_folder, model_file, sample_photos  # noqa: E402,F401
+
+
+def test_cli_eval_generic_writes_json_and_reuses_store(cli, model_file, tmp_path):
+    import json
+
+    photos = make_group_folder(tmp_path / "photos")
+    store, out_json = tmp_path / "store", tmp_path / "res" / "eval.json"
+    args = ["eval", model_file, "--dataset", "generic", "--root", photos, "--store", store,
+            "--json", out_json, "--qe", "2", "--no-progress"]  # fmt: skip
+    code, out, err = cli(args)
+    assert code == 0, err
+    assert "generic" in out and "QE (top 2)" in out and "encoded 15 images" in err
+    res = json.loads(out_json.read_text())
+    assert res["dataset"] == "generic" and res["queries"] == 15 and res["images"] == 15
+    # flips share the histogram, crops nearly: every photo's variants come first
+    assert res["map"] == pytest.approx(100.0) and res["map_qe"] == pytest.approx(100.0)
+    assert res["results"]["all"]["mp@1"] == pytest.approx(100.0)
+    code, out, err = cli(args)
+    assert code == 0 and "skipped 15 already in the store" in err
+
+
+def test_cli_eval_oxford_layout_crops_queries(cli, model_file, tmp_path):
+    import json
+    import shutil
+
+    import cv2
+
+    # the fixture's boxes are in pixels of ~1024-px photos
+    a, b, c, d, e = (cv2.resize(p, (1024, round(1024 * p.shape[0] / p.shape[1])))
+                     for p in sample_photos())  # fmt: skip
+    root = tmp_path / "oxford5k"
+    (root / "jpg").mkdir(parents=True)
+    shutil.copytree(Path(__file__).parent / "fixtures" / "gt" / "oxford", root / "gt")
+    images = {
+        "all_souls_000013": a, "all_souls_000026": a[:, ::-1], "all_souls_000091": a[5:-5],
+        "all_souls_000041": a[:, 4:], "all_souls_000220": b, "oxford_002985": c,
+        "oxford_003521": c[::-1], "magdalen_000001": d, "magdalen_000002": e,
+    }  # fmt: skip
+    for name, img in images.items():
+        cv2.imwrite(str(root / "jpg" / f"{name}.jpg"), img)
+    out_json = tmp_path / "ox.json"
+    code, out, err = cli(["eval", model_file, "-d", "oxford5k", "--root", root, "--json", out_json,
+                          "--store", tmp_path / "st", "--qe", "0", "--no-progress"])  # fmt: skip
+    assert code == 0, err
+    res = json.loads(out_json.read_text())
+    assert res["dataset"] == "oxford5k" and res["queries"] == 2 and "map_qe" not in res
+    assert 0.0 < res["map"] <= 100.0
+    assert "Oxford5k" in out
+    # a box that leaves no pixels is reported with the query's name
+    (root / "gt" / "all_souls_3_query.txt").write_text("oxc1_oxford_002985 2000 2000 2100 2100\n")
+    code, _, err = cli(["eval", model_file, "-d", "oxford5k", "--root", root,
+                        "--store", tmp_path / "st", "--no-progress"])  # fmt: skip
+    assert code == 2 and "oxford_002985" in err and "box" in err
+
+
+def test_cli_eval_bad_inputs(cli, model_file, tmp_path):
+    from regatt_sdk.store import FeatureStore
+
+    photos = make_group_folder(tmp_path / "photos")
+    code, _, err = cli(["eval", model_file, "-d", "oxford5k", "--root", photos])
+    assert code == 2 and "_query.txt" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(["eval", model_file, "-d", "imagenet", "--root", photos])
+    assert code == 2 and "'imagenet' is unknown" in err
+    store = tmp_path / "st12"
+    FeatureStore.create(store, card_hash="x", dim=12).close()
+    code, _, err = cli(["eval", model_file, "-d", "generic", "--root", photos, "--store", store,
+                        "--no-progress"])  # fmt: skip
+    assert code == 2 and "holds 12-d descriptors" in err and "--store" in err

@@ -206,3 +206,148 @@ def test_result_grid_layout_and_png(tmp_path):
     assert back.shape == (2 * (64 + 34), 3 * 64, 3)
     # the query tile's box is drawn in yellow (B=0, G=R=255)
     assert ((back[:64, :64] == (0, 255, 255)).all(axis=2)).sum() > 20
+
+
+# --------------------------------------------------------------------------- CLI (fake model)
+# The commands import ``regatt_sdk.encoder.Encoder`` when they run; these tests put a small
+# deterministic stand-in there (colour histograms), so they run without an ONNX model.
+# test_cli_with_tiny_model below runs the real encoder on the lead's ``tiny_model`` fixture.
+
+
+class HistEncoder:
+    """Encoder stand-in: 8-bin-per-channel colour histogram (24-d, or ``dim``), unit length."""
+
+    def __init__(self, model_path=None, device="auto", max_side=None, threads=None, dim=24):
+        from types import SimpleNamespace
+
+        self.dim = dim
+        self.max_side = int(max_side or 64)
+        self.card = SimpleNamespace(hash=f"hist-{dim}", dim=dim, max_side=self.max_side)
+
+    def encode_prepared(self, batch: np.ndarray) -> np.ndarray:
+        out = []
+        for img in batch:
+            h = [np.bincount(img[..., c].ravel() // 32, minlength=8) for c in range(3)]
+            v = np.concatenate(h).astype(np.float32)[: self.dim] + 1e-3
+            out.append(v / np.linalg.norm(v))
+        return np.stack(out).astype(np.float32)
+
+    def encode(self, image, roi=None):
+        from regatt_sdk.imageio import read_image
+        from regatt_sdk.preprocess import prepare
+
+        bgr = read_image(image) if not isinstance(image, np.ndarray) else image
+        return self.encode_prepared(prepare(bgr, self.max_side, roi)[None])[0]
+
+
+def sample_photos():
+    """Five distinct BGR photos from scikit-image, 80 px on the long side."""
+    import skimage.data
+
+    rgb = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(),
+           skimage.data.rocket(), skimage.data.hubble_deep_field()]  # fmt: skip
+    out = []
+    for im in rgb:
+        bgr = cv2.cvtColor(im, cv2.COLOR_RGB2BGR)
+        s = 80 / max(bgr.shape[:2])
+        out.append(cv2.resize(bgr, (round(bgr.shape[1] * s), round(bgr.shape[0] * s))))
+    return out
+
+
+def make_group_folder(root):
+    """``root/<photo>/{orig,flip,crop}.png``: three known transformations of each photo."""
+    names = ["astronaut", "chelsea", "coffee", "rocket", "hubble"]
+    for name, img in zip(names, sample_photos()):
+        (root / name).mkdir(parents=True)
+        h, w = img.shape[:2]
+        cv2.imwrite(str(root / name / "orig.png"), img)
+        cv2.imwrite(str(root / name / "flip.png"), img[:, ::-1])
+        cv2.imwrite(str(root / name / "crop.png"), img[h // 8 : h - h // 8, w // 8 : w - w // 8])
+    return root
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run ``regatt ARGS`` (index/encode/search/eval) with the stand-in encoder.
+
+    Returns ``run(args) -> (exit_code, stdout, stderr)``."""
+    import types
+
+    import typer
+
+    from regatt_sdk.cli import encode_cmd, eval_cmd, search_cmd
+    from regatt_sdk.cli.errors import run_cli
+
+    fake = types.ModuleType("regatt_sdk.encoder")
+    fake.Encoder = HistEncoder
+    monkeypatch.setitem(sys.modules, "regatt_sdk.encoder", fake)
+    app = typer.Typer(pretty_exceptions_enable=False)
+    for module in (encode_cmd, search_cmd, eval_cmd):
+        module.register(app)
+
+    def run(args):
+        capsys.readouterr()
+        try:
+            run_cli(app, [str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "fake.onnx"
+    path.write_bytes(b"stand-in")
+    return path
+
+
+def test_cli_index_then_search(cli, model_file, tmp_path):
+    photos = make_group_folder(tmp_path / "photos")
+    store = tmp_path / "store"
+    code, out, err = cli(["index", model_file, photos, "-o", store, "--no-progress"])
+    assert code == 0, err
+    assert "encoded 15 images" in out
+    query = photos / "coffee" / "orig.png"
+    code, out, err = cli(["search", model_file, store, query, "--top", "3"])
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 3
+    rank, score, name = lines[0].split()
+    assert rank == "1" and float(score) == pytest.approx(1.0, abs=1e-5)
+    # a flip has the same histogram: equal scores keep store order (crop, flip, orig)
+    assert name.endswith("coffee/flip.png") and lines[1].endswith("coffee/orig.png")
+    assert all("coffee" in line for line in lines)  # its flip and crop follow
+    show = tmp_path / "grid.png"
+    code, out, err = cli(["search", model_file, store, query, "--qe", "2", "--roi", "5,5,60,40",
+                          "--show", show])  # fmt: skip
+    assert code == 0, err
+    assert len(out.strip().splitlines()) == 10
+    assert cv2.imread(str(show)).shape == (2 * (200 + 34), 6 * 200, 3)
+
+
+def test_cli_search_bad_inputs(cli, model_file, tmp_path, monkeypatch):
+    from regatt_sdk.store import FeatureStore
+
+    photos = make_group_folder(tmp_path / "photos")
+    query = photos / "coffee" / "orig.png"
+    empty = tmp_path / "empty"
+    FeatureStore.create(empty, card_hash="hist-24", dim=24).close()
+    code, _, err = cli(["search", model_file, empty, query])
+    assert code == 2 and "is empty" in err and len(err.strip().splitlines()) == 1
+    small = tmp_path / "small"
+    with FeatureStore.create(small, card_hash="x", dim=12) as st:
+        st.append(["a"], np.ones((1, 12), np.float32))
+    code, _, err = cli(["search", model_file, small, query])
+    assert code == 2 and "holds 12-d descriptors" in err and "24-d" in err
+    code, _, err = cli(["search", model_file, tmp_path / "nostore", query])
+    assert code == 2 and "nostore" in err
+    code, _, err = cli(["search", model_file, small, query, "--roi", "1,2,3"])
+    assert code == 2 and "--roi" in err and "x1,y1,x2,y2" in err
+    code, _, err = cli(["search", tmp_path / "missing.onnx", small, query])
+    assert code == 2 and "missing.onnx" in err
+    code, _, err = cli(["search", model_file, small, tmp_path / "nope.jpg"])
+    assert code == 2 and "nope.jpg" in err

@@ -16,7 +16,7 @@ from .backbones import build_backbone, get_spec
 from .encoder import RegionalAttentionEncoder
 from .head import Attention
 from .official import load_attention_file, load_npy, load_whitening_arrays, load_whitening_file, release_files
-from .weights import WeightsError, assign_strict, load_state_dict
+from .weights import WeightsError, assign_strict, load_state_dict  # noqa: F401
 
 DEFAULT_BACKBONE = "efficientnet-lite0"
 

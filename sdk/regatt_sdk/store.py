@@ -350,7 +350,7 @@ class FeatureStore:
             return
         m = dict(self._manifest)
         if len(names):
-            blob = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+            blob = memoryview(np.ascontiguousarray(vectors, dtype="<f4")).cast("B")
             self._append_bytes(VECTORS, m["count"] * self.dim * 4, blob)
             text = "".join(json.dumps(str(n)) + "\n" for n in names).encode("utf-8")
             self._append_bytes(NAMES, m["names_bytes"], text)
@@ -367,7 +367,7 @@ class FeatureStore:
         self._write_manifest(m)
         self._manifest = m
 
-    def _append_bytes(self, name: str, committed: int, data: bytes) -> None:
+    def _append_bytes(self, name: str, committed: int, data: bytes | memoryview) -> None:
         with open(self.path / name, "r+b") as fh:
             fh.seek(committed)
             fh.truncate(committed)

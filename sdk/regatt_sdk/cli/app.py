@@ -59,3 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     from .errors import run_cli
 
     run_cli(build(), args)
+
+
+if __name__ == "__main__":
+    main()

@@ -50,7 +50,7 @@ def encode(
     max_side: int = typer.Option(
         None, "--max-side", min=1, help="Resize the longest side to this (default: the model's)."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, or cuda:N."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or tensorrt."),
     threads: int = typer.Option(None, "--threads", min=1, help="Inference threads (CPU)."),
     chunk_rows: int = typer.Option(256, "--chunk-rows", min=1, help="Rows per store commit."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),

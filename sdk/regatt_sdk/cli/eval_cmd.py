@@ -82,9 +82,13 @@ def database_features(dataset, encoder, store_path: Path, model: Path, *, progre
 
 def query_features(dataset, encoder) -> np.ndarray:
     """(Q, D) descriptors of the queries, each cropped to its box when it has one."""
-    return np.stack(
-        [encoder.encode(str(q.path), roi=q.box) for q in dataset.queries]
-    ).astype(np.float32)
+    out = []
+    for q in dataset.queries:
+        try:
+            out.append(encoder.encode(str(q.path), roi=q.box))
+        except ValueError as exc:  # a box outside the image
+            raise RegattError(f"query '{q.name}' ({q.path}): {exc}") from None
+    return np.stack(out).astype(np.float32)
 
 
 def score(dataset, queries: np.ndarray, database: np.ndarray, *, qe: int, backend: str):
@@ -172,6 +176,7 @@ def evaluate_cmd(
     ds, db, report = database_features(ds, encoder, store_path, model, progress=progress,
                                        batch_size=batch_size)  # fmt: skip
     t1 = time.monotonic()
+    typer.echo(report.summary(), err=True)
     queries = query_features(ds, encoder)
     t2 = time.monotonic()
     plain, with_qe = score(ds, queries, db, qe=qe, backend=backend)

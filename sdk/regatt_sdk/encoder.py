@@ -1,0 +1,199 @@
+"""The runtime encoder: image files or arrays in, unit-length descriptors out (no torch)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+
+from .card import CARD_KEY, ModelCard, golden_image
+from .errors import ImageError, ModelError
+from .imageio import read_image
+from .preprocess import Box, prepare
+from .runtime import create_session
+
+ImageLike = Union[str, Path, np.ndarray]
+MIN_SIDE = 1
+
+
+def read_card(session, source: str) -> ModelCard:
+    meta = session.get_modelmeta().custom_metadata_map
+    if CARD_KEY not in meta:
+        raise ModelError(f"{source}: ONNX file has no regatt model card (was it made by  regatt export ?)")
+    try:
+        return ModelCard.from_json(meta[CARD_KEY])
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"{source}: corrupt model card ({exc})") from None
+
+
+class Encoder:
+    """Encode images with an exported regatt model.
+
+    ``Encoder(model_path, device="auto"|"cpu"|"cuda"|"tensorrt", max_side=None, threads=None)``.
+    ``max_side`` overrides the card's longest side S (default 1024). ``encode(image)`` takes a
+    path or a BGR uint8 array ``(H, W, 3)`` and returns float32 ``(D,)``; ``encode(list)``
+    returns ``(N, D)`` in input order.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        device: str = "auto",
+        max_side: int | None = None,
+        threads: int | None = None,
+    ):
+        self.model_path = Path(model_path)
+        self.session = create_session(self.model_path, device, threads)
+        self.card = read_card(self.session, str(self.model_path))
+        self.max_side = int(max_side or self.card.max_side)
+        if self.max_side < 16:
+            raise ModelError(f"max_side {self.max_side} is too small: use at least 16")
+        self.device = device
+        self._input = self.session.get_inputs()[0].name
+        self._dtype = np.uint8 if self.card.input_dtype == "uint8" else np.float32
+
+    @property
+    def dim(self) -> int:
+        return self.card.dim
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def __repr__(self) -> str:
+        c = self.card
+        return (
+            f"Encoder({str(self.model_path)!r}, backbone={c.backbone}, attention={c.attention}, "
+            f"dim={c.dim}, max_side={self.max_side}, providers={self.providers})"
+        )
+
+    # -- single steps -----------------------------------------------------------------------
+    def load(self, image: ImageLike, roi: Box | None = None) -> np.ndarray:
+        """Decode (if a path) and prepare one image: resized BGR uint8 ``(h, w, 3)``."""
+        if isinstance(image, (str, Path)):
+            bgr = read_image(image)
+            source = str(image)
+        elif isinstance(image, np.ndarray):
+            bgr = as_bgr(image)
+            source = "array"
+        else:
+            raise TypeError(f"expected a path or a numpy array, got {type(image).__name__}")
+        try:
+            return prepare(bgr, self.max_side, roi)
+        except ValueError as exc:
+            raise ImageError(source, str(exc)) from None
+
+    def encode_prepared(self, batch: np.ndarray) -> np.ndarray:
+        """Run the graph on prepared same-size images ``(N, h, w, 3)`` -> ``(N, D)`` float32."""
+        if batch.ndim != 4 or batch.shape[-1] != 3:
+            raise ValueError(f"expected (N, H, W, 3) images, got shape {batch.shape}")
+        feed = np.ascontiguousarray(batch, dtype=self._dtype)
+        return self.session.run([self.card.output_name], {self._input: feed})[0]
+
+    def explain(self, image: ImageLike, roi: Box | None = None) -> dict[str, np.ndarray]:
+        """Descriptor plus the regions and their attention weights (needs ``--explain`` export).
+
+        Returns ``descriptor (D,)``, ``boxes (R, 4)`` in the resized image's pixels (inclusive
+        x1, y1, x2, y2), ``weights (R,)``, and ``scale`` (resized / original size).
+        """
+        if "boxes" not in self.card.outputs:
+            raise ModelError(f"{self.model_path}: exported without region outputs: re-export with  regatt export --explain")
+        prepared = self.load(image, roi)
+        outs = self.session.run(["descriptor", "boxes", "valid", "weights"], {self._input: prepared[None].astype(self._dtype)})
+        desc, boxes, valid, weights = outs
+        keep = valid.astype(bool)
+        return {"descriptor": desc[0], "boxes": boxes[keep], "weights": weights[0][keep], "image": prepared}
+
+    # -- the public entry point -------------------------------------------------------------
+    def encode(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        roi: Box | None = None,
+        *,
+        rois: Sequence[Box | None] | None = None,
+        batch_size: int = 8,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """One image -> ``(D,)``; a list -> ``(N, D)`` (same-size images batched together)."""
+        if isinstance(images, (str, Path, np.ndarray)):
+            if isinstance(images, np.ndarray) and images.ndim == 4:
+                raise ValueError("pass a list of (H, W, 3) arrays, or use encode_prepared for a batch")
+            return self.encode_prepared(self.load(images, roi)[None])[0]
+        items = list(images)
+        if rois is not None and len(rois) != len(items):
+            raise ValueError(f"{len(rois)} rois for {len(items)} images")
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        groups: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = defaultdict(list)
+        bar = _progress(len(items)) if progress else None
+
+        def flush(shape: tuple[int, int]) -> None:
+            members = groups.pop(shape)
+            vecs = self.encode_prepared(np.stack([m[1] for m in members]))
+            for (idx, _), vec in zip(members, vecs):
+                out[idx] = vec
+            if bar is not None:
+                bar.advance(len(members))
+
+        for i, item in enumerate(items):
+            prepared = self.load(item, rois[i] if rois is not None else roi)
+            shape = prepared.shape[:2]
+            groups[shape].append((i, prepared))
+            if len(groups[shape]) >= batch_size:
+                flush(shape)
+        for shape in list(groups):
+            flush(shape)
+        if bar is not None:
+            bar.close()
+        return out
+
+    # -- checks ---------------------------------------------------------------------------------
+    def verify(self) -> float:
+        """Run the card's golden input; return max |diff| or raise if it exceeds the card's atol."""
+        g = self.card.golden
+        if g is None:
+            raise ModelError(f"{self.model_path}: the model card has no golden vector")
+        image = golden_image(g.height, g.width, g.seed)[None]
+        got = self.encode_prepared(image)[0]
+        diff = float(np.abs(got - np.asarray(g.vector, dtype=np.float32)).max())
+        if not diff <= max(g.atol, 1e-4):
+            raise ModelError(f"{self.model_path}: golden check failed on {self.providers[0]} (max |diff| {diff:.2e})")
+        return diff
+
+    def warmup(self, sizes: Iterable[tuple[int, int]] = ((768, 1024),)) -> None:
+        """Run once at each ``(h, w)`` so later calls at those sizes skip first-call costs."""
+        for h, w in sizes:
+            self.encode_prepared(np.zeros((1, h, w, 3), dtype=np.uint8))
+
+
+def as_bgr(image: np.ndarray) -> np.ndarray:
+    """Accept ``(H, W)`` gray, ``(H, W, 3)`` BGR or ``(H, W, 4)`` BGRA; uint8 or uint16."""
+    import cv2
+
+    if image.dtype == np.uint16:
+        image = (image / 257.0 + 0.5).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageError("array", f"expected uint8 pixels, got {image.dtype}")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    raise ImageError("array", f"expected (H, W), (H, W, 3) or (H, W, 4), got shape {image.shape}")
+
+
+class _progress:
+    def __init__(self, total: int):
+        from rich.progress import Progress
+
+        self._p = Progress(transient=True)
+        self._p.start()
+        self._task = self._p.add_task("encoding", total=total)
+
+    def advance(self, n: int) -> None:
+        self._p.advance(self._task, n)
+
+    def close(self) -> None:
+        self._p.stop()

@@ -1,0 +1,62 @@
+"""Shared fixtures: small exported models (random weights), photos made from scikit-image's
+bundled samples, and the optional ../shared data."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random-weight ResNet-18 encoder (512-d, context attention) exported to ONNX."""
+    from regatt_export.build import EncoderConfig, build_encoder
+    from regatt_export.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("models") / "tiny.onnx"
+    enc, card = build_encoder(EncoderConfig(backbone="resnet18", weights="random", attention="context", max_side=256))
+    export_onnx(enc, card, out, explain=True, sizes=(("portrait", 96, 64), ("landscape", 64, 96)))
+    return out
+
+
+def sample_photos() -> dict[str, np.ndarray]:
+    """Real photos bundled with scikit-image, as BGR uint8."""
+    from skimage import data
+
+    photos = {}
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field"):
+        img = getattr(data, name)()
+        if img.ndim == 2:
+            img = np.stack([img] * 3, axis=-1)
+        photos[name] = np.ascontiguousarray(img[:, :, ::-1])
+    return photos
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, np.ndarray]:
+    return sample_photos()
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory, photos) -> Path:
+    import cv2
+
+    d = tmp_path_factory.mktemp("photos")
+    for name, img in photos.items():
+        cv2.imwrite(str(d / f"{name}.jpg"), img)
+    return d
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared is not present")
+    return SHARED
