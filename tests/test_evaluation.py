@@ -320,6 +320,11 @@ def test_cli_eval_generic_writes_json_and_reuses_store(cli, model_file, tmp_path
     assert res["results"]["all"]["mp@1"] == pytest.approx(100.0)
     code, out, err = cli(args)
     assert code == 0 and "skipped 15 already in the store" in err
+    code, out, err = cli(args + ["--alpha", "3", "--dba", "1"])
+    assert code == 0, err
+    res = json.loads(out_json.read_text())
+    assert res["expansion"] == "DBA (top 1, alpha=3) + alpha-QE (top 2, alpha=3)"
+    assert 0 < res["map_qe"] <= 100 and "alpha-QE" in out
 
 
 def test_cli_eval_oxford_layout_crops_queries(cli, model_file, tmp_path):

@@ -57,7 +57,7 @@ class FakeEncoder:
         return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
 
-def photos() -> list[np.ndarray]:
+def small_photos() -> list[np.ndarray]:
     """Six small real BGR photos from scikit-image, various sizes."""
     sources = [
         skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(),
@@ -83,7 +83,7 @@ def make_mixed_folder(root: Path) -> tuple[list[str], dict[str, str]]:
     """
     from PIL import Image
 
-    imgs = photos()
+    imgs = small_photos()
     (root / "sub").mkdir(parents=True)
     good: dict[str, bytes] = {
         "a_astronaut.jpg": cv2.imencode(".jpg", imgs[0])[1].tobytes(),
@@ -166,7 +166,7 @@ def test_mixed_folder_encodes_good_and_lists_bad(tmp_path: Path) -> None:
 
 
 def test_all_good_and_options(tmp_path: Path) -> None:
-    imgs = photos()
+    imgs = small_photos()
     folder = tmp_path / "in"
     folder.mkdir()
     for i, im in enumerate(imgs):
@@ -185,7 +185,7 @@ def test_all_good_and_options(tmp_path: Path) -> None:
 def test_encoder_exception_fails_only_that_image(tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
-    for i, im in enumerate(photos()):
+    for i, im in enumerate(small_photos()):
         cv2.imwrite(str(folder / f"{i}.png"), cv2.resize(im, (32, 32)))
     cv2.imwrite(str(folder / "3_poison.png"), np.full((32, 32, 3), 13, np.uint8))
     encoder = FakeEncoder()
@@ -226,7 +226,7 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
 def test_store_refusals(tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
-    cv2.imwrite(str(folder / "a.png"), photos()[0])
+    cv2.imwrite(str(folder / "a.png"), small_photos()[0])
     encode_to_store(FakeEncoder(), [folder], tmp_path / "s", progress=False)
     with pytest.raises(StoreError, match="--resume"):
         encode_to_store(FakeEncoder(), [folder], tmp_path / "s", progress=False)
@@ -261,7 +261,7 @@ def test_memory_bounded_commits(tmp_path: Path, monkeypatch) -> None:
 
 def test_rois_crop_before_encoding(tmp_path: Path) -> None:
     file = tmp_path / "a.png"
-    cv2.imwrite(str(file), photos()[0])
+    cv2.imwrite(str(file), small_photos()[0])
     name = str(file)
     encode_to_store(FakeEncoder(), [file], tmp_path / "whole", progress=False)
     encode_to_store(

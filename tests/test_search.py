@@ -266,21 +266,13 @@ def make_group_folder(root):
     return root
 
 
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run ``regatt ARGS`` (index/encode/search/eval) with the stand-in encoder.
-
-    Returns ``run(args) -> (exit_code, stdout, stderr)``."""
-    import types
-
+def make_runner(capsys):
+    """``run(args) -> (exit_code, stdout, stderr)`` for index/encode/search/eval."""
     import typer
 
     from regatt_sdk.cli import encode_cmd, eval_cmd, search_cmd
     from regatt_sdk.cli.errors import run_cli
 
-    fake = types.ModuleType("regatt_sdk.encoder")
-    fake.Encoder = HistEncoder
-    monkeypatch.setitem(sys.modules, "regatt_sdk.encoder", fake)
     app = typer.Typer(pretty_exceptions_enable=False)
     for module in (encode_cmd, search_cmd, eval_cmd):
         module.register(app)
@@ -296,6 +288,17 @@ def cli(monkeypatch, capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """The commands with the colour-histogram stand-in as ``regatt_sdk.encoder.Encoder``."""
+    import types
+
+    fake = types.ModuleType("regatt_sdk.encoder")
+    fake.Encoder = HistEncoder
+    monkeypatch.setitem(sys.modules, "regatt_sdk.encoder", fake)
+    return make_runner(capsys)
 
 
 @pytest.fixture
@@ -351,3 +354,59 @@ def test_cli_search_bad_inputs(cli, model_file, tmp_path, monkeypatch):
     assert code == 2 and "missing.onnx" in err
     code, _, err = cli(["search", model_file, small, tmp_path / "nope.jpg"])
     assert code == 2 and "nope.jpg" in err
+
+
+def test_cli_with_tiny_model(tiny_model, photo_dir, tmp_path, capsys):
+    """index -> search -> eval with the real encoder on a small random-weight model."""
+    import json
+
+    run = make_runner(capsys)
+    store = tmp_path / "store"
+    side = ["--max-side", "64"]
+    code, out, err = run(["index", tiny_model, photo_dir, "-o", store, "--no-progress", *side])
+    assert code == 0, err
+    query = photo_dir / "coffee.jpg"
+    code, out, err = run(["search", tiny_model, store, query, "--top", "3", *side])
+    assert code == 0, err
+    rank1, score1, name1 = out.splitlines()[0].split()
+    assert name1.endswith("coffee.jpg") and float(score1) == pytest.approx(1.0, abs=1e-4)
+    code, out, err = run(["search", tiny_model, store, query, "--roi", "10,10,300,200",
+                          "--qe", "2", "--backend", "faiss", *side])  # fmt: skip
+    assert code == 0, err
+    assert len(out.strip().splitlines()) == 6
+    # eval on a generic layout: each photo and its mirror image form a group
+    root = tmp_path / "generic"
+    for img in sorted(photo_dir.glob("*.jpg"))[:3]:
+        (root / img.stem).mkdir(parents=True)
+        bgr = cv2.imread(str(img))
+        cv2.imwrite(str(root / img.stem / "a.jpg"), bgr)
+        cv2.imwrite(str(root / img.stem / "b.jpg"), bgr[:, ::-1])
+    res_path = tmp_path / "res.json"
+    code, out, err = run(["eval", tiny_model, "-d", "generic", "--root", root, "--json", res_path,
+                          "--store", tmp_path / "gstore", "--no-progress", *side])  # fmt: skip
+    assert code == 0, err
+    res = json.loads(res_path.read_text())
+    assert res["dataset"] == "generic" and res["queries"] == 6
+    assert 0 < res["map"] <= 100 and 0 < res["map_qe"] <= 100
+    # a store from another (24-d) model is refused with both dimensions named
+    from regatt_sdk.store import FeatureStore
+
+    with FeatureStore.create(tmp_path / "s24", card_hash="x", dim=24) as st:
+        st.append(["a"], np.ones((1, 24), np.float32))
+    code, _, err = run(["search", tiny_model, tmp_path / "s24", query, *side])
+    assert code == 2 and "holds 24-d" in err and "512-d" in err
+
+
+def test_qe_exclude_keeps_the_query_out_of_its_own_expansion():
+    rng = np.random.default_rng(10)
+    db = unit(rng, 60)
+    q = db[:3].copy()  # each query is database row i (leave-one-out protocols)
+    exclude = [np.array([i]) for i in range(3)]
+    out = QueryExpansion(k=2, exclude=exclude)(q, db)[0]
+    s = q @ db.T
+    for i in range(3):
+        nb = [j for j in np.argsort(-s[i], kind="stable") if j != i][:2]
+        manual = q[i] + db[nb].sum(0)
+        np.testing.assert_allclose(out[i], manual / np.linalg.norm(manual), atol=1e-6)
+    with_self = QueryExpansion(k=2)(q, db)[0]
+    assert not np.allclose(with_self, out)

@@ -72,7 +72,7 @@ def test_uncommitted_leftovers_are_ignored_then_cut(tmp_path: Path, monkeypatch)
             raise OSError("disk pulled")
 
         monkeypatch.setattr(store, "_write_manifest", crash)
-        with pytest.raises(OSError):
+        with pytest.raises(StoreError, match="disk pulled"):
             store.append(["c"], rows(2, 1), [Failure("d", "bad")])
     assert (path / "vectors.f32").stat().st_size > 2 * 4 * 4  # bytes past the commit exist
     names, vectors = load_features(path)

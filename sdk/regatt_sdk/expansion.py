@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .search import DEFAULT_CHUNK_ROWS, as_queries, build_index, check_compatible, topk
+from .search import DEFAULT_CHUNK_ROWS, as_queries, build_index, check_compatible
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -119,20 +119,39 @@ class Step(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class QueryExpansion:
-    """alpha-QE over the top ``k`` (``alpha = 0``: the paper's average QE, top 5)."""
+    """alpha-QE over the top ``k`` (``alpha = 0``: the paper's average QE, top 5).
+
+    ``exclude``: per query, database indices that may not serve as neighbours (leave-one-out
+    protocols such as Holidays, where the query itself is removed from its own ranking).
+    """
 
     k: int = 5
     alpha: float = 0.0
+    exclude: Sequence[np.ndarray] | None = None
 
     def __call__(
         self, queries: np.ndarray, database: np.ndarray, backend: str = "exact"
     ) -> tuple[np.ndarray, np.ndarray]:
+        q = as_queries(queries)
         if self.k <= 0:
-            return as_queries(queries), database
-        scores, ids = build_index(database, backend).search(queries, self.k)
-        return expand_queries(queries, database, ids, scores, k=self.k, alpha=self.alpha), database
+            return q, database
+        index = build_index(database, backend)
+        if not self.exclude:
+            scores, ids = index.search(q, self.k)
+        else:
+            if len(self.exclude) != q.shape[0]:
+                raise ValueError(f"exclude has {len(self.exclude)} entries for {q.shape[0]} queries")
+            extra = max(len(e) for e in self.exclude)
+            wide_s, wide_i = index.search(q, self.k + extra)
+            rows = [np.flatnonzero(~np.isin(wide_i[r], self.exclude[r]))[: self.k]
+                    for r in range(q.shape[0])]  # fmt: skip
+            k = min(len(r) for r in rows)
+            ids = np.stack([wide_i[r, sel[:k]] for r, sel in enumerate(rows)])
+            scores = np.stack([wide_s[r, sel[:k]] for r, sel in enumerate(rows)])
+        k = ids.shape[1]
+        return expand_queries(q, database, ids, scores, k=k, alpha=self.alpha), database
 
 
 @dataclass(frozen=True)

@@ -230,8 +230,9 @@ def _tiff(data: bytes) -> HeaderInfo:
         tag, typ = struct.unpack(end + "HH", data[off : off + 4])
         if tag not in (256, 257, 258):
             continue
-        n_values = struct.unpack(end + ("Q" if big else "I"), data[off + 4 : off + (12 if big else 8)])[0]
-        field = data[off + (12 if big else 8) : off + entry_size]
+        value_at = off + (12 if big else 8)
+        (n_values,) = struct.unpack(end + ("Q" if big else "I"), data[off + 4 : value_at])
+        field = data[value_at : off + entry_size]
         size = {3: 2, 4: 4, 16: 8}.get(typ)
         if size is None:
             raise _Refused(f"corrupt TIFF: tag {tag} has type {typ}")
@@ -427,9 +428,9 @@ def decode_image(
         pixels = info.width * info.height
         if pixels > max_pixels:
             raise _Refused(
-                f"{info.format} image is {info.width}x{info.height} = {pixels / 1e6:.1f} megapixels, "
-                f"over the limit of {max_pixels / 1e6:g} (decompression-bomb guard; "
-                "raise it with --max-pixels)"
+                f"{info.format} image is {info.width}x{info.height} = {pixels / 1e6:.1f} "
+                f"megapixels, over the limit of {max_pixels / 1e6:g} (decompression-bomb "
+                "guard; raise it with --max-pixels)"
             )
         if min(info.width, info.height) < min_side and not upscale_small:
             raise _Refused(
@@ -514,9 +515,8 @@ def read_bytes(path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes
         if st.st_size == 0:
             raise ImageError(path, "file is empty")
         if st.st_size > max_bytes:
-            raise ImageError(
-                path, f"file is {st.st_size / 2**20:.0f} MiB, over the {max_bytes / 2**20:.0f} MiB limit"
-            )
+            size, limit = st.st_size / 2**20, max_bytes / 2**20
+            raise ImageError(path, f"file is {size:.0f} MiB, over the {limit:.0f} MiB limit")
         chunks: list[bytes] = []
         total = 0
         while total <= max_bytes:
@@ -526,7 +526,8 @@ def read_bytes(path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes
             chunks.append(block)
             total += len(block)
         if total > max_bytes:
-            raise ImageError(path, f"file grew past the {max_bytes / 2**20:.0f} MiB limit while read")
+            limit = max_bytes / 2**20
+            raise ImageError(path, f"file grew past the {limit:.0f} MiB limit while read")
         if total == 0:
             raise ImageError(path, "file is empty")
         return b"".join(chunks)

@@ -4,8 +4,9 @@
 (:func:`regatt_sdk.imageio.read_image`, :func:`regatt_sdk.preprocess.prepare`) a bounded number
 ahead of the main thread, which runs the encoder on same-size batches and commits rows to the
 :class:`~regatt_sdk.store.FeatureStore` every ``chunk_rows`` rows. Whatever the collection
-size, memory holds at most ``window + 2 * workers`` prepared images and ``chunk_rows + window``
-descriptors (``window = 4 * batch_size``).
+size, memory holds at most ``window + batch_size + 2 * workers`` prepared images (``window =
+4 * batch_size``: same-size images are grouped into batches within a window), ``workers`` full
+decoded images, and ``chunk_rows + window`` descriptors.
 
 A file that cannot be read, decoded or encoded becomes a failure record (name + reason) in the
 store's ``failures.jsonl``; the run goes on. Rows and failures are committed together, at
@@ -108,11 +109,11 @@ class _Progress:
         self.enabled = enabled
         self.tty = enabled and sys.stderr.isatty()
         self.start = time.monotonic()
-        self.last = 0.0
+        self.last = self.start
 
     def update(self, done: int, failed: int, force: bool = False) -> None:
-        if not self.enabled:
-            return
+        if not self.enabled or (force and not self.tty):
+            return  # off, or a log: the caller's summary line reports the end
         now = time.monotonic()
         if not force and now - self.last < (0.5 if self.tty else 30.0):
             return
@@ -290,7 +291,7 @@ def _stream(
 ) -> None:
     """The main loop: prefetch → windows → batches → commits (see the module docstring)."""
     window = 4 * batch_size
-    ahead = window + 2 * workers
+    ahead = batch_size + 2 * workers  # decoded or decoding beyond the window being gathered
     names: list[str] = []
     vectors: list[np.ndarray] = []
     failures: list[Failure] = []

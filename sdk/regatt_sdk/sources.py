@@ -61,7 +61,9 @@ def parse_extensions(text: str | Iterable[str] | None) -> frozenset[str]:
     return exts
 
 
-def check_specs(specs: Iterable[str | os.PathLike], list_files: Iterable[str | os.PathLike] = ()) -> None:
+def check_specs(
+    specs: Iterable[str | os.PathLike], list_files: Iterable[str | os.PathLike] = ()
+) -> None:
     """Fail fast (:class:`SourceError`) when a named file, folder or list file is missing."""
     for spec in specs:
         s = os.fspath(spec)

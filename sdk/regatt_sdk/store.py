@@ -271,7 +271,7 @@ class FeatureStore:
 
     @property
     def card_hash(self) -> str:
-        """Hash of the model card (:attr:`regatt_sdk.card.ModelCard.hash`) the store was made with."""
+        """Hash of the model card (:attr:`~regatt_sdk.card.ModelCard.hash`) of the store's model."""
         return str(self._manifest["card_hash"])
 
     @property
@@ -299,7 +299,9 @@ class FeatureStore:
         """Image names of the ``N`` committed rows, in row order."""
         names = [str(n) for n in _read_jsonl(self.path / NAMES, self._manifest["names_bytes"])]
         if len(names) != self.count:
-            raise StoreError(f"{self.path}: {len(names)} names for {self.count} rows (store damaged)")
+            raise StoreError(
+                f"{self.path}: {len(names)} names for {self.count} rows (store damaged)"
+            )
         return names
 
     @property
@@ -348,6 +350,12 @@ class FeatureStore:
         failures = list(failures)
         if not names and not failures:
             return
+        try:
+            self._commit(list(names), vectors, failures)
+        except OSError as exc:
+            raise StoreError(f"cannot write to the feature store {self.path}: {exc}") from exc
+
+    def _commit(self, names: list[str], vectors: np.ndarray, failures: list[Failure]) -> None:
         m = dict(self._manifest)
         if len(names):
             blob = memoryview(np.ascontiguousarray(vectors, dtype="<f4")).cast("B")

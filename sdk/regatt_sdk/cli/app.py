@@ -19,6 +19,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "doctor_cmd",
     "search_cmd",
     "eval_cmd",
+    "bench_cmd",
+    "train_cmd",
 )
 
 app = typer.Typer(

@@ -91,21 +91,49 @@ def query_features(dataset, encoder) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
-def score(dataset, queries: np.ndarray, database: np.ndarray, *, qe: int, backend: str):
-    """``(result, result_qe or None)``: :class:`~regatt_sdk.evaluation.EvalResult` s."""
+def expansion_steps(
+    qe: int, alpha: float = 0.0, dba: int = 0, dba_alpha: float = 3.0, exclude: list | None = None
+) -> list:
+    """The expansion steps to score besides the plain search: alpha-DBA then alpha-QE.
+
+    ``exclude``: per query, database indices QE may not use (those removed from its ranking).
+    """
+    from ..expansion import DatabaseAugmentation, QueryExpansion
+
+    steps: list = []
+    if dba > 0:
+        steps.append(DatabaseAugmentation(k=dba, alpha=dba_alpha))
+    if qe > 0:
+        steps.append(QueryExpansion(k=qe, alpha=alpha, exclude=exclude))
+    return steps
+
+
+def expansion_label(qe: int, alpha: float = 0.0, dba: int = 0, dba_alpha: float = 3.0) -> str:
+    """``+ QE (top 5)``, ``+ aQE (top 2, a=3)``, ``+ DBA (top 5, a=3) + QE (top 5)``..."""
+    parts = []
+    if dba > 0:
+        parts.append(f"DBA (top {dba}, alpha={dba_alpha:g})")
+    if qe > 0:
+        parts.append(f"QE (top {qe})" if alpha == 0 else f"alpha-QE (top {qe}, alpha={alpha:g})")
+    return " + ".join(parts)
+
+
+def score(dataset, queries: np.ndarray, database: np.ndarray, *, steps: list, backend: str):
+    """``(result, result with steps or None)``: :class:`~regatt_sdk.evaluation.EvalResult` s
+    of the plain search and of the search after the expansion ``steps``."""
     from ..evaluation import evaluate
-    from ..expansion import QueryExpansion, retrieve
+    from ..expansion import retrieve
 
     gts = dataset.ground_truth()
     _, ranks = retrieve(queries, database, backend=backend)
     plain = evaluate(ranks, gts, dataset=dataset.name)
-    if qe <= 0:
+    if not steps:
         return plain, None
-    _, ranks_qe = retrieve(queries, database, steps=[QueryExpansion(k=qe)], backend=backend)
+    _, ranks_qe = retrieve(queries, database, steps=steps, backend=backend)
     return plain, evaluate(ranks_qe, gts, dataset=dataset.name)
 
 
-def print_table(dataset_name: str, model: Path, plain, with_qe, qe: int) -> None:
+def print_table(dataset_name: str, model: Path, plain, with_qe, label: str) -> None:
     """The paper's layout: one row per method, one mAP column per dataset (setting)."""
     from rich.console import Console
     from rich.table import Table
@@ -121,7 +149,7 @@ def print_table(dataset_name: str, model: Path, plain, with_qe, qe: int) -> None
             table.add_column(f"{s.capitalize()} mP@10", justify="right")
     rows = [(f"{model.stem}", plain)]
     if with_qe is not None:
-        rows.append((f"{model.stem} + QE (top {qe})", with_qe))
+        rows.append((f"{model.stem} + {label}", with_qe))
     for label, res in rows:
         cells = []
         for s in settings:
@@ -141,6 +169,11 @@ def evaluate_cmd(
     ),  # fmt: skip
     root: Path = typer.Option(..., "--root", help="The dataset's folder (official layout)."),
     qe: int = typer.Option(5, "--qe", min=0, help="Also score average QE over the top K (0: off)."),
+    alpha: float = typer.Option(
+        0.0, "--alpha", min=0.0, help="QE weights sim^alpha (alpha-QE); 0 is the paper's average QE."
+    ),
+    dba: int = typer.Option(0, "--dba", min=0, help="Also apply alpha-DBA over the top K (0: off)."),
+    dba_alpha: float = typer.Option(3.0, "--dba-alpha", min=0.0, help="DBA weights sim^alpha."),
     json_path: Path = typer.Option(None, "--json", help="Write the scores to this JSON file."),
     store: Path = typer.Option(
         None, "--store", help="Feature store for the database (reused when present)."
@@ -179,9 +212,13 @@ def evaluate_cmd(
     typer.echo(report.summary(), err=True)
     queries = query_features(ds, encoder)
     t2 = time.monotonic()
-    plain, with_qe = score(ds, queries, db, qe=qe, backend=backend)
+    first = next(iter(ds.ground_truth().values()))
+    exclude = [g.exclude for g in first] if any(g.exclude.size for g in first) else None
+    steps = expansion_steps(qe, alpha, dba, dba_alpha, exclude)
+    label = expansion_label(qe, alpha, dba, dba_alpha)
+    plain, with_qe = score(ds, queries, db, steps=steps, backend=backend)
     t3 = time.monotonic()
-    print_table(key, model, plain, with_qe, qe)
+    print_table(key, model, plain, with_qe, label)
     if json_path is not None:
         out: dict[str, Any] = {
             "dataset": key,
@@ -198,7 +235,10 @@ def evaluate_cmd(
                         "search": round(t3 - t2, 3)},
         }  # fmt: skip
         if with_qe is not None:
-            out.update(map_qe=round(with_qe.map, 4), qe_k=qe, results_qe=with_qe.to_dict())
+            out.update(
+                map_qe=round(with_qe.map, 4), qe_k=qe, qe_alpha=alpha, dba_k=dba,
+                dba_alpha=dba_alpha, expansion=label, results_qe=with_qe.to_dict(),
+            )  # fmt: skip
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
         typer.echo(f"wrote {json_path}", err=True)

@@ -1,0 +1,307 @@
+"""Model-quality report for efficientnet-lite0: landmark retrieval on the Paris6k subset.
+
+Every one of the 250 photos (5 landmarks x 50) is a query; the same landmark is positive; the
+query is left out of its own ranking (and out of its own query expansion). mAP by the classic
+Oxford/Paris AP rule (``regatt_sdk.evaluation.compute_ap``), without and with average query
+expansion (AQE, top 5).
+
+Descriptors are computed by the PyTorch ``RegionalAttentionEncoder`` (its own ``head``) on the
+backbone's feature maps of photos resized to longest side S (float32 maps, cached on disk); the
+ONNX export reproduces that module to 1e-5 (checked by ``regatt export``).
+
+Held-out protocol for everything learned:
+* attention: trained by ``regatt train`` on the ImageNet sample only (no Paris photo);
+* whitening: leave-one-landmark-out on Paris: the queries of landmark k are described with a
+  whitening learned from the photos of the other 4 landmarks only; its shrinkage is chosen by
+  an inner leave-one-landmark-out on those 4 (nested, so never by the scored landmark). A
+  whitening learned on ImageNet-sample photos (no Paris at all) is reported too.
+
+Usage::
+
+    python benchmarks/quality_report.py --attention context=ATT.pth --attention regional=ATT2.pth \
+        [--imagenet /path/imagenet-sample --imagenet-count 250] [-S 384]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+SHRINK_GRID = (0.0, 0.1, 0.3, 0.6, 1.0)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--paris", type=Path, default=SHARED / "paris6k-subset")
+    ap.add_argument("--imagenet", type=Path, default=SHARED / "imagenet-sample")
+    ap.add_argument("--imagenet-count", type=int, default=250, help="ImageNet photos for the no-Paris whitening (every k-th, sorted); 0: skip")
+    ap.add_argument("-S", "--max-side", type=int, default=384)
+    ap.add_argument("-L", "--levels", type=int, default=5)
+    ap.add_argument("--power", type=float, default=0.5)
+    ap.add_argument("--attention", action="append", default=[], help="variant=FILE (context=..., regional=...)")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/regatt-cache"))
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--threads", type=int, default=1)
+    return ap.parse_args(argv)
+
+
+# -- retrieval ----------------------------------------------------------------------------
+def average_precisions(desc: np.ndarray, labels: list[str], names: list[str], qe: int = 0, queries=None) -> np.ndarray:
+    """AP of each query (row) against all other rows; ``qe`` > 0: AQE with the top ``qe``."""
+    from regatt_sdk.evaluation import compute_ap
+
+    desc = desc / np.linalg.norm(desc, axis=1, keepdims=True)
+    queries = range(len(desc)) if queries is None else queries
+    aps = []
+    for i in queries:
+        q = desc[i]
+        sims = desc @ q
+        sims[i] = -np.inf
+        order = np.argsort(-sims, kind="stable")[:-1]  # the query itself is last: drop it
+        if qe:
+            q = q + desc[order[:qe]].sum(axis=0)
+            q = q / np.linalg.norm(q)
+            sims = desc @ q
+            sims[i] = -np.inf
+            order = np.argsort(-sims, kind="stable")[:-1]
+        pos = [names[j] for j in range(len(desc)) if labels[j] == labels[i] and j != i]
+        aps.append(compute_ap([names[j] for j in order], pos))
+    return np.asarray(aps)
+
+
+# -- descriptors ------------------------------------------------------------------------
+class Pooled:
+    """Per photo: feature map ``(C, h, w)``, regional ``rmax``/``rmean`` ``(R, C)``, ``gmean (C,)``."""
+
+    def __init__(self, encoder, cache, items, log):
+        from regatt_export.featcache import pool_regions
+
+        self.maps, self.rmax, self.rmean, self.gmean = [], [], [], []
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for k, it in enumerate(items):
+                fmap, (h, w) = cache.get_sized(it, 0)
+                f = torch.from_numpy(fmap)[None].float()
+                a, m, g = pool_regions(encoder, f, h, w)
+                self.maps.append(f)
+                self.rmax.append(a)
+                self.rmean.append(m)
+                self.gmean.append(g)
+                if (k + 1) % 50 == 0:
+                    log(f"  {k + 1}/{len(items)} photos ({time.perf_counter() - t0:.0f} s)")
+
+
+def head_descriptors(encoder, pooled: Pooled, whitening, attention) -> np.ndarray:
+    """The encoder's own ``head`` over every photo's regions (all R real: valid = ones)."""
+    encoder.whitening = whitening
+    encoder.attention = attention
+    out = []
+    with torch.no_grad():
+        for a, m, g in zip(pooled.rmax, pooled.rmean, pooled.gmean):
+            valid = torch.ones(a.shape[1], dtype=torch.bool)
+            d, _ = encoder.head(a, m, g, valid)
+            out.append(d[0].numpy())
+    return np.stack(out)
+
+
+def whitening_from(vectors: np.ndarray, shrinkage: float, power: float):
+    from regatt_export.official import load_whitening_arrays
+    from regatt_export.whiten import learn_whitening
+
+    mean, comps, _ = learn_whitening(vectors, None, shrinkage, power)
+    return load_whitening_arrays(mean, comps, f"shrinkage {shrinkage}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    from regatt_export.backbones import build_backbone, get_spec
+    from regatt_export.datasets import list_images
+    from regatt_export.encoder import RegionalAttentionEncoder
+    from regatt_export.head import Attention
+    from regatt_export.official import load_attention_file
+    from regatt_export.pooling_baselines import POOLINGS
+    from regatt_export.whiten import full_image_cache
+
+    t_start = time.perf_counter()
+    name = "efficientnet-lite0"
+    spec = get_spec(name)
+    none = Attention(spec.channels, "none")
+    encoder = RegionalAttentionEncoder(build_backbone(name), spec, Attention(spec.channels, "context"), None, args.levels).eval()
+    cache = full_image_cache(encoder, name, None, args.max_side, str(args.cache))
+    items = list_images(args.paris)
+    labels = [Path(it.name).parts[0] for it in items]
+    names = [it.name for it in items]
+    landmarks = sorted(set(labels))
+    log(f"Paris: {len(items)} photos, {len(landmarks)} landmarks, S={args.max_side}")
+    paris = Pooled(encoder, cache, items, log)
+    attentions = {}
+    for spec_arg in args.attention:
+        variant, path = spec_arg.split("=", 1)
+        attentions[variant] = (load_attention_file(path, spec.channels, variant), path)
+
+    rows: dict[str, dict] = {}
+
+    def score(label: str, desc_for_fold, note: str) -> None:
+        """``desc_for_fold(k)`` -> descriptors of all photos for scoring landmark ``k``'s queries."""
+        per = {}
+        ap0, ap5 = [], []
+        for lm in landmarks:
+            d = desc_for_fold(lm)
+            qs = [i for i, x in enumerate(labels) if x == lm]
+            a0 = average_precisions(d, labels, names, 0, qs)
+            a5 = average_precisions(d, labels, names, 5, qs)
+            per[lm] = {"mAP": 100 * a0.mean(), "mAP_qe5": 100 * a5.mean()}
+            ap0.append(a0)
+            ap5.append(a5)
+        rows[label] = {
+            "mAP": float(100 * np.concatenate(ap0).mean()),
+            "mAP_qe5": float(100 * np.concatenate(ap5).mean()),
+            "per_landmark": per,
+            "note": note,
+        }
+        log(f"{label:<45} mAP {rows[label]['mAP']:6.2f}   +AQE5 {rows[label]['mAP_qe5']:6.2f}")
+
+    # classic poolings (nothing learned)
+    for pname, fn in (("GeM (p=3)", POOLINGS["GeM"]), ("MAC", POOLINGS["MAC"]), ("SPoC", POOLINGS["SPoC"])):
+        with torch.no_grad():
+            d = np.stack([fn(f)[0].numpy() for f in paris.maps])
+        score(pname, lambda lm, d=d: d, "global pooling of the feature map")
+    d = head_descriptors(encoder, paris, None, none)
+    score("R-MAC", lambda lm: d, "no whitening, no attention")
+
+    # whitening, leave-one-landmark-out with nested choice of shrinkage
+    vec_by_lm = {lm: np.concatenate([paris.rmax[i][0].double().numpy() for i in range(len(items)) if labels[i] == lm]) for lm in landmarks}
+    chosen: dict[str, float] = {}
+    inner_scores: dict[str, dict] = {}
+
+    def inner_choice(train_lms: list[str]) -> float:
+        best, best_s = -1.0, 0.0
+        res = {}
+        for s in SHRINK_GRID:
+            aps = []
+            for held in train_lms:
+                fit = [x for x in train_lms if x != held]
+                wh = whitening_from(np.concatenate([vec_by_lm[x] for x in fit]), s, args.power)
+                idx = [i for i, x in enumerate(labels) if x in train_lms]
+                sub = Pooled.__new__(Pooled)
+                sub.rmax = [paris.rmax[i] for i in idx]
+                sub.rmean = [paris.rmean[i] for i in idx]
+                sub.gmean = [paris.gmean[i] for i in idx]
+                dd = head_descriptors(encoder, sub, wh, none)
+                sl = [labels[i] for i in idx]
+                qs = [j for j, x in enumerate(sl) if x == held]
+                aps.append(average_precisions(dd, sl, [names[i] for i in idx], 0, qs))
+            res[s] = float(100 * np.concatenate(aps).mean())
+            if res[s] > best:
+                best, best_s = res[s], s
+        inner_scores["+".join(train_lms)] = res
+        return best_s
+
+    fold_wh = {}
+    for lm in landmarks:
+        train_lms = [x for x in landmarks if x != lm]
+        s = inner_choice(train_lms)
+        chosen[lm] = s
+        fold_wh[lm] = whitening_from(np.concatenate([vec_by_lm[x] for x in train_lms]), s, args.power)
+        log(f"  fold {lm}: shrinkage {s} chosen on {train_lms}")
+    for s in (0.0,):
+        plain = {lm: whitening_from(np.concatenate([vec_by_lm[x] for x in landmarks if x != lm]), s, args.power) for lm in landmarks}
+        dd = {lm: head_descriptors(encoder, paris, plain[lm], none) for lm in landmarks}
+        score("R-MAC + whitening (LOLO, no shrinkage)", lambda lm, dd=dd: dd[lm], "plain PCA whitening, other 4 landmarks")
+    dw = {lm: head_descriptors(encoder, paris, fold_wh[lm], none) for lm in landmarks}
+    score("R-MAC + whitening (LOLO)", lambda lm: dw[lm], "whitening from the other 4 landmarks, shrinkage by nested CV")
+    for variant, (att, path) in attentions.items():
+        da = {lm: head_descriptors(encoder, paris, fold_wh[lm], att) for lm in landmarks}
+        score(f"R-MAC + whitening (LOLO) + {variant} attention", lambda lm, da=da: da[lm], f"attention {Path(path).name} (trained on ImageNet sample)")
+        dna = head_descriptors(encoder, paris, None, att)
+        score(f"R-MAC + {variant} attention (no whitening)", lambda lm, dna=dna: dna, "attention only")
+
+    # whitening learned on ImageNet photos (no Paris photo at all)
+    if args.imagenet_count and args.imagenet.is_dir():
+        inet = list_images(args.imagenet)
+        step = max(1, len(inet) // args.imagenet_count)
+        inet = inet[::step][: args.imagenet_count]
+        log(f"ImageNet whitening from {len(inet)} photos")
+        ip = Pooled(encoder, cache, inet, log)
+        ivec = np.concatenate([a[0].double().numpy() for a in ip.rmax])
+        for s in (0.0, chosen[landmarks[0]] if len(set(chosen.values())) == 1 else float(np.median(list(chosen.values())))):
+            wh = whitening_from(ivec, s, args.power)
+            d = head_descriptors(encoder, paris, wh, none)
+            score(f"R-MAC + whitening (ImageNet {len(inet)}, shrinkage {s})", lambda lm, d=d: d, "no Paris photo used")
+            for variant, (att, path) in attentions.items():
+                da = head_descriptors(encoder, paris, wh, att)
+                score(f"R-MAC + whitening (ImageNet {len(inet)}, shrinkage {s}) + {variant} attention", lambda lm, da=da: da, f"attention {Path(path).name}")
+
+    result = {
+        "backbone": name,
+        "max_side": args.max_side,
+        "levels": args.levels,
+        "power": args.power,
+        "descriptors": "PyTorch RegionalAttentionEncoder.head on float32 backbone feature maps",
+        "protocol": "Paris6k subset, 250 photos, each a query, same landmark positive, query excluded; AQE top-5",
+        "shrinkage_chosen_per_fold": chosen,
+        "inner_cv_mAP": inner_scores,
+        "rows": rows,
+        "seconds": time.perf_counter() - t_start,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quality.json").write_text(json.dumps(result, indent=1))
+    write_markdown(result, args.out / "quality.md")
+    write_plot(result, args.out / "quality.png")
+    log(f"wrote {args.out / 'quality.json'}, quality.md, quality.png ({result['seconds']:.0f} s)")
+    return 0
+
+
+def write_markdown(result: dict, path: Path) -> None:
+    lines = [
+        f"# Retrieval quality: {result['backbone']}, Paris6k subset (250 queries), S={result['max_side']}, L={result['levels']}",
+        "",
+        f"Protocol: {result['protocol']}. Descriptors: {result['descriptors']}.",
+        "LOLO = leave-one-landmark-out: the queries of each landmark use a whitening learned on the other 4 landmarks;",
+        f"shrinkage chosen per fold by a nested LOLO on those 4 (chosen: {result['shrinkage_chosen_per_fold']}); power {result['power']}.",
+        "Attention files were trained on the ImageNet sample only (no Paris photo).",
+        "",
+        "| method | mAP | mAP + AQE(5) | note |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    for label, r in result["rows"].items():
+        lines.append(f"| {label} | {r['mAP']:.2f} | {r['mAP_qe5']:.2f} | {r['note']} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(result["rows"])
+    a = [result["rows"][k]["mAP"] for k in labels]
+    b = [result["rows"][k]["mAP_qe5"] for k in labels]
+    fig, ax = plt.subplots(figsize=(9, 0.4 * len(labels) + 1.5))
+    y = np.arange(len(labels))
+    ax.barh(y - 0.2, a, 0.4, label="mAP")
+    ax.barh(y + 0.2, b, 0.4, label="mAP + AQE(5)")
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.invert_yaxis()
+    lo = min(a + b)
+    ax.set_xlim(max(0, lo - 5), 100)
+    ax.set_xlabel("mAP (%)")
+    ax.set_title(f"{result['backbone']}, Paris6k subset, S={result['max_side']}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The machine's fp32 GEMM throughput, measured with the thread count the benchmark uses.
+
+The main figure is an onnxruntime ``MatMul`` (the same MLAS kernels the encoder's convolutions
+use); numpy's BLAS is measured too for reference (OpenBLAS may be throttled, e.g. by
+``OPENBLAS_CORETYPE``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .onnx_proto import matmul_model
+from .stats import summarize
+
+
+@dataclass(frozen=True)
+class GemmResult:
+    """One GEMM probe: ``size`` cube, GFLOP/s at the median and best run."""
+
+    engine: str
+    size: int
+    threads: int
+    runs: int
+    p50_ms: float
+    gflops_per_s: float  # at the median run
+    best_gflops_per_s: float
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _probe(engine: str, size: int, threads: int, runs: int, warmup: int, call) -> GemmResult:
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    t = summarize(samples)
+    flop = 2.0 * size**3
+    return GemmResult(engine, size, threads, runs, t.p50_ms, flop / (t.p50_ms * 1e6), flop / (t.min_ms * 1e6))
+
+
+def ort_gemm(size: int, threads: int, runs: int = 10, warmup: int = 2) -> GemmResult:
+    """fp32 ``size``-cube MatMul in onnxruntime (CPU, ``threads`` intra-op threads)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(matmul_model(size, size, size), sess_options=opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    got = sess.run(None, {"A": a, "B": b})[0]
+    if not np.allclose(got[:4, :4], a[:4] @ b[:, :4], rtol=1e-3, atol=1e-2):
+        raise RuntimeError("GEMM probe: onnxruntime MatMul gave a wrong product")
+    return _probe("onnxruntime MatMul", size, threads, runs, warmup, lambda: sess.run(None, {"A": a, "B": b}))
+
+
+def numpy_gemm(size: int, threads: int, runs: int = 10, warmup: int = 2) -> GemmResult:
+    """fp32 ``size``-cube ``a @ b`` in numpy's BLAS (its own thread setting; for reference)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    return _probe("numpy matmul", size, threads, runs, warmup, lambda: a @ b)

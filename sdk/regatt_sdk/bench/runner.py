@@ -1,0 +1,300 @@
+"""Orchestration of one ``regatt bench`` run: models, engines, GEMM probe, profile, rows.
+
+With no model file the paper's configuration is built (torch needed, or a complete cache):
+each variant with random weights, exported to ONNX, plus the backbone-only graph. With a model
+file only onnxruntime runs (no torch), and the backbone's share comes from profiling.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..encoder import read_card
+from ..errors import MissingExtraError, RegattError
+from ..runtime import cpu_count, create_session
+from . import engines as eng
+from .gemm import numpy_gemm, ort_gemm
+from .machine import load_average, machine_info
+from .paper import PAPER_HARDWARE, PAPER_ROWS, PAPER_TIMES_S
+from .profile import Profile, profile_model
+from .targets import evaluate_targets
+
+VARIANTS: tuple[str, ...] = ("none", "regional", "context")
+PAPER_BACKBONE = "resnet101-caffe"
+Tick = Callable[[str], None]
+
+
+@dataclass
+class BenchConfig:
+    """Everything a run needs; the CLI fills it from its options."""
+
+    model: Path | None = None
+    backbone: str = PAPER_BACKBONE
+    height: int = 768
+    width: int = 1024
+    variants: tuple[str, ...] = VARIANTS
+    engines: tuple[str, ...] | None = None  # None: every engine available
+    runs: int = 5
+    warmup: int = 1
+    threads: int | None = None
+    levels: int = 5
+    seed: int = 0
+    cache: Path | None = None
+    images: Path | None = None
+    max_images: int = 20
+    gemm_size: int = 2048
+    gemm_runs: int = 8
+    profile_runs: int = 2
+
+
+@dataclass
+class Models:
+    """The ONNX files to time, and (when torch built them) the modules for eager timing."""
+
+    paths: dict[str, Path]
+    backbone_path: Path | None
+    modules: dict[str, object] = field(default_factory=dict)
+    export_s: dict[str, float | None] = field(default_factory=dict)
+    backbone_name: str = ""
+    weights: str = "random"
+    bench_models: object | None = None
+
+
+def resolve_engines(cfg: BenchConfig, torch_ok: bool, notes: list[str]) -> list[str]:
+    """The engines to run, in report order; explains every one skipped in ``notes``."""
+    ort_ok = eng.available_ort_engines()
+    wanted = list(cfg.engines) if cfg.engines else [eng.EAGER, *ort_ok]
+    unknown = [e for e in wanted if e not in eng.ENGINES]
+    if unknown:
+        raise RegattError(f"unknown engine(s) {unknown}: choose from {', '.join(eng.ENGINES)}")
+    chosen = []
+    for name in eng.ENGINES:
+        if name not in wanted:
+            continue
+        if name == eng.EAGER and not torch_ok:
+            notes.append(
+                "eager PyTorch skipped: "
+                + ("a given ONNX file has no PyTorch module to run" if cfg.model else "torch is not installed")
+            )
+            continue
+        if name != eng.EAGER and name not in ort_ok:
+            notes.append(f"{name} skipped: onnxruntime here has no {eng.ORT_PROVIDERS[name]}")
+            continue
+        chosen.append(name)
+    if not chosen:
+        raise RegattError("no engine left to run (see the notes above)")
+    return chosen
+
+
+def _torch_side():
+    try:
+        return importlib.import_module("regatt_export.bench_models")
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] in ("torch", "torchvision", "onnx", "regatt_export"):
+            return None
+        raise
+
+
+def load_models(cfg: BenchConfig, workdir: Path, tick: Tick, notes: list[str]) -> Models:
+    """The given model, or the variants built (or found in the cache) for the configuration."""
+    if cfg.model is not None:
+        sess = create_session(cfg.model, "cpu", 1)
+        card = read_card(sess, str(cfg.model))
+        del sess
+        notes.append(f"model {cfg.model}: {card.backbone}, {card.attention} attention, weights {card.preset}")
+        return Models({card.attention: cfg.model}, None, backbone_name=card.backbone, weights=card.preset)
+    bm = _torch_side()
+    names = _cache_names(cfg)
+    if bm is None:
+        paths = {v: workdir / n for v, n in names["variants"].items()}
+        trunk = workdir / names["trunk"]
+        if all(p.is_file() for p in paths.values()) and trunk.is_file():
+            notes.append("torch not installed: timing cached ONNX files only (no eager PyTorch)")
+            return Models(paths, trunk, backbone_name=cfg.backbone)
+        raise MissingExtraError("torch", "export", "building the benchmark models (or pass MODEL.onnx)")
+    models = Models({}, None, backbone_name=cfg.backbone, bench_models=bm)
+    for variant in cfg.variants:
+        tick(f"{variant}: build + export")
+        prepared = bm.prepare_variant(cfg.backbone, variant, cfg.levels, cfg.seed, workdir)
+        models.paths[variant] = prepared.onnx_path
+        models.modules[variant] = prepared.encoder
+        models.export_s[variant] = prepared.export_s
+    first = models.modules[cfg.variants[0]]
+    trunk = workdir / bm.backbone_name(cfg.backbone, cfg.seed)
+    tick("backbone-only graph")
+    models.export_s["backbone"] = bm.export_backbone(first, trunk)
+    models.backbone_path = trunk
+    return models
+
+
+def _cache_names(cfg: BenchConfig) -> dict[str, object]:
+    """Cache file names, duplicated from ``bench_models`` so a torch-free run can find them."""
+    return {
+        "variants": {v: f"{cfg.backbone}-{v}-L{cfg.levels}-seed{cfg.seed}.onnx" for v in cfg.variants},
+        "trunk": f"{cfg.backbone}-trunk-seed{cfg.seed}.onnx",
+    }
+
+
+def _timing_row(engine: str, variant: str, m: eng.Measurement, threads: int) -> dict[str, object]:
+    row: dict[str, object] = {
+        "engine": engine,
+        "variant": variant,
+        "providers": m.providers,
+        "threads": threads,
+        "runs": m.full.n,
+        **{k: v for k, v in m.full.to_dict().items() if k != "n"},
+        "first_call_ms": m.first_call_ms,
+        "session_s": m.setup_s,
+        "rss_before_mb": m.rss_before_mb,
+        "peak_rss_mb": m.peak_rss_mb,
+        "rss_growth_mb": (m.peak_rss_mb - m.rss_before_mb) if m.peak_rss_mb and m.rss_before_mb else None,
+        "peak_rss_scope": "this phase" if m.peak_reset else "whole process",
+        "backbone_first_call_ms": m.backbone_first_call_ms,
+        "backbone_p50_ms": m.backbone.p50_ms if m.backbone else None,
+        "backbone_p90_ms": m.backbone.p90_ms if m.backbone else None,
+        "backbone_method": "backbone-only graph, paired runs" if m.backbone else None,
+        "head_ms": m.head_ms,
+    }
+    return row
+
+
+def _apply_profile(row: dict[str, object], prof: Profile | None) -> None:
+    """Backbone time from the profile when no backbone graph was timed; profiled head share."""
+    if prof is None:
+        return
+    row["head_share_profile"] = prof.head_share
+    if row["backbone_p50_ms"] is None and row["engine"] == "ort-cpu" and prof.total_us:
+        frac = prof.backbone_us / prof.total_us
+        row["backbone_p50_ms"] = float(row["p50_ms"]) * frac
+        row["head_ms"] = float(row["p50_ms"]) - float(row["backbone_p50_ms"])
+        row["backbone_method"] = "onnxruntime profile (kernel-time fraction of p50)"
+
+
+def finish_rows(rows: list[dict[str, object]], macs: dict[str, float], gemm: float, paper_config: bool) -> None:
+    """Derived columns: head share, GFLOP/s, % of GEMM peak, speed-up vs eager, the paper."""
+    eager = {r["variant"]: r["p50_ms"] for r in rows if r["engine"] == eng.EAGER}
+    for r in rows:
+        v = str(r["variant"])
+        bb, head = r.get("backbone_p50_ms"), r.get("head_ms")
+        r["head_share"] = head / bb if bb and head is not None else None
+        total = macs.get(v)
+        r["gmacs"] = total / 1e9 if total else None
+        r["gflops_per_s"] = 2.0 * total / (float(r["p50_ms"]) * 1e6) if total else None
+        cpu = r["engine"] in (eng.EAGER, "ort-cpu")
+        r["gemm_pct"] = 100.0 * r["gflops_per_s"] / gemm if cpu and r["gflops_per_s"] and gemm else None
+        r["speedup_vs_eager"] = eager[v] / float(r["p50_ms"]) if v in eager and r["engine"] != eng.EAGER else None
+        r["paper_s"] = PAPER_TIMES_S.get(v)
+        r["paper_comparable"] = paper_config
+        r["vs_paper"] = (float(r["p50_ms"]) / 1000.0) / r["paper_s"] if r["paper_s"] else None
+
+
+def run_bench(cfg: BenchConfig, tick: Tick, total: Callable[[int], None] | None = None) -> dict[str, object]:
+    """Run everything ``cfg`` asks for; returns the JSON-ready report."""
+    threads = cfg.threads or cpu_count()
+    notes: list[str] = []
+    machine = machine_info(threads)
+    torch_side = None if cfg.model else _torch_side()
+    engines = resolve_engines(cfg, torch_side is not None, notes)
+    if total is not None:
+        per = len(engines) * (1 + cfg.warmup + cfg.runs) + 2
+        total(len(cfg.variants) * (per + 1) + 3 + (0 if cfg.model else 1))
+    tick("GEMM probe")
+    gemm_first = ort_gemm(cfg.gemm_size, threads, cfg.gemm_runs)
+    blas = numpy_gemm(cfg.gemm_size, threads, cfg.gemm_runs)
+    with tempfile.TemporaryDirectory(prefix="regatt-bench-") as tmp:
+        workdir = Path(cfg.cache) if cfg.cache else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        models = load_models(cfg, workdir, tick, notes)
+        if eng.EAGER in engines and not models.modules:
+            engines.remove(eng.EAGER)
+        image = np.random.default_rng(cfg.seed).integers(0, 256, (1, cfg.height, cfg.width, 3), dtype=np.uint8)
+        rows, profiles, macs, macs_torch = [], {}, {}, {}
+        for variant, path in models.paths.items():
+            for engine in engines:
+                rows.append(_run_engine(engine, variant, path, models, image, cfg, threads, tick))
+                gc.collect()
+            prof_engine = "ort-cpu" if "ort-cpu" in engines else next((e for e in engines if e != eng.EAGER), None)
+            if prof_engine is not None:
+                tick(f"{variant}: profile")
+                providers = list(dict.fromkeys([eng.ORT_PROVIDERS[prof_engine], "CPUExecutionProvider"]))
+                prof = profile_model(path, image, threads, cfg.profile_runs, providers)
+                profiles[variant] = prof
+                macs[variant] = prof.macs
+                for r in rows:
+                    if r["variant"] == variant and r["engine"] == prof_engine:
+                        _apply_profile(r, prof)
+            if variant in models.modules:
+                tick(f"{variant}: count MACs (torch)")
+                macs_torch[variant] = models.bench_models.count_macs(models.modules[variant], image)
+                macs.setdefault(variant, macs_torch[variant]["total"])
+        images = _run_images(cfg, models, engines, threads, tick) if cfg.images else None
+    tick("GEMM probe (again)")
+    gemm_last = ort_gemm(cfg.gemm_size, threads, cfg.gemm_runs)
+    gemm = max(gemm_first.gflops_per_s, gemm_last.gflops_per_s)
+    paper_config = models.backbone_name == PAPER_BACKBONE and max(cfg.height, cfg.width) == 1024
+    finish_rows(rows, macs, gemm, paper_config)
+    machine["load_average_end"] = load_average()
+    if models.bench_models is not None:
+        machine["torch"] = models.bench_models.torch_version()
+    if models.weights == "random":
+        notes.append("weights are random (timing only): the descriptors are meaningless, every layer has the real model's shape")
+    if not paper_config:
+        notes.append("not the paper's configuration (ResNet-101 Caffe at S=1024): paper times are for reference only")
+    return {
+        "machine": machine,
+        "config": {
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+            "threads": threads,
+            "engines_run": engines,
+            "max_side": max(cfg.height, cfg.width),
+            "backbone": models.backbone_name,
+            "weights": models.weights,
+            "models": {k: str(v) for k, v in models.paths.items()},
+            "backbone_model": str(models.backbone_path) if models.backbone_path else None,
+            "export_s": models.export_s,
+            "input": f"{cfg.height}x{cfg.width} (HxW), batch 1, uint8 BGR",
+        },
+        "results": rows,
+        "gemm_gflops_per_s": gemm,
+        "gemm": {"start": gemm_first.to_dict(), "end": gemm_last.to_dict(), "numpy": blas.to_dict(), "used": "max of start and end (onnxruntime)"},
+        "macs": {"profile": {v: p.macs for v, p in profiles.items()}, "torch": macs_torch},
+        "profiles": {v: p.to_dict() for v, p in profiles.items()},
+        "paper": {"times_s": PAPER_TIMES_S, "rows": PAPER_ROWS, "hardware": PAPER_HARDWARE, "comparable": paper_config},
+        "images": images,
+        "targets": evaluate_targets(rows),
+        "notes": notes,
+    }
+
+
+def _run_engine(engine: str, variant: str, path: Path, models: Models, image: np.ndarray, cfg: BenchConfig, threads: int, tick: Tick) -> dict[str, object]:
+    label = f"{variant} / {engine}"
+    step: Tick = lambda what: tick(f"{label}: {what}")  # noqa: E731
+    if engine == eng.EAGER:
+        runner = models.bench_models.EagerEngine(models.modules[variant], threads)
+        opened = eng.Opened(runner.full, None, None, ["torch CPU"])
+        m = eng.measure(lambda: opened, runner.backbone, image, cfg.warmup, cfg.runs, step)
+    else:
+        backbone = eng.open_ort_backbone(engine, models.backbone_path, threads)
+        m = eng.measure(lambda: eng.open_ort(engine, path, threads), backbone, image, cfg.warmup, cfg.runs, step)
+    return _timing_row(engine, variant, m, threads)
+
+
+def _run_images(cfg: BenchConfig, models: Models, engines: list[str], threads: int, tick: Tick) -> list[dict[str, object]]:
+    from .images import bench_images, image_files
+
+    files = image_files(Path(cfg.images), cfg.max_images)
+    out = []
+    for variant, path in models.paths.items():
+        for engine in engines:
+            if engine == eng.EAGER:
+                continue
+            res = bench_images(path, eng.ORT_DEVICES[engine], files, max(cfg.height, cfg.width), threads, lambda w: tick(f"{variant} / {engine}: {w}"))
+            out.append({"engine": engine, "variant": variant, **res})
+    return out

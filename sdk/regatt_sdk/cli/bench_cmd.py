@@ -1,0 +1,114 @@
+"""``regatt bench [MODEL.onnx]``: per-image latency measured the way the paper reports it.
+
+Without a model: the paper's configuration (Caffe ResNet-101, S=1024, 1024x768 input) with
+random weights, for the variants none / regional / context, on eager PyTorch, onnxruntime CPU
+and (when available) CUDA / TensorRT. Writes ``bench.json``, ``bench.md`` and ``bench.png``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import RegattError
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``bench`` command to the ``regatt`` app."""
+    app.command("bench")(bench)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"768x1024"`` -> ``(768, 1024)`` (height, width)."""
+    try:
+        h, w = (int(p) for p in text.lower().split("x"))
+    except ValueError:
+        raise RegattError(f"--size {text!r}: expected HxW, e.g. 768x1024") from None
+    if h < 16 or w < 16:
+        raise RegattError(f"--size {text!r}: both sides must be at least 16 pixels")
+    return h, w
+
+
+def _csv(text: str | None) -> tuple[str, ...] | None:
+    if text is None or text.strip() in ("", "auto", "all"):
+        return None
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def bench(
+    model: Optional[Path] = typer.Argument(None, help="An exported .onnx model; default: build the paper's configuration."),
+    backbone: str = typer.Option("resnet101-caffe", "--backbone", help="Backbone to build (ignored with MODEL)."),
+    size: str = typer.Option("768x1024", "--size", help="Input HxW fed to the encoder (S = the longer side)."),
+    variants: str = typer.Option("none,regional,context", "--variants", help="Attention variants to build (ignored with MODEL)."),
+    engines: str = typer.Option("auto", "--engines", help="auto, or a list of torch-eager, ort-cpu, ort-cuda, ort-trt."),
+    runs: int = typer.Option(5, "--runs", min=1, help="Timed runs per engine and variant."),
+    warmup: int = typer.Option(1, "--warmup", min=0, help="Warm-up runs after the (separately timed) first call."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: all usable)."),
+    levels: int = typer.Option(5, "--levels", "-L", min=1, help="R-MAC levels."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Keep/reuse the exported timing models in this directory."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Also time real photos end to end (decode + resize + encode)."),
+    max_images: int = typer.Option(20, "--max-images", min=1, help="At most this many photos from --images."),
+    gemm_size: int = typer.Option(2048, "--gemm-size", min=64, help="Matrix side of the fp32 GEMM probe."),
+    profile_runs: int = typer.Option(2, "--profile-runs", min=1, help="Profiled runs (MACs, backbone/head split)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write bench.json, bench.md and bench.png here."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON here."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress on stderr."),
+) -> None:
+    """Benchmark per-image latency (p50/p90), backbone vs head, GFLOP/s vs GEMM peak, beside the paper."""
+    from ..bench.report import markdown, write_json, write_png
+    from ..bench.runner import VARIANTS, BenchConfig, run_bench
+
+    h, w = parse_size(size)
+    wanted = _csv(variants) or VARIANTS
+    bad = [v for v in wanted if v not in VARIANTS]
+    if bad:
+        raise RegattError(f"--variants {bad}: choose from {', '.join(VARIANTS)}")
+    if model is not None and not model.is_file():
+        raise RegattError(f"{model}: model file not found")
+    cfg = BenchConfig(
+        model=model,
+        backbone=backbone,
+        height=h,
+        width=w,
+        variants=wanted,
+        engines=_csv(engines),
+        runs=runs,
+        warmup=warmup,
+        threads=threads,
+        levels=levels,
+        cache=cache,
+        images=images,
+        max_images=max_images,
+        gemm_size=gemm_size,
+        profile_runs=profile_runs,
+    )
+    report = _run(cfg, run_bench, progress)
+    text = markdown(report)
+    typer.echo(text)
+    if json_path is not None:
+        write_json(report, json_path)
+        typer.echo(f"wrote {json_path}")
+    if out is not None:
+        write_json(report, out / "bench.json")
+        (out / "bench.md").write_text(text)
+        drew = write_png(report, out / "bench.png")
+        typer.echo(f"wrote {out}/bench.json, bench.md" + (", bench.png" if drew else " (no PNG: matplotlib is not installed)"))
+
+
+def _run(cfg, run_bench, show: bool) -> dict:
+    """Run with a rich progress bar on stderr (or silently)."""
+    if not show:
+        return run_bench(cfg, lambda _what: None)
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description:<48}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def tick(what: str) -> None:
+            bar.update(task, advance=1, description=what[:48])
+
+        return run_bench(cfg, tick, lambda n: bar.update(task, total=n))

@@ -1,0 +1,149 @@
+"""``regatt train`` (learn the regional attention) and ``regatt whiten`` (learn the whitening).
+
+Both run the frozen backbone in PyTorch (the ``export`` extra) and cache its feature maps, so a
+second run over the same photos costs only the small head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import RegattError
+from .lazy import export_side
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("whiten")(whiten)
+
+
+def _default_cache() -> Path:
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "regatt" / "features"
+
+
+class _Bar:
+    """A rich progress bar driven by ``(label, done, total)`` calls."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.progress = None
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if self.progress is None:
+            return
+        if label not in self.tasks:
+            self.tasks[label] = self.progress.add_task(label, total=total)
+        self.progress.update(self.tasks[label], completed=done)
+
+    def log(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(line, highlight=False)
+        else:
+            typer.echo(line)
+
+
+def train(
+    data: Path = typer.Argument(..., help="Photos: an ImageFolder tree or files named by WordNet id (n01440764_x.JPEG); any folder for --objective contrastive."),
+    output: Path = typer.Option(Path("attention.pth"), "-o", "--output", help="Attention weights file to write (release format)."),
+    backbone: str = typer.Option("efficientnet-lite0", "--backbone", help="Backbone from the registry."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Backbone state-dict file, or 'random'."),
+    attention: str = typer.Option("context", "--attention", help="context | regional"),
+    objective: str = typer.Option("classify", "--objective", help="classify (the paper: frozen ImageNet fc, labels) | contrastive (label-free)."),
+    crop: int = typer.Option(224, "--crop", help="Side of the square training crop (the paper: 800)."),
+    short_min: int = typer.Option(240, "--short-min", help="Shorter side is resized to a random value in [short-min, short-max] (the paper: 850)."),
+    short_max: int = typer.Option(288, "--short-max", help="(the paper: 859)"),
+    views: int = typer.Option(2, "--views", help="Views per photo, computed once and cached (view 0 = centre crop)."),
+    levels: int = typer.Option(5, "--levels", "-L", help="R-MAC levels."),
+    epochs: int = typer.Option(10, "--epochs"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    momentum: float = typer.Option(0.9, "--momentum"),
+    weight_decay: float = typer.Option(5e-5, "--weight-decay"),
+    batch: int = typer.Option(4, "--batch", help="Photos per step."),
+    accumulate: int = typer.Option(4, "--accumulate", help="Steps per optimizer update (effective batch = batch x accumulate)."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Held-out share of the photos for validation / early stopping."),
+    patience: int = typer.Option(3, "--patience", help="Stop after this many epochs without a better validation score."),
+    uniform_prior: float = typer.Option(0.0, "--uniform-prior", help="Weight of KL(weights || uniform) (0: the paper)."),
+    temperature: float = typer.Option(0.1, "--temperature", help="Contrastive softmax temperature."),
+    whitening: Optional[Path] = typer.Option(None, "--whitening", help="Contrastive only: whitening file used in the descriptor."),
+    seed: int = typer.Option(0, "--seed"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder (default ~/.cache/regatt/features)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Keep no feature maps on disk."),
+    checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Default: <output>.ckpt/"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint of an interrupted run with the same settings."),
+    threads: int = typer.Option(1, "--threads", help="CPU threads for PyTorch."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train the regional attention on a frozen backbone; write release-format weights for
+    ``regatt export --attention-weights``."""
+    mod = export_side("train", "regatt train")
+    datasets = export_side("datasets", "regatt train")
+    weights_mod = export_side("weights", "regatt train")
+    cfg = mod.TrainConfig(
+        data=str(data), output=str(output), backbone=backbone, weights=weights, variant=attention, objective=objective,
+        levels=levels, crop=crop, short_min=short_min, short_max=short_max, views=views, epochs=epochs, lr=lr,
+        momentum=momentum, weight_decay=weight_decay, batch=batch, accumulate=accumulate, val_fraction=val_fraction,
+        patience=patience, uniform_prior=uniform_prior, temperature=temperature,
+        whitening=str(whitening) if whitening else None, seed=seed,
+        cache_dir=None if no_cache else str(cache or _default_cache()),
+        checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, threads=threads,
+    )
+    try:
+        with _Bar(progress) as bar:
+            result = mod.train(cfg, resume=resume, log=bar.log, progress=bar)
+    except (datasets.DataError, weights_mod.WeightsError, ValueError) as exc:
+        raise RegattError(str(exc)) from None
+    typer.echo(
+        f"wrote {result.output} (epoch {result.best_epoch}, {result.metric} {result.best_metric:.4f}; "
+        f"uniform weights {result.baseline_metric:.4f}); features {result.feature_s:.1f} s "
+        f"({result.views_computed} computed, {result.views_loaded} cached), {result.epoch_head_s:.2f} s per epoch after that"
+    )
+
+
+def whiten(
+    data: Path = typer.Argument(..., help="Folder of photos (searched recursively)."),
+    output: Path = typer.Option(Path("whitening.npz"), "-o", "--output", help="Whitening file to write."),
+    backbone: str = typer.Option("efficientnet-lite0", "--backbone", help="Backbone from the registry."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Backbone state-dict file, or 'random'."),
+    max_side: int = typer.Option(384, "--max-side", "-S", help="Longest side the photos are resized to (use the S you will encode at)."),
+    levels: int = typer.Option(5, "--levels", "-L", help="R-MAC levels."),
+    dim: Optional[int] = typer.Option(None, "--dim", help="Output dimensionality (default: the backbone's channels)."),
+    shrinkage: float = typer.Option(0.0, "--shrinkage", help="Pull eigenvalues towards their mean, 0..1 (stabilises few photos)."),
+    power: float = typer.Option(0.5, "--power", help="Eigenvalue power: 0.5 full whitening, 0 plain PCA rotation."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder (default ~/.cache/regatt/features)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Keep no feature maps on disk."),
+    threads: int = typer.Option(1, "--threads", help="CPU threads for PyTorch."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Learn the per-region PCA whitening from photos; write the ``.npz`` for
+    ``regatt export --whitening``."""
+    mod = export_side("whiten", "regatt whiten")
+    datasets = export_side("datasets", "regatt whiten")
+    weights_mod = export_side("weights", "regatt whiten")
+    cfg = mod.WhitenConfig(
+        data=str(data), output=str(output), backbone=backbone, weights=weights, max_side=max_side, levels=levels,
+        dim=dim, shrinkage=shrinkage, power=power, cache_dir=None if no_cache else str(cache or _default_cache()), threads=threads,
+    )
+    try:
+        with _Bar(progress) as bar:
+            mod.whiten(cfg, log=bar.log, progress=lambda d, t: bar("regional vectors", d, t))
+    except (datasets.DataError, weights_mod.WeightsError, ValueError) as exc:
+        raise RegattError(str(exc)) from None

@@ -1,0 +1,106 @@
+"""``regatt bench``: a fast run on small models; checks the JSON schema and the files written
+(never the timings themselves)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from regatt_sdk.bench.onnx_proto import matmul_model
+from regatt_sdk.bench.profile import node_macs
+from regatt_sdk.bench.stats import summarize
+from regatt_sdk.cli.app import main
+
+ROW_KEYS = {"engine", "variant", "p50_ms", "p90_ms", "backbone_p50_ms", "gflops_per_s", "head_share", "gemm_pct", "peak_rss_mb", "first_call_ms"}
+FAST = ["--runs", "2", "--warmup", "0", "--gemm-size", "128", "--profile-runs", "1", "--no-progress"]
+
+
+def run_main(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    return int(info.value.code or 0)
+
+
+def check_report(report: dict, engines: set[str], variants: set[str]) -> None:
+    assert {"machine", "config", "results", "gemm_gflops_per_s", "targets", "paper"} <= set(report)
+    assert report["gemm_gflops_per_s"] > 0
+    assert report["machine"]["cpu_model"] and report["machine"]["threads"] >= 1
+    rows = report["results"]
+    assert {(r["engine"], r["variant"]) for r in rows} == {(e, v) for e in engines for v in variants}
+    for r in rows:
+        assert ROW_KEYS <= set(r), ROW_KEYS - set(r)
+        assert r["p50_ms"] > 0 and r["p90_ms"] >= r["p50_ms"] * 0.999
+        assert r["backbone_p50_ms"] is not None and r["backbone_p50_ms"] > 0
+        assert r["gflops_per_s"] > 0
+    assert {t["target"] for t in report["targets"]} == {"head_share", "gemm_pct", "speedup"}
+
+
+def test_bench_given_model_json_and_files(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    out, js = tmp_path / "out", tmp_path / "b.json"
+    code = run_main(["bench", str(tiny_model), "--size", "64x96", "--engines", "ort-cpu", *FAST, "--out", str(out), "--json", str(js)])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "| engine | variant | p50 ms" in text and "0.123" in text  # the paper's context time beside ours
+    report = json.loads(js.read_text())
+    check_report(report, {"ort-cpu"}, {"context"})
+    assert report["results"][0]["backbone_method"].startswith("onnxruntime profile")
+    assert (out / "bench.json").is_file() and (out / "bench.md").read_text().startswith("# regatt bench")
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_given_model_without_torch(tiny_model: Path, tmp_path: Path) -> None:
+    """A given ONNX model is benchmarked with torch unimportable; eager is skipped, with a note."""
+    js = tmp_path / "b.json"
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from regatt_sdk.cli.app import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert sys.modules.get('torch') is None\n"
+    )
+    args = ["bench", str(tiny_model), "--size", "64x96", *FAST, "--json", str(js)]
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(js.read_text())
+    assert {r["engine"] for r in report["results"]} == {"ort-cpu"}
+    assert any("eager PyTorch skipped" in n for n in report["notes"])
+
+
+def test_bench_builds_variants_with_eager(tmp_path: Path) -> None:
+    """No model: build resnet18 variants, time eager PyTorch beside onnxruntime, reuse the cache."""
+    js, cache = tmp_path / "b.json", tmp_path / "cache"
+    args = ["bench", "--backbone", "resnet18", "--size", "64x96", "--variants", "none", "--engines", "torch-eager,ort-cpu", *FAST]
+    assert run_main([*args, "--cache", str(cache), "--json", str(js)]) == 0
+    report = json.loads(js.read_text())
+    check_report(report, {"torch-eager", "ort-cpu"}, {"none"})
+    ort_row = next(r for r in report["results"] if r["engine"] == "ort-cpu")
+    assert ort_row["speedup_vs_eager"] > 0 and ort_row["backbone_method"].startswith("backbone-only graph")
+    assert report["macs"]["torch"]["none"]["total"] > 0
+    assert sorted(p.name for p in cache.glob("*.onnx")) == ["resnet18-none-L5-seed0.onnx", "resnet18-trunk-seed0.onnx"]
+    assert run_main([*args, "--cache", str(cache), "--json", str(js)]) == 0
+    assert json.loads(js.read_text())["config"]["export_s"]["none"] is None  # reused, not exported again
+
+
+def test_bench_usage_errors(tmp_path: Path, capsys) -> None:
+    assert run_main(["bench", str(tmp_path / "missing.onnx")]) == 2
+    assert run_main(["bench", "--size", "big"]) == 2
+    assert run_main(["bench", "--variants", "fancy"]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_parts() -> None:
+    """The torch-free helpers: stats, MAC formulas, the hand-written ONNX MatMul graph."""
+    t = summarize([0.001, 0.002, 0.003, 0.004])
+    assert t.n == 4 and t.p50_ms == pytest.approx(2.5) and t.images_per_s == pytest.approx(400.0)
+    assert node_macs("Conv", [[1, 3, 8, 8], [4, 3, 3, 3]], [[1, 4, 8, 8]]) == 4 * 64 * 27
+    assert node_macs("MatMul", [[1, 5, 16]], [[1, 5, 2]]) == 5 * 2 * 16
+    assert node_macs("Relu", [[1, 4]], [[1, 4]]) == 0
+    import numpy as np
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(matmul_model(3, 4, 5), providers=["CPUExecutionProvider"])
+    a, b = np.ones((3, 4), np.float32), np.full((4, 5), 2.0, np.float32)
+    np.testing.assert_allclose(sess.run(None, {"A": a, "B": b})[0], a @ b)

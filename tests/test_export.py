@@ -1,0 +1,123 @@
+"""ONNX export: parity gate, model card, golden vector, backbones at many sizes."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from regatt_export.build import EncoderConfig, build_encoder
+from regatt_export.onnx_export import ParityError, check_parity, export_onnx
+from regatt_sdk import Encoder
+from regatt_sdk.card import ModelCard
+
+SIZES = (("portrait", 130, 70), ("landscape", 70, 130), ("square", 96, 96), ("1:4", 40, 160), ("4:1", 160, 40), ("tiny", 16, 16))
+
+
+@pytest.mark.parametrize(
+    "backbone,attention,levels",
+    [("resnet18", "context", 5), ("resnet18", "regional", 3), ("resnet18", "none", 6), ("efficientnet-lite0", "context", 5)],
+)
+def test_export_parity_many_sizes(tmp_path, backbone, attention, levels):
+    enc, card = build_encoder(EncoderConfig(backbone=backbone, weights="random" if backbone == "resnet18" else None, attention=attention, levels=levels))
+    out = tmp_path / "m.onnx"
+    card, rows = export_onnx(enc, card, out, sizes=SIZES)
+    assert all(r.ok for r in rows) and len(rows) == len(SIZES) + 1
+    # sizes never traced nor checked at export time, incl. extreme aspect ratios
+    extra = (("wide", 33, 700), ("tall", 500, 20), ("odd", 257, 129))
+    more = check_parity(enc, out, sizes=extra)
+    assert all(r.ok for r in more), more
+    assert card.attention == attention and card.levels == levels and card.backbone == backbone
+
+
+def test_card_roundtrip_and_golden(tiny_model):
+    enc = Encoder(tiny_model)
+    card = enc.card
+    assert ModelCard.from_json(card.to_json()) == card
+    assert card.golden is not None and len(card.golden.vector) == card.dim == 512
+    assert enc.verify() <= 1e-5
+    assert card.outputs == ("descriptor", "boxes", "valid", "weights")
+    assert card.versions["torch"] == torch.__version__
+
+
+def test_parity_gate_refuses_to_write(tmp_path, monkeypatch):
+    import regatt_export.onnx_export as ox
+
+    enc, card = build_encoder(EncoderConfig(backbone="resnet18", weights="random"))
+    out = tmp_path / "refused.onnx"
+    real = ox.check_parity
+
+    def sabotaged(*a, **k):
+        rows = real(*a, **k)
+        return [r.__class__(**{**r.__dict__, "max_abs_diff": 1.0, "ok": False}) for r in rows]
+
+    monkeypatch.setattr(ox, "check_parity", sabotaged)
+    with pytest.raises(ParityError, match="disagrees"):
+        export_onnx(enc, card, out, sizes=SIZES[:2])
+    assert not out.exists()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_batch_input_and_float_input(tmp_path):
+    enc, card = build_encoder(EncoderConfig(backbone="resnet18", weights="random", attention="regional"))
+    out = tmp_path / "f.onnx"
+    export_onnx(enc, card, out, input_dtype="float32", sizes=SIZES[:2])
+    e = Encoder(out)
+    assert e.card.input_dtype == "float32"
+    imgs = np.random.default_rng(0).integers(0, 256, (3, 50, 70, 3), dtype=np.uint8)
+    batch = e.encode_prepared(imgs)
+    singles = np.stack([e.encode_prepared(imgs[i : i + 1])[0] for i in range(3)])
+    np.testing.assert_allclose(batch, singles, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-5)
+
+
+def test_efficientnet_weights_are_pretrained():
+    """The packaged EfficientNet-Lite0 weights really classify: skimage photos with known classes."""
+    from regatt_export.backbones import build_backbone, get_spec
+    from conftest import sample_photos
+
+    spec = get_spec("efficientnet-lite0")
+    trunk = build_backbone("efficientnet-lite0")
+    photos = sample_photos()
+    # ImageNet classes: 'chelsea' is a tabby/tiger/Egyptian cat (281-285), 'coffee' an espresso/cup (967/968/504)
+    import cv2
+
+    expected = {"chelsea": {281, 282, 283, 284, 285}, "coffee": {967, 968, 504, 969}}
+    for name, classes in expected.items():
+        img = cv2.resize(photos[name], (224, 224))[:, :, ::-1].astype(np.float32)
+        x = torch.from_numpy((img - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            logits = trunk.classifier(trunk(x).mean(dim=(2, 3)))
+        top5 = set(logits.topk(5).indices[0].tolist())
+        assert top5 & classes, (name, top5)
+
+
+def test_efficientnet_top1_on_imagenet_sample(shared_dir):
+    """Top-1 of the packaged weights on 100 of the shared ImageNet photos (skips without them)."""
+    import cv2
+
+    from regatt_export.backbones import build_backbone, get_spec
+
+    files = sorted(glob.glob(str(shared_dir / "data" / "imagenet-sample" / "*.JPEG")))
+    if not files:
+        pytest.skip("no ImageNet sample")
+    wnids = sorted({os.path.basename(f).split("_")[0] for f in files})
+    spec, trunk = get_spec("efficientnet-lite0"), build_backbone("efficientnet-lite0")
+    correct = 0
+    subset = files[::10]
+    for f in subset:
+        img = cv2.imread(f)[:, :, ::-1]
+        h, w = img.shape[:2]
+        s = 256 / min(h, w)
+        img = cv2.resize(img, (round(w * s), round(h * s)))
+        h, w = img.shape[:2]
+        img = img[(h - 224) // 2 : (h - 224) // 2 + 224, (w - 224) // 2 : (w - 224) // 2 + 224].astype(np.float32)
+        x = torch.from_numpy((img - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            pred = trunk.classifier(trunk(x).mean(dim=(2, 3))).argmax().item()
+        correct += wnids[pred] == os.path.basename(f).split("_")[0]
+    assert correct / len(subset) >= 0.7
