@@ -11,7 +11,8 @@ two-level mixture so that neighbours are graded, not uniform: 400 topics (random
 ``normalize(cluster + 0.7 g)`` (``u``, ``g`` Gaussian of unit expected norm). Queries are fresh
 points from the same mixture. Same-cluster pairs have cosine ~0.67, same-topic ~0.5, others ~0.
 
-Measured: exact top-10 (numpy, ``regatt_sdk.search.topk``) as ground truth and its latency;
+Run it as ``OMP_NUM_THREADS=1`` on a shared machine: FAISS's OpenMP barriers stall badly
+when other processes hold the cores. Measured: exact top-10 (numpy, ``regatt_sdk.search.topk``) as ground truth and its latency;
 for the IVF-PQ index: train and add times, peak RSS and index size, then for each ``nprobe``
 and re-ranking depth: recall@10 (fraction of the exact top-10 found), one-query latency
 (median over queries sent one at a time) and batch throughput.
@@ -177,6 +178,8 @@ def main() -> None:
         "peak_rss_mib": round(peak_rss_mib(), 1), "start_rss_mib": round(rss0, 1),
         "total_s": round(time.perf_counter() - t_start, 1),
         "machine": machine(),
+        "threads": {"faiss": faiss.omp_get_max_threads(),
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -204,7 +207,9 @@ def markdown(r: dict) -> str:
         f"Data: {r['data']}. Dimension 512 instead of the 2048 of a ResNet-101 model so that 1M "
         "vectors fit in 2 GB; the PQ code size scales with it (dim / 8 bytes).",
         "",
-        f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores; faiss {m.get('faiss', '?')}.",
+        f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores (shared with other jobs), "
+        f"{r['threads']['faiss']} FAISS thread(s) (OMP_NUM_THREADS="
+        f"{r['threads']['OMP_NUM_THREADS']}); faiss {m.get('faiss', '?')}.",
         "",
         f"- exact (numpy, chunked): one query {ex['one_query_ms']:.0f} ms; "
         f"{r['queries']} queries in {ex['batch_s']:.1f} s",

@@ -71,7 +71,7 @@ def test_train_resume_matches_uninterrupted_and_is_deterministic(labelled, tmp_p
 
 def test_train_contrastive_label_free_regional(tmp_path, photo_dir, capsys):
     cli(["train", str(photo_dir), "-o", str(tmp_path / "c.pth"), "--objective", "contrastive", "--attention", "regional",
-          "--epochs", "1", "--val-fraction", "0.34", "--uniform-prior", "0.1", *TINY[:-6], "--no-progress", "--no-cache"])
+          "--epochs", "1", "--val-fraction", "0.34", "--uniform-prior", "0.1", *TINY[:-5], "--no-progress", "--no-cache"])
     assert "val_instance_top1" in capsys.readouterr().out
     assert _state(tmp_path / "c.pth")["conv_att_1.weight"].shape == (64, 512, 1)
 

@@ -269,22 +269,25 @@ class Trainer:
         """Held-out metric: top-1 accuracy (classify) or instance top-1 between two views
         (contrastive); plus the weights' spread (max/mean of phi)."""
         if self.val_views is None:
-            return {"val": float("nan"), "peak": float("nan")}
+            return {"val": float("nan"), "loss": float("nan"), "peak": float("nan")}
         n = len(self.val_items)
         idx = torch.arange(n)
         if self.cfg.objective == "classify":
-            correct, peaks = 0, []
+            correct, loss, peaks = 0, 0.0, []
             for s in range(0, n, 64):
                 b = idx[s : s + 64]
                 logits, phi = self.logits(self.val_views.batch(b, torch.zeros_like(b)), uniform)
                 labels = torch.tensor([self.val_items[i].label for i in b.tolist()])
                 correct += int((logits.argmax(1) == labels).sum())
+                loss += float(F.cross_entropy(logits, labels, reduction="sum"))
                 peaks.append(phi.amax(1) / phi.mean(1))
-            return {"val": correct / n, "peak": float(torch.cat(peaks).mean())}
+            return {"val": correct / n, "loss": loss / n, "peak": float(torch.cat(peaks).mean())}
         da, phi = self.descriptor(self.val_views.batch(idx, torch.zeros_like(idx)), uniform)
         db, _ = self.descriptor(self.val_views.batch(idx, torch.ones_like(idx)), uniform)
-        top1 = float(((da @ db.t()).argmax(1) == idx).float().mean())
-        return {"val": top1, "peak": float((phi.amax(1) / phi.mean(1)).mean())}
+        sim = da @ db.t()
+        top1 = float((sim.argmax(1) == idx).float().mean())
+        loss = float(F.cross_entropy(sim / self.cfg.temperature, idx))
+        return {"val": top1, "loss": loss, "peak": float((phi.amax(1) / phi.mean(1)).mean())}
 
     def fit(self, resume: bool = False) -> TrainResult:
         """Train with SGD + gradient accumulation; early stopping on the validation metric."""
@@ -298,7 +301,8 @@ class Trainer:
         ckpt_path = ckpt_dir / CHECKPOINT
         start_epoch, history = 1, []
         baseline = self.validate(uniform=True)["val"]
-        best = {"epoch": 0, "metric": self.validate()["val"], "state": attention_state(self.attention)}
+        initial = self.validate()
+        best = {"epoch": 0, "metric": initial["val"], "loss": initial["loss"], "state": attention_state(self.attention)}
         metric_name = "val_top1" if cfg.objective == "classify" else "val_instance_top1"
         self.log(f"{metric_name}: uniform weights {baseline:.4f}, initial attention {best['metric']:.4f}")
         if resume:
@@ -334,16 +338,17 @@ class Trainer:
             self.attention.eval()
             head_times.append(time.perf_counter() - t0)
             val = self.validate()
-            row = {"epoch": epoch, "loss": total / steps, metric_name: val["val"], "peak": val["peak"], "s": head_times[-1]}
+            row = {"epoch": epoch, "loss": total / steps, metric_name: val["val"], "val_loss": val["loss"], "peak": val["peak"], "s": head_times[-1]}
             history.append(row)
-            better = val["val"] > best["metric"] or (math.isnan(best["metric"]) and not math.isnan(val["val"]))
+            # better = higher metric, ties broken by a lower validation loss
+            better = (val["val"], -val["loss"]) > (best["metric"], -best["loss"])
             if better or self.val_views is None:
-                best = {"epoch": epoch, "metric": val["val"], "state": attention_state(self.attention)}
+                best = {"epoch": epoch, "metric": val["val"], "loss": val["loss"], "state": attention_state(self.attention)}
                 stale = 0
             else:
                 stale += 1
             self.log(
-                f"epoch {epoch}: loss {row['loss']:.4f}  {metric_name} {val['val']:.4f}  weight peak/mean {val['peak']:.2f}  "
+                f"epoch {epoch}: loss {row['loss']:.4f}  {metric_name} {val['val']:.4f}  val loss {val['loss']:.4f}  weight peak/mean {val['peak']:.2f}  "
                 f"({head_times[-1]:.1f} s){'  *best' if best['epoch'] == epoch else ''}"
             )
             self._save(ckpt_path, opt, epoch, history, best)
@@ -377,6 +382,7 @@ class Trainer:
             "history": json.dumps(history),
             "best_epoch": best["epoch"],
             "best_metric": best["metric"],
+            "best_loss": best["loss"],
             "best_state": best["state"],
         }
         tmp = path.with_suffix(".tmp")
@@ -395,7 +401,7 @@ class Trainer:
         self.attention.load_state_dict(restored.state_dict())
         opt.load_state_dict(blob["optimizer"])
         history = json.loads(blob["history"])
-        best = {"epoch": int(blob["best_epoch"]), "metric": float(blob["best_metric"]), "state": blob["best_state"]}
+        best = {"epoch": int(blob["best_epoch"]), "metric": float(blob["best_metric"]), "loss": float(blob["best_loss"]), "state": blob["best_state"]}
         self.log(f"resumed from {path} after epoch {blob['epoch']}")
         return int(blob["epoch"]) + 1, history, best
 

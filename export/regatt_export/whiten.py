@@ -45,10 +45,17 @@ class WhitenConfig:
     power: float = 0.5
     cache_dir: str | None = None
     threads: int = 1
+    seed: int = 0  # only matters for random backbone weights (as in ``build_encoder``)
 
 
 def full_image_cache(
-    encoder: RegionalAttentionEncoder, backbone: str, weights: str | None, max_side: int, cache_dir: str | None, dtype: str = "float32"
+    encoder: RegionalAttentionEncoder,
+    backbone: str,
+    weights: str | None,
+    max_side: int,
+    cache_dir: str | None,
+    dtype: str = "float32",
+    seed: int = 0,
 ) -> FeatureCache:
     """Feature maps of whole photos resized to longest side ``max_side`` (the SDK's ``prepare``)."""
     from regatt_sdk.imageio import read_image
@@ -57,7 +64,10 @@ def full_image_cache(
     def producer(item: Item, view: int) -> np.ndarray:
         return prepare(read_image(item.path), max_side)
 
-    key = cache_key(backbone=backbone, weights=weights_fact(weights), max_side=max_side, kind="full-image", dtype=dtype)
+    facts = {"backbone": backbone, "weights": weights_fact(weights), "max_side": max_side, "kind": "full-image", "dtype": dtype}
+    if weights == "random":
+        facts["seed"] = seed
+    key = cache_key(**facts)
     return FeatureCache(cache_dir, key, producer, backbone_features(encoder), dtype)
 
 
@@ -128,8 +138,9 @@ def whiten(cfg: WhitenConfig, log: Callable[[str], None] = print, progress=None)
     if cfg.dim is not None and not 1 <= cfg.dim <= spec.channels:
         raise DataError(f"--dim must be in 1..{spec.channels} for {cfg.backbone}, got {cfg.dim}")
     items = list_images(cfg.data)
+    torch.manual_seed(cfg.seed)
     encoder = RegionalAttentionEncoder(build_backbone(cfg.backbone, cfg.weights), spec, Attention(spec.channels, "none"), None, cfg.levels).eval()
-    cache = full_image_cache(encoder, cfg.backbone, cfg.weights, cfg.max_side, cfg.cache_dir)
+    cache = full_image_cache(encoder, cfg.backbone, cfg.weights, cfg.max_side, cfg.cache_dir, seed=cfg.seed)
     vectors = regional_vectors(encoder, cache, items, progress)
     mean, components, lam = learn_whitening(vectors, cfg.dim, cfg.shrinkage, cfg.power)
     save_whitening(cfg.output, mean, components, shrinkage=cfg.shrinkage, power=cfg.power, max_side=cfg.max_side, levels=cfg.levels, images=len(items), vectors=len(vectors))

@@ -107,3 +107,22 @@ def fallback_reason(ort) -> str:
         "the CUDA provider is built in but could not start (CUDA/cuDNN libraries not found or no GPU visible). "
         "Run  regatt doctor  to see which libraries are missing."
     )
+
+
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def runs_on_gpu(session) -> bool:
+    """True when ``session``'s first provider is CUDA or TensorRT (the IO-binding path pays)."""
+    providers = session.get_providers()
+    return bool(providers) and providers[0] in GPU_PROVIDERS
+
+
+def run_bound(session, input_name: str, feed, output_name: str):
+    """Run with IO binding: ``feed`` is uploaded once to the session's device and the output is
+    bound on the host, so no intermediate host copies or per-run allocations of the input."""
+    binding = session.io_binding()
+    binding.bind_cpu_input(input_name, feed)
+    binding.bind_output(output_name, "cpu")
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()[0]

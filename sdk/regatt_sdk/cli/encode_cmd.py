@@ -54,10 +54,34 @@ def encode(
     threads: int = typer.Option(None, "--threads", min=1, help="Inference threads (CPU)."),
     chunk_rows: int = typer.Option(256, "--chunk-rows", min=1, help="Rows per store commit."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
+    ray: str = typer.Option(
+        None, "--ray", metavar="ADDRESS",
+        help="Encode on a Ray cluster: local (start one here), auto (the running one) or "
+        "ray://HOST:PORT. Needs pip install 'regatt[ray]'.",
+    ),  # fmt: skip
+    ray_actors: int = typer.Option(
+        None, "--ray-actors", min=1, help="Encoder actors with --ray (default: one per GPU or CPU)."
+    ),
+    faiss: bool = typer.Option(
+        False, "--faiss", help="Then build a FAISS ANN index next to the store (STORE.ann.faiss); "
+        "with --resume and no sources, only build it.",
+    ),  # fmt: skip
+    faiss_kind: str = typer.Option(
+        "auto", "--faiss-kind", help="auto (by size), flat, hnsw or ivfpq, for --faiss."
+    ),
 ) -> None:
     """Encode images into a feature store (crash-safe; resumable with --resume)."""
     sources = list(sources or [])
     list_files = list(list_files or [])
+    if faiss:
+        from ..ann import check_kind
+
+        check_kind(faiss_kind)
+    if faiss and resume and not sources and not list_files:
+        from ..ann import build_store_index, describe
+
+        typer.echo(describe(build_store_index(output, faiss_kind), output))
+        raise typer.Exit(0)
     if not sources and not list_files:
         raise fail("give at least one image, folder, @LIST or - (stdin), or --list FILE")
     if not model.is_file():
@@ -70,27 +94,41 @@ def encode(
     from ..encoder import Encoder
     from ..pipeline import encode_to_store
 
-    encoder = Encoder(model, device=device, max_side=max_side, threads=threads)
-    report = encode_to_store(
-        encoder,
-        sources,
-        output,
-        resume=resume,
-        batch_size=batch_size,
-        workers=workers,
-        progress=progress,
-        max_pixels=max_pixels,
-        chunk_rows=chunk_rows,
-        min_side=min_side,
-        upscale_small=upscale_small,
-        extensions=ext,
-        list_files=list_files,
-    )
+    if ray is not None:
+        from ..distributed import encode_with_ray
+
+        report = encode_with_ray(
+            model, sources, output, address=ray, num_actors=ray_actors, batch_size=batch_size,
+            use_gpu={"cpu": False, "auto": None}.get(device, True), resume=resume,
+            threads=threads, max_side=max_side, decode_threads=workers, progress=progress,
+            max_pixels=max_pixels, min_side=min_side, upscale_small=upscale_small,
+            extensions=ext, list_files=list_files,
+        )  # fmt: skip
+    else:
+        report = encode_to_store(
+            Encoder(model, device=device, max_side=max_side, threads=threads),
+            sources,
+            output,
+            resume=resume,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+            max_pixels=max_pixels,
+            chunk_rows=chunk_rows,
+            min_side=min_side,
+            upscale_small=upscale_small,
+            extensions=ext,
+            list_files=list_files,
+        )
     for failure in report.failures[:SHOWN_FAILURES]:
         typer.echo(f"failed: {failure.name}: {failure.reason}", err=True)
     if report.failed > SHOWN_FAILURES:
         typer.echo(f"... and {report.failed - SHOWN_FAILURES} more failures", err=True)
     typer.echo(report.summary())
+    if faiss:
+        from ..ann import build_store_index, describe
+
+        typer.echo(describe(build_store_index(output, faiss_kind), output))
     raise typer.Exit(report.exit_code)
 
 

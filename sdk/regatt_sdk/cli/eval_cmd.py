@@ -189,6 +189,12 @@ def evaluate_cmd(
     max_side: int = typer.Option(None, "--max-side", min=1, help="Resize the longest side to this."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per inference batch."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
+    show: Path = typer.Option(
+        None, "--show", help="Write one PNG per query to this folder: query and top results, "
+        "marked correct / wrong / junk.",
+    ),  # fmt: skip
+    show_count: int = typer.Option(20, "--show-count", min=1, help="Queries pictured by --show."),
+    show_top: int = typer.Option(10, "--show-top", min=1, help="Results per picture (--show)."),
 ) -> None:
     """Evaluate a model on a retrieval benchmark (mAP, with and without query expansion)."""
     from ..datasets import DATASETS, load_dataset
@@ -219,6 +225,12 @@ def evaluate_cmd(
     plain, with_qe = score(ds, queries, db, steps=steps, backend=backend)
     t3 = time.monotonic()
     print_table(key, model, plain, with_qe, label)
+    if show is not None:
+        from ..explain import save_eval_grids
+
+        pictures = save_eval_grids(show, ds, queries, db, count=show_count, top=show_top,
+                                   backend=backend)  # fmt: skip
+        typer.echo(f"wrote {len(pictures)} pictures to {show}", err=True)
     if json_path is not None:
         out: dict[str, Any] = {
             "dataset": key,

@@ -31,6 +31,14 @@ def export(
     atol: float = typer.Option(1e-5, "--atol", help="Largest |ONNX - PyTorch| accepted."),
     seed: int = typer.Option(0, "--seed", help="Seed for anything randomly initialised."),
     list_backbones: bool = typer.Option(False, "--list", help="List the registered backbones and exit."),
+    int8: bool = typer.Option(False, "--int8", help="Write a static INT8 (QDQ, per-channel) backbone; needs --calibration."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="Folder of photos for INT8 calibration."),
+    calibration_method: str = typer.Option("minmax", "--calibration-method", help="minmax | entropy | percentile"),
+    calibration_count: int = typer.Option(64, "--calibration-count", help="Calibration photos used (spread over the folder)."),
+    calibration_side: Optional[int] = typer.Option(None, "--calibration-side", help="Longest side of calibration photos (default: --max-side)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Write an fp16 backbone (for GPUs; no gain on CPU)."),
+    parity_images: Optional[Path] = typer.Option(None, "--parity-images", help="Photos (not used for calibration) for the precision parity gate."),
+    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Worst descriptor cosine to fp32 accepted (default 0.90 int8, 0.999 fp16)."),
 ) -> None:
     """Export an encoder (the built-in default with no options) to one self-contained ONNX file.
 
@@ -46,6 +54,12 @@ def export(
         return
     if attention not in ("context", "regional", "none"):
         raise RegattError(f"--attention {attention!r}: use context, regional or none")
+    if int8 and fp16:
+        raise RegattError("--int8 and --fp16 are exclusive: pick one")
+    if int8 and calibration is None:
+        raise RegattError("--int8 needs --calibration DIR (a folder of photos like the ones you will encode)")
+    if not int8 and calibration is not None:
+        raise RegattError("--calibration is only used with --int8")
     cfg = build.EncoderConfig(
         backbone=backbone,
         weights=weights,
@@ -63,10 +77,65 @@ def export(
     except (ValueError, RuntimeError) as exc:
         raise RegattError(str(exc)) from None
     typer.echo(f"exporting {card.backbone} ({card.attention} attention, whitening: {card.whitening}, L={levels}) ...")
+    fp32_path = output if not (int8 or fp16) else output.with_name(output.name + ".fp32.tmp")
     try:
-        card, rows = onnx_export.export_onnx(encoder, card, output, input_dtype=input_dtype, explain=explain, atol=atol)
+        try:
+            card, rows = onnx_export.export_onnx(encoder, card, fp32_path, input_dtype=input_dtype, explain=explain, atol=atol)
+        except onnx_export.ParityError as exc:
+            raise RegattError(f"{output} not written: {exc}") from None
+        typer.echo(onnx_export.format_parity(rows))
+        if int8 or fp16:
+            card = _reduced_precision(fp32_path, output, int8, calibration, calibration_method, calibration_count, calibration_side, parity_images, min_cosine)
+    finally:
+        if fp32_path != output and fp32_path.exists():
+            fp32_path.unlink()
+    size = output.stat().st_size / 1e6
+    typer.echo(f"wrote {output} ({size:.1f} MB, {card.precision}, {card.dim}-d descriptors, checked at {len(rows)} sizes)")
+
+
+def _reduced_precision(
+    fp32_path: Path,
+    output: Path,
+    int8: bool,
+    calibration: Optional[Path],
+    method: str,
+    count: int,
+    side: Optional[int],
+    parity_images: Optional[Path],
+    min_cosine: Optional[float],
+):
+    """Turn the checked fp32 file into the INT8 or fp16 variant at ``output`` (parity-gated)."""
+    import logging
+
+    onnx_export = export_side("onnx_export", "regatt export")
+    quantize = export_side("quantize", "regatt export")
+    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization logs advice at WARNING
+    try:
+        if int8:
+            options = quantize.Int8Options(
+                method=method,
+                side=side,
+                count=count,
+                parity_dir=str(parity_images) if parity_images else None,
+                min_cosine=quantize.DEFAULT_MIN_COSINE_INT8 if min_cosine is None else min_cosine,
+            )
+            typer.echo(f"quantizing to INT8 ({method} calibration on {calibration}) ...")
+            card, parity = quantize.quantize_int8(fp32_path, output, calibration, options)
+        else:
+            fp16 = export_side("fp16", "regatt export")
+            typer.echo("converting the backbone to fp16 ...")
+            card, parity = fp16.convert_fp16(
+                fp32_path,
+                output,
+                parity_dir=parity_images,
+                min_cosine=fp16.DEFAULT_MIN_COSINE_FP16 if min_cosine is None else min_cosine,
+            )
     except onnx_export.ParityError as exc:
         raise RegattError(f"{output} not written: {exc}") from None
-    typer.echo(onnx_export.format_parity(rows))
-    size = output.stat().st_size / 1e6
-    typer.echo(f"wrote {output} ({size:.1f} MB, {card.dim}-d descriptors, checked at {len(rows)} sizes)")
+    except (quantize.CalibrationError, ValueError) as exc:
+        raise RegattError(f"{output} not written: {exc}") from None
+    if parity is None:
+        typer.echo("parity gate skipped: no onnxruntime provider on this machine runs fp16 kernels (check it on a GPU)")
+    else:
+        typer.echo(parity.summary())
+    return card

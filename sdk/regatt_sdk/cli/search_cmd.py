@@ -70,6 +70,10 @@ def search(
     backend: str = typer.Option("exact", "--backend", help="exact (numpy) or faiss."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, or cuda:N."),
     max_side: int = typer.Option(None, "--max-side", min=1, help="Resize the longest side to this."),
+    ann: bool = typer.Option(
+        True, "--ann/--no-ann", help="Use the store's FAISS ANN index when it has one (regatt index --faiss)."
+    ),
+    nprobe: int = typer.Option(None, "--nprobe", min=1, help="Inverted lists visited (IVF ANN index)."),
 ) -> None:
     """Rank the images of a feature store by similarity to a query image."""
     box = parse_roi(roi)
@@ -90,8 +94,22 @@ def search(
         )
     qvec = encoder.encode(str(query), roi=box)
     steps = [QueryExpansion(k=qe)] if qe > 0 else []
-    scores, ids = retrieve(qvec, vectors, steps=steps, top=top, backend=backend)
-    results = [(names[int(i)], float(s)) for s, i in zip(scores[0], ids[0])]
+    index = None
+    if ann and backend == "exact":
+        from ..ann import load_store_index
+
+        index, why = load_store_index(store)
+        if why:
+            typer.secho(f"warning: {why}; searching exactly", err=True, fg=typer.colors.YELLOW)
+    if index is not None:
+        from ..ann import search_with_expansion
+
+        if nprobe is not None:
+            index.meta["nprobe"] = nprobe
+        scores, ids = search_with_expansion(index, qvec, top, qe)
+    else:
+        scores, ids = retrieve(qvec, vectors, steps=steps, top=top, backend=backend)
+    results = [(names[int(i)], float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]
     for r, (name, score) in enumerate(results, start=1):
         typer.echo(f"{r:4d}  {score:.6f}  {name}")
     if show is not None:

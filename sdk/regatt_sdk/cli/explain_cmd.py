@@ -1,0 +1,63 @@
+"""``regatt explain IMAGE --model M -o OUT.png``: the image's R-MAC regions ranked by attention.
+
+Left panel: the ``--top`` heaviest regions, outlined in a colormap by weight, labelled with their
+rank and share of the total weight. Right panel: the summed weights of the regions covering each
+pixel, over the photo. The model must be exported with ``regatt export --explain``. The regions
+and weights are also printed (rank, share, weight, box in the resized image's pixels).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import RegattError
+
+
+def explain_cmd(
+    image: Path = typer.Argument(..., help="Image to explain."),
+    model: Path = typer.Option(
+        None, "--model", "-m", envvar="REGATT_MODEL",
+        help="Model exported with 'regatt export --explain' (default: $REGATT_MODEL).",
+    ),  # fmt: skip
+    output: Path = typer.Option(..., "--output", "-o", help="PNG to write."),
+    roi: str = typer.Option(None, "--roi", help="Crop to x1,y1,x2,y2 (original pixels) first."),
+    top: int = typer.Option(8, "--top", "-k", min=0, help="Regions drawn on the left panel."),
+    size: int = typer.Option(400, "--size", min=64, help="Longer side of each panel, pixels."),
+    max_side: int = typer.Option(None, "--max-side", min=16, help="Resize the longest side to this."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or tensorrt."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the region list."),
+) -> None:
+    """Draw an image's regions coloured and ranked by their attention weights."""
+    from .search_cmd import parse_roi
+
+    box = parse_roi(roi)
+    if model is None:
+        raise RegattError("give the model with --model M (or set REGATT_MODEL)")
+    if not model.is_file():
+        raise RegattError(f"{model}: model file not found")
+    if not image.is_file():
+        raise RegattError(f"{image}: image not found")
+
+    from ..encoder import Encoder
+    from ..explain import explain, explanation_figure, write_png
+
+    encoder = Encoder(model, device=device, max_side=max_side)
+    expl = explain(encoder, image, roi=box)
+    figure = explanation_figure(expl, top=top, size=size, title=image.name)
+    out = write_png(output, figure)
+    if not quiet:
+        shares = expl.shares()
+        h, w = expl.image.shape[:2]
+        typer.echo(f"{expl.weights.size} regions on the {w}x{h} resized image, by weight:")
+        for rank, r in enumerate(expl.order(), start=1):
+            x1, y1, x2, y2 = (int(round(v)) for v in expl.boxes[r])
+            typer.echo(f"{rank:4d}  {100 * shares[r]:5.1f}%  {expl.weights[r]:.5f}  "
+                       f"{x1},{y1},{x2},{y2}")  # fmt: skip
+    typer.echo(f"wrote {out}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``explain`` to the app."""
+    app.command("explain")(explain_cmd)

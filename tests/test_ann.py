@@ -1,0 +1,113 @@
+"""FAISS ANN indexes over feature stores: recall, save/load next to the store, staleness, CLI."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss")
+
+from regatt_sdk import ann  # noqa: E402
+from regatt_sdk.search import topk  # noqa: E402
+from regatt_sdk.store import FeatureStore  # noqa: E402
+
+
+def clustered(n: int, dim: int, clusters: int, seed: int = 0) -> np.ndarray:
+    """``n`` unit rows (n, dim) around ``clusters`` random centres (cosine to centre ~0.8)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = centres[rng.integers(0, clusters, n)] + 0.7 * rng.standard_normal((n, dim)).astype(np.float32) / np.sqrt(dim)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / truth.shape[1] for f, t in zip(found, truth)]))
+
+
+def make_store(path: Path, vectors: np.ndarray) -> None:
+    with FeatureStore.create(path, card_hash="card-1", dim=vectors.shape[1]) as st:
+        st.append([f"img{i:05d}" for i in range(len(vectors))], vectors)
+
+
+def test_choice_by_size_and_factories() -> None:
+    assert [ann.choose_kind(n) for n in (10, 9_999, 10_000, 99_999, 100_000)] == [
+        "flat", "flat", "hnsw", "hnsw", "ivfpq"]  # fmt: skip
+    assert ann.default_nlist(1_000_000) == 2048 and ann.default_nlist(10) == 64
+    assert ann.factory_string("ivfpq", 1_000_000, 512) == "IVF2048,PQ64"
+    assert ann.default_pq_bytes(1280) == 160 and ann.default_pq_bytes(2048) == 256
+    with pytest.raises(ann.AnnError, match="unknown index kind"):
+        ann.check_kind("lsh")
+
+
+def test_ivfpq_recall_with_reranking() -> None:
+    db = clustered(6000, 64, 60)
+    q = clustered(40, 64, 60, seed=1)
+    _, truth = topk(q, db, 10)
+    index = ann.build_index(db, "ivfpq", nlist=32, pq_bytes=8, nprobe=8)
+    assert index.meta["train_rows"] == 6000 and index.ntotal == 6000
+    _, raw = index.search(q, 10, rerank=0)
+    scores, ids = index.search(q, 10, rerank=300)
+    assert recall(ids, truth) >= 0.9 and recall(ids, truth) >= recall(raw, truth)
+    np.testing.assert_allclose(scores, np.take_along_axis(q @ db.T, ids, 1), atol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 1e-7)  # best first
+
+
+def test_flat_and_hnsw_agree_with_exact() -> None:
+    db = clustered(3000, 32, 30)
+    q = clustered(20, 32, 30, seed=2)
+    _, truth = topk(q, db, 10)
+    assert np.array_equal(ann.build_index(db, "auto").search(q, 10)[1], truth)  # flat
+    assert recall(ann.build_index(db, "hnsw").search(q, 10)[1], truth) >= 0.95
+
+
+def test_saved_next_to_store_and_stale_detection(tmp_path: Path) -> None:
+    db = clustered(500, 16, 10)
+    store = tmp_path / "feats"
+    make_store(store, db)
+    assert ann.load_store_index(store) == (None, "")
+    built = ann.build_store_index(store, "hnsw")
+    index_file, meta_file = ann.index_paths(store)
+    assert index_file == tmp_path / "feats.ann.faiss" and index_file.is_file() and meta_file.is_file()
+    loaded, why = ann.load_store_index(store)
+    assert why == "" and loaded is not None and loaded.kind == "hnsw"
+    assert np.array_equal(loaded.search(db[:5], 3)[1], built.search(db[:5], 3)[1])
+    with FeatureStore.open(store, writable=True) as st:
+        st.append(["extra"], db[:1])
+    stale, why = ann.load_store_index(store)
+    assert stale is None and "covers 500 rows but the store now has 501" in why
+
+
+def test_qe_through_the_index_matches_exact_qe() -> None:
+    from regatt_sdk.expansion import QueryExpansion, retrieve
+
+    db = clustered(400, 16, 8)
+    index = ann.build_index(db, "flat")
+    s1, i1 = ann.search_with_expansion(index, db[3], 5, qe=3)
+    s2, i2 = retrieve(db[3], db, steps=[QueryExpansion(k=3)], top=5)
+    assert np.array_equal(i1, i2) and np.allclose(s1, s2, atol=1e-5)
+
+
+def test_cli_index_faiss_then_search(tiny_model: Path, photo_dir: Path, tmp_path: Path, capsys) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_encode_cli import run_main
+
+    store = tmp_path / "db"
+    assert run_main(["index", str(tiny_model), str(photo_dir), "-o", str(store), "--faiss",
+                     "--no-progress", "--max-side", "96"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "ANN index flat (Flat) over 6 rows" in out and (tmp_path / "db.ann.faiss").is_file()
+    query = str(photo_dir / "chelsea.jpg")
+    args = ["search", str(tiny_model), str(store), query, "--top", "3", "--max-side", "96"]
+    assert run_main(args) == 0
+    with_ann = capsys.readouterr().out
+    assert run_main(args + ["--no-ann"]) == 0
+    exact = capsys.readouterr().out
+    assert with_ann.split() == exact.split() and "chelsea.jpg" in with_ann.splitlines()[0]
+    # --resume --faiss with no sources only (re)builds the index
+    assert run_main(["index", str(tiny_model), "-o", str(store), "--resume", "--faiss",
+                     "--faiss-kind", "hnsw"]) == 0  # fmt: skip
+    assert "ANN index hnsw" in capsys.readouterr().out

@@ -1,0 +1,141 @@
+"""INT8 and fp16 variants: parity gate, card records, graph structure (small random resnet18)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime.quantization")
+
+from regatt_sdk.card import golden_image  # noqa: E402
+
+logging.getLogger().setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="module")
+def fp32_model(tmp_path_factory) -> Path:
+    from regatt_export.build import EncoderConfig, build_encoder
+    from regatt_export.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("fp32") / "r18.onnx"
+    encoder, card = build_encoder(EncoderConfig(backbone="resnet18", weights="random", max_side=128))
+    export_onnx(encoder, card, out, sizes=(("portrait", 128, 96), ("square", 64, 64)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory) -> Path:
+    """A few generated 'photos' of different shapes, written as JPEG files."""
+    root = tmp_path_factory.mktemp("photos")
+    for i, (h, w) in enumerate([(120, 160), (160, 120), (100, 100), (90, 200), (140, 140), (130, 170)]):
+        cv2.imwrite(str(root / f"p{i}.jpg"), golden_image(h, w, 40 + i))
+    return root
+
+
+def _card(path: Path):
+    from regatt_export.quantize import read_card_file
+
+    return read_card_file(path)
+
+
+def test_int8_export_passes_gate_and_records_calibration(fp32_model, photo_dir, tmp_path):
+    from regatt_export.quantize import Int8Options, quantize_int8
+    from regatt_sdk.encoder import Encoder
+
+    out = tmp_path / "m.int8.onnx"
+    card, parity = quantize_int8(fp32_model, out, photo_dir, Int8Options(count=4, holdout=2, min_cosine=0.5))
+    assert out.is_file() and parity.ok and parity.count == 2
+    stored = _card(out)
+    assert stored.precision == "int8" == card.precision
+    cal = stored.provenance["calibration"]
+    assert cal["folder"] == str(photo_dir.resolve()) and cal["count"] == 4 and cal["method"] == "minmax"
+    assert stored.provenance["parity"]["min_cosine"] >= 0.5
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    enc = Encoder(out, device="cpu", threads=1)
+    enc.verify()  # golden recomputed on the int8 graph
+    assert enc.encode(golden_image(100, 130, 3)).shape == (enc.dim,)
+
+
+def test_int8_gate_refuses_impossible_threshold(fp32_model, photo_dir, tmp_path):
+    from regatt_export.onnx_export import ParityError
+    from regatt_export.quantize import Int8Options, quantize_int8
+
+    out = tmp_path / "refused.onnx"
+    with pytest.raises(ParityError, match="FAIL"):
+        quantize_int8(fp32_model, out, photo_dir, Int8Options(count=3, holdout=2, min_cosine=1.0 + 1e-6))
+    assert not out.exists()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_int8_keeps_head_and_first_conv_fp32(fp32_model):
+    import onnx
+
+    from regatt_export.quantize import backbone_nodes, inline_constant_identities
+
+    model = onnx.load(str(fp32_model))
+    inline_constant_identities(model)
+    body = backbone_nodes(model)
+    names = [n.name for n in body]
+    assert all("backbone" in n for n in names)  # nothing of the head or the normalisation
+    assert sum(n.op_type == "Conv" for n in body) == sum(n.op_type == "Conv" for n in model.graph.node)
+
+
+def test_fp16_structure_and_parity(fp32_model, tmp_path):
+    import onnx
+    from onnx import TensorProto
+
+    from regatt_export.fp16 import convert_fp16
+
+    out = tmp_path / "m.fp16.onnx"
+    card, parity = convert_fp16(fp32_model, out, min_cosine=0.99)
+    model = onnx.load(str(out))
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert convs and all(inits[n.input[1]] == TensorProto.FLOAT16 for n in convs)
+    assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.UINT8
+    # the head (whitening/attention MatMuls) stays fp32
+    matmul_weights = [inits[i] for n in model.graph.node if n.op_type in ("MatMul", "Gemm") for i in n.input if i in inits]
+    assert all(t == TensorProto.FLOAT for t in matmul_weights)
+    assert card.precision == "fp16" == _card(out).precision
+    if parity is not None:  # onnxruntime here runs fp16 kernels
+        assert parity.ok and parity.min_cosine > 0.999
+
+
+def test_parity_images_must_be_disjoint(fp32_model, photo_dir, tmp_path):
+    from regatt_export.quantize import CalibrationError, Int8Options, quantize_int8
+
+    with pytest.raises(CalibrationError, match="also calibration"):
+        quantize_int8(fp32_model, tmp_path / "x.onnx", photo_dir, Int8Options(count=3, parity_dir=str(photo_dir)))
+
+
+def test_cosines_flags_non_finite():
+    from regatt_export.quantize import cosines
+
+    a = np.ones((2, 4), np.float32)
+    b = a.copy()
+    b[1, 0] = np.nan
+    cos = cosines(a, b)
+    assert cos[0] == pytest.approx(1.0) and cos[1] == -np.inf
+
+
+def test_run_bound_matches_plain_run(fp32_model):
+    """The IO-binding path (used on CUDA) gives the plain run's result (checked here on CPU)."""
+    import onnxruntime as ort
+
+    from regatt_sdk.runtime import run_bound, runs_on_gpu
+
+    sess = ort.InferenceSession(str(fp32_model), providers=["CPUExecutionProvider"])
+    assert not runs_on_gpu(sess)
+    feed = golden_image(64, 80, 9)[None]
+    want = sess.run(["descriptor"], {"image": feed})[0]
+    got = run_bound(sess, "image", feed, "descriptor")
+    np.testing.assert_array_equal(got, want)
