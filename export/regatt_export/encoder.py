@@ -13,8 +13,8 @@ import torch.nn as nn
 
 from .backbones import BackboneSpec
 from .head import Attention, Whitening, release_normalize
-from .pooling import box_pool
-from .regions import axis_cells, rmac_boxes, slot_layout
+from .pooling import POOLING, box_cells, box_mean, roi_max, table_max
+from .regions import rmac_boxes
 
 
 class RegionalAttentionEncoder(nn.Module):
@@ -27,8 +27,11 @@ class RegionalAttentionEncoder(nn.Module):
         attention: Attention,
         whitening: Whitening | None = None,
         levels: int = 5,
+        pooling: str = "roi",
     ):
         super().__init__()
+        if pooling not in POOLING:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLING}")
         if whitening is not None and whitening.in_dim != spec.channels:
             raise ValueError(
                 f"whitening expects {whitening.in_dim}-d regional vectors, backbone {spec.name} gives {spec.channels}"
@@ -40,9 +43,7 @@ class RegionalAttentionEncoder(nn.Module):
         self.attention = attention
         self.whitening = whitening
         self.levels = levels
-        layout = slot_layout(levels)
-        self.register_buffer("box_y", torch.tensor(layout.box_y, dtype=torch.long), persistent=False)
-        self.register_buffer("box_x", torch.tensor(layout.box_x, dtype=torch.long), persistent=False)
+        self.pooling = pooling
         self.register_buffer("pixel_mean", torch.tensor(spec.mean, dtype=torch.float32), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(spec.std, dtype=torch.float32), persistent=False)
         self.unit_std = all(s == 1.0 for s in spec.std)
@@ -61,21 +62,31 @@ class RegionalAttentionEncoder(nn.Module):
             x = x / self.pixel_std
         return x.permute(0, 3, 1, 2)
 
-    def regional(self, image: torch.Tensor, feat: torch.Tensor):
-        """Pool ``feat (N, C, h, w)`` over the grid of ``image``'s size.
-
-        Returns ``rmax (N, R, C)``, ``rmean (N, R, C)`` or None, ``gmean (N, C)`` or None,
-        ``valid (R,)`` bool, for the fixed ``R`` slots.
-        """
+    def boxes(self, image: torch.Tensor) -> torch.Tensor:
+        """The real R-MAC regions of ``image (N, H, W, 3)``: ``(R, 4)`` float64 inclusive boxes."""
         height = torch.scalar_tensor(image.shape[1], dtype=torch.float64)
         width = torch.scalar_tensor(image.shape[2], dtype=torch.float64)
+        boxes, valid = rmac_boxes(height, width, self.levels)
+        return boxes.index_select(0, torch.nonzero(valid)[:, 0])
+
+    def regional(self, image: torch.Tensor, feat: torch.Tensor):
+        """Pool ``feat (N, C, h, w)`` over the R-MAC regions of ``image``'s size.
+
+        Returns ``rmax (N, R, C)``, ``rmean (N, R, C)`` or None, ``gmean (N, C)`` or None and
+        ``valid (R,)`` (all true: only real regions are kept; the head accepts a mask).
+        """
+        boxes = self.boxes(image)
         fh = torch.scalar_tensor(feat.shape[2], dtype=torch.int64)
         fw = torch.scalar_tensor(feat.shape[3], dtype=torch.int64)
-        y0, y1, x0, x1, valid = axis_cells(height, width, self.levels, self.spec.stride, fh, fw)
+        y0, y1, x0, x1 = box_cells(boxes, self.spec.stride, fh, fw)
+        if self.pooling == "roi":
+            rmax = roi_max(feat, boxes, self.spec.stride)
+        else:
+            rmax = table_max(feat, y0, y1, x0, x1)
         need_mean = self.attention.needs_means
-        rmax, rmean = box_pool(feat, y0, y1, x0, x1, self.box_y, self.box_x, with_mean=need_mean)
+        rmean = box_mean(feat, y0, y1, x0, x1) if need_mean else None
         gmean = feat.mean(dim=(2, 3)) if need_mean else None
-        return rmax, rmean, gmean, valid
+        return rmax, rmean, gmean, torch.ones_like(y0, dtype=torch.bool)
 
     def head(self, rmax, rmean, gmean, valid) -> tuple[torch.Tensor, torch.Tensor]:
         """Regional vectors -> ``(descriptor (N, D), weights (N, R))``; invalid slots weigh 0."""
@@ -101,10 +112,7 @@ class RegionalAttentionEncoder(nn.Module):
         feat = self.backbone(self.normalize_input(image))
         parts = self.regional(image, feat)
         g, phi = self.head(*parts)
-        height = torch.scalar_tensor(image.shape[1], dtype=torch.float64)
-        width = torch.scalar_tensor(image.shape[2], dtype=torch.float64)
-        boxes, valid = rmac_boxes(height, width, self.levels)
-        return g, boxes, valid, phi
+        return g, self.boxes(image), parts[3], phi
 
 
 class ExplainEncoder(nn.Module):

@@ -15,6 +15,7 @@ missing or misshaped tensor is an error naming the file.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,8 @@ def load_whitening_file(path: str | Path, channels: int | None = None) -> Whiten
     p = Path(path)
     if not p.is_file():
         raise WeightsError(f"{p}: whitening file not found")
+    if not zipfile.is_zipfile(p):
+        raise WeightsError(f"{p}: not an .npz archive (expected the output of  regatt whiten)")
     try:
         with np.load(p, allow_pickle=False) as z:
             mean, comps = z["mean"].astype(np.float32), z["components"].astype(np.float32)

@@ -1,11 +1,19 @@
-"""Regional max and mean pooling over rectangular cell ranges, exact and export-friendly.
+"""Regional max and mean pooling over the R-MAC boxes, exact and export-friendly.
 
-The boxes of the R-MAC grid are products of 1-d intervals (a y-slot and an x-slot), so pooling
-is separable: first over x for every x-interval, then over y for every box. Max pooling uses a
-sparse table (``T_j[i] = max(F[i : i + 2^j])``), so an interval ``[a, b)`` costs two gathers:
-``max(T_k[a], T_k[b - 2^k])`` with ``2^k <= b - a < 2^(k+1)``. It is exact (a max never rounds),
-needs no ``MaxRoiPool`` (which onnxruntime lacks on CUDA), and costs a few passes over the
-feature map. Means are sums of 0/1 masks by matrix products, divided by the cell count.
+Boxes are inclusive pixel boxes ``(x1, y1, x2, y2)``. Their feature cells follow the release:
+each edge divided by the stride and rounded half away from zero, extent
+``max(round(x2) - round(x1) + 1, 1)``, clipped to the feature map (:func:`box_cells`).
+
+Two exact ways to take the regional max:
+
+* ``roi`` — ``torchvision.ops.roi_pool`` with a 1x1 output, exported as ONNX ``MaxRoiPool``,
+  whose onnxruntime CPU kernel rounds exactly like the release. Costs a pass over each box.
+  onnxruntime has no CUDA kernel for it (the node then runs on the CPU).
+* ``table`` — a sparse table (``T_j[i] = max(F[i : i + 2^j])``) along x then y, so an interval
+  ``[a, b)`` is ``max(T_k[a], T_k[b - 2^k])`` with ``2^k <= b - a``: plain Max/Slice/Gather ops
+  that run on any provider. Regions up to ``2^TABLE_LEVELS - 1`` cells (4064 px at stride 32).
+
+Means are 0/1-mask matrix products divided by the cell count.
 """
 
 from __future__ import annotations
@@ -13,18 +21,42 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-#: intervals up to 2**(TABLE_LEVELS - 1) * 2 - 1 cells are exact (32767 px at stride 32)
-TABLE_LEVELS = 10
+TABLE_LEVELS = 7
+POOLING = ("roi", "table")
 
 
-def _shifted(t: torch.Tensor, shift: int, dim: int) -> torch.Tensor:
-    """``t`` moved left by ``shift`` along ``dim`` (2 or 3 of NCHW), padded with -inf."""
-    pad = [0, shift] if dim == 3 else [0, 0, 0, shift]
-    padded = F.pad(t, pad, value=float("-inf"))
-    return padded.narrow(dim, shift, t.shape[dim])
+def box_cells(boxes: torch.Tensor, stride: int, feat_h: torch.Tensor, feat_w: torch.Tensor):
+    """Cell ranges ``[y0, y1) x [x0, x1)`` (int64 ``(R,)`` each) of pixel boxes ``(R, 4)`` float64.
+
+    A start past the map is clamped to its last cell, so no box is ever empty.
+    """
+    scale = 1.0 / stride
+
+    def axis(lo_px: torch.Tensor, hi_px: torch.Tensor, size: torch.Tensor):
+        lo = torch.floor(lo_px * scale + 0.5)
+        hi = torch.floor(hi_px * scale + 0.5)
+        extent = torch.clamp(hi - lo + 1, min=1.0).to(torch.int64)
+        start = torch.minimum(torch.clamp(lo.to(torch.int64), min=0), size - 1)
+        stop = torch.minimum(torch.maximum(start + extent, start + 1), size)
+        return start, stop
+
+    x0, x1 = axis(boxes[:, 0], boxes[:, 2], feat_w)
+    y0, y1 = axis(boxes[:, 1], boxes[:, 3], feat_h)
+    return y0, y1, x0, x1
 
 
-def _level_of(length: torch.Tensor) -> torch.Tensor:
+def roi_max(feat: torch.Tensor, boxes: torch.Tensor, stride: int) -> torch.Tensor:
+    """Max of ``feat (N, C, h, w)`` over each pixel box ``(R, 4)`` -> ``(N, R, C)`` (MaxRoiPool)."""
+    from torchvision.ops import roi_pool
+
+    n, r = feat.shape[0], boxes.shape[0]
+    batch = torch.arange(n, device=feat.device, dtype=torch.float32).repeat_interleave(r)
+    rois = torch.cat([batch[:, None], boxes.to(torch.float32).repeat(n, 1)], dim=1)
+    pooled = roi_pool(feat, rois, output_size=(1, 1), spatial_scale=1.0 / stride)  # (N*R, C, 1, 1)
+    return pooled.reshape(n, r, feat.shape[1])
+
+
+def _table_levels(length: torch.Tensor) -> torch.Tensor:
     """``floor(log2(length))`` for int64 lengths >= 1, capped at ``TABLE_LEVELS - 1``."""
     level = torch.zeros_like(length)
     for j in range(1, TABLE_LEVELS):
@@ -32,67 +64,49 @@ def _level_of(length: torch.Tensor) -> torch.Tensor:
     return level
 
 
-def interval_max(t: torch.Tensor, start: torch.Tensor, stop: torch.Tensor, dim: int) -> torch.Tensor:
-    """Max of ``t`` (NCHW) over ``[start[i], stop[i])`` along ``dim`` (2 or 3).
+def _sparse_pick(t: torch.Tensor, start: torch.Tensor, stop: torch.Tensor, dim: int, diagonal: bool) -> torch.Tensor:
+    """Interval maxima of ``t`` (4-d) along ``dim`` over ``[start[i], stop[i])``.
 
-    ``start``/``stop`` are int64 ``(n,)`` with ``stop > start``; the result replaces axis ``dim``
-    by ``n`` intervals, e.g. ``(N, C, H, n)`` for ``dim=3``.
+    ``diagonal=False``: every interval for every position of the last axis is taken, ``dim``
+    is replaced by the ``n`` intervals. ``diagonal=True`` (``dim=2``): interval ``i`` is taken
+    only in column ``i`` of the last axis, giving ``(N, C, 1, n)``.
     """
-    length = stop - start
-    level = _level_of(length)
-    size = torch.ones_like(level) << level  # 2**level
-    left = start
-    right = stop - size
+    level = _table_levels(stop - start)
+    width = torch.ones_like(level) << level
+    left, right = start, stop - width
+    pad = [0, 0] * (3 - dim) + [0, (1 << (TABLE_LEVELS - 1))]
+    table = F.pad(t, pad, value=float("-inf"))
     out = None
-    table = t
     for j in range(TABLE_LEVELS):
         if j > 0:
-            table = torch.maximum(table, _shifted(table, 1 << (j - 1), dim))
-        pick = torch.maximum(table.index_select(dim, left), table.index_select(dim, right))
-        if out is None:
-            out = pick
+            s = 1 << (j - 1)
+            table = torch.maximum(table.narrow(dim, 0, table.shape[dim] - s), table.narrow(dim, s, table.shape[dim] - s))
+        if diagonal:
+            n = t.shape[3]
+            li = left.reshape(1, 1, 1, -1).expand(t.shape[0], t.shape[1], 1, n)
+            ri = right.reshape(1, 1, 1, -1).expand(t.shape[0], t.shape[1], 1, n)
+            pick = torch.maximum(torch.gather(table, 2, li), torch.gather(table, 2, ri))
+            chosen = (level == j).reshape(1, 1, 1, -1)
         else:
+            pick = torch.maximum(table.index_select(dim, left), table.index_select(dim, right))
             chosen = (level == j).reshape([-1 if d == dim else 1 for d in range(4)])
-            out = torch.where(chosen, pick, out)
+        out = pick if out is None else torch.where(chosen, pick, out)
     return out
 
 
-def _interval_mask(start: torch.Tensor, stop: torch.Tensor, size: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """0/1 matrix ``(n, size)``: row i marks cells ``[start[i], stop[i])``."""
-    cells = torch.arange(size, device=start.device)
-    return ((cells[None, :] >= start[:, None]) & (cells[None, :] < stop[:, None])).to(dtype)
+def table_max(feat: torch.Tensor, y0, y1, x0, x1) -> torch.Tensor:
+    """Max of ``feat (N, C, h, w)`` over cell boxes (int64 ``(R,)`` each) -> ``(N, R, C)``."""
+    cols = _sparse_pick(feat, x0, x1, dim=3, diagonal=False)  # (N, C, h, R)
+    return _sparse_pick(cols, y0, y1, dim=2, diagonal=True)[:, :, 0, :].transpose(1, 2)
 
 
-def box_pool(
-    feat: torch.Tensor,
-    y0: torch.Tensor,
-    y1: torch.Tensor,
-    x0: torch.Tensor,
-    x1: torch.Tensor,
-    box_y: torch.Tensor,
-    box_x: torch.Tensor,
-    with_mean: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Max (and mean) of ``feat (N, C, H, W)`` over boxes ``[y0, y1) x [x0, x1)``.
-
-    ``y0, y1, x0, x1`` are int64 ``(n_axis,)`` 1-d slot intervals; box ``r`` combines y-slot
-    ``box_y[r]`` with x-slot ``box_x[r]``. Returns ``(max, mean)``, each ``(N, R, C)``.
-    """
-    n, c = feat.shape[0], feat.shape[1]
-    # max: over x per x-interval, then over y per y-interval, then pick the box pairs
-    gx = interval_max(feat, x0, x1, dim=3)  # (N, C, H, nx)
-    gxy = interval_max(gx, y0, y1, dim=2)  # (N, C, ny, nx)
-    n_axis = gxy.shape[3]
-    flat = gxy.reshape(n, c, -1)
-    pair = box_y * n_axis + box_x
-    rmax = flat.index_select(2, pair).transpose(1, 2)
-    if not with_mean:
-        return rmax, None
-    mx = _interval_mask(x0, x1, feat.shape[3], feat.dtype)  # (nx, W)
-    my = _interval_mask(y0, y1, feat.shape[2], feat.dtype)  # (ny, H)
-    sx = torch.matmul(feat, mx.t())  # (N, C, H, nx)
-    sxy = torch.matmul(my, sx)  # (N, C, ny, nx)
-    area = ((y1 - y0)[:, None] * (x1 - x0)[None, :]).to(feat.dtype)  # (ny, nx)
-    mean_all = sxy / area
-    rmean = mean_all.reshape(n, c, -1).index_select(2, pair).transpose(1, 2)
-    return rmax, rmean
+def box_mean(feat: torch.Tensor, y0, y1, x0, x1) -> torch.Tensor:
+    """Mean of ``feat (N, C, h, w)`` over cell boxes (int64 ``(R,)`` each) -> ``(N, R, C)``."""
+    cells_x = torch.arange(feat.shape[3], device=feat.device)
+    cells_y = torch.arange(feat.shape[2], device=feat.device)
+    mx = ((cells_x[None, :] >= x0[:, None]) & (cells_x[None, :] < x1[:, None])).to(feat.dtype)  # (R, w)
+    my = ((cells_y[None, :] >= y0[:, None]) & (cells_y[None, :] < y1[:, None])).to(feat.dtype)  # (R, h)
+    sx = torch.matmul(feat, mx.t())  # (N, C, h, R)
+    s = (sx * my.t()[None, None]).sum(dim=2)  # (N, C, R)
+    area = ((y1 - y0) * (x1 - x0)).to(feat.dtype)
+    return (s / area).transpose(1, 2)

@@ -17,6 +17,7 @@ node sees at the same path (NFS, a bucket mount), and ``regatt`` must be install
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -186,8 +187,6 @@ def _init_ray(ray, address: str | None) -> bool:
     """Connect to (or start) a cluster unless one is connected; True when this call did it."""
     if ray.is_initialized():
         return False
-    import logging
-
     kwargs: dict = {"include_dashboard": False, "logging_level": logging.WARNING,
                     "log_to_driver": False}  # fmt: skip
     try:
@@ -299,10 +298,13 @@ def _run_actors(ray, items: list[SourceItem], model: str, run_dir: Path, *, num_
     actors = num_actors or (gpus if gpu else max(1, int(resources.get("CPU", 1)) // cpus_each))
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
+    if not progress:  # also quiet Ray Data's notice that the bars are off
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx.execution_options.preserve_order = False  # merge_stores restores the source order
     rows = [{"idx": i, "name": _encode_text(it.name), "path": _encode_text(it.path),
              "error": _encode_text(it.error or "")} for i, it in enumerate(items)]  # fmt: skip
-    blocks = max(1, min(len(rows) // rows_per_call + 1, 4 * actors))
+    calls = -(-len(rows) // rows_per_call)  # every actor gets input; at most 8 blocks each
+    blocks = max(1, min(len(rows), max(actors, min(calls, 8 * actors))))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map_batches(
         EncodeActor,

@@ -45,7 +45,7 @@ def explain_cmd(
 
     encoder = Encoder(model, device=device, max_side=max_side)
     expl = explain(encoder, image, roi=box)
-    figure = explanation_figure(expl, top=top, size=size, title=image.name)
+    figure = explanation_figure(expl, top=top, size=size, title="/".join(image.parts[-2:]))
     out = write_png(output, figure)
     if not quiet:
         shares = expl.shares()
