@@ -266,6 +266,14 @@ def main(argv=None) -> int:
             for label, (att, path) in attentions.items():
                 d = bank.descriptors(v, bank.weights(att))
                 score(f"R-MAC + whitening (ImageNet {len(inet)}, shrinkage {s}) + {label} attention", lambda lm, d=d: d, f"{Path(path).parent.name}/{Path(path).name}")
+        # both: the other 4 Paris landmarks + the ImageNet photos
+        s = lolo_best_s
+        both = {}
+        for lm in landmarks:
+            vecs = np.concatenate([ivec] + [vec_by_lm[x] for x in landmarks if x != lm])
+            both[lm] = bank.regional(whitening_from(vecs, s, args.power))
+        dd = {lm: bank.descriptors(both[lm], ones) for lm in landmarks}
+        score(f"R-MAC + whitening (LOLO + ImageNet {len(inet)}, shrinkage {s})", lambda lm, dd=dd: dd[lm], "other 4 landmarks + ImageNet photos")
 
     result = {
         "backbone": name,

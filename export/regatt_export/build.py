@@ -32,6 +32,7 @@ class EncoderConfig:
     attention_weights: str | None = None
     whitening: str | None = None
     levels: int = 5
+    pooling: str = "roi"
     max_side: int = 1024
     seed: int = 0
     use_default_assets: bool = True  # the packaged learned files for the default backbone
@@ -83,7 +84,7 @@ def build_encoder(cfg: EncoderConfig) -> tuple[RegionalAttentionEncoder, ModelCa
             preset = "random"
         elif cfg.backbone == DEFAULT_BACKBONE and not cfg.weights:
             preset = "default"
-    encoder = RegionalAttentionEncoder(backbone, spec, attention, whitening, cfg.levels).eval()
+    encoder = RegionalAttentionEncoder(backbone, spec, attention, whitening, cfg.levels, cfg.pooling).eval()
     card = ModelCard(
         backbone=spec.name,
         dim=encoder.dim,
@@ -94,6 +95,7 @@ def build_encoder(cfg: EncoderConfig) -> tuple[RegionalAttentionEncoder, ModelCa
         std=tuple(spec.std),
         max_side=cfg.max_side,
         levels=cfg.levels,
+        pooling=cfg.pooling,
         attention=attention.variant,
         whitening=whitening.source if whitening is not None else "none",
         preset=preset,

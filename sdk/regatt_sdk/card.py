@@ -49,6 +49,7 @@ class ModelCard:
     std: tuple[float, float, float]
     max_side: int = 1024
     levels: int = 5
+    pooling: str = "roi"  # regional max: roi (MaxRoiPool, CPU-fast) or table (any provider)
     attention: str = "context"  # context | regional | none
     whitening: str = "none"  # where the whitening came from ("official", a file, "none")
     preset: str = "custom"
