@@ -47,9 +47,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("-L", "--levels", type=int, default=5)
     ap.add_argument("--power", type=float, default=0.5)
     ap.add_argument("--attention", action="append", default=[], help="variant=FILE (context=..., regional=...)")
+    ap.add_argument("--attention-lolo", action="append", default=[], help="variant=DIR with DIR/<landmark>.pth trained without that landmark")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/regatt-cache"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--from-json", type=Path, help="Only rewrite quality.md/.png from this quality.json")
     return ap.parse_args(argv)
 
 
@@ -165,6 +167,11 @@ def whitening_from(vectors: np.ndarray, shrinkage: float, power: float):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        result = json.loads(args.from_json.read_text())
+        write_markdown(result, args.out / "quality.md")
+        write_plot(result, args.out / "quality.png")
+        return 0
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, flush=True)  # noqa: E731
     from regatt_export.backbones import build_backbone, get_spec
@@ -252,6 +259,17 @@ def main(argv=None) -> int:
             dd = {lm: bank.descriptors(fold_v[s][lm], phi) for lm in landmarks}
             score(f"R-MAC + whitening (LOLO, shrinkage {s}) + {label} attention", lambda lm, dd=dd: dd[lm], f"{Path(path).parent.name}/{Path(path).name}")
 
+    # attention trained per fold on the other 4 landmarks (label-free), scored on the held-out one
+    for spec_arg in args.attention_lolo:
+        label, folder = spec_arg.split("=", 1)
+        variant = "regional" if label.startswith("regional") else "context"
+        phis = {lm: bank.weights(load_attention_file(Path(folder) / f"{lm}.pth", spec.channels, variant)) for lm in landmarks}
+        dd = {lm: bank.descriptors(raw, phis[lm]) for lm in landmarks}
+        score(f"R-MAC + {label} attention (LOLO, no whitening)", lambda lm, dd=dd: dd[lm], f"attention trained on the other 4 landmarks ({folder})")
+        for s in sorted({0.0, lolo_best_s}):
+            dd = {lm: bank.descriptors(fold_v[s][lm], phis[lm]) for lm in landmarks}
+            score(f"R-MAC + whitening (LOLO, shrinkage {s}) + {label} attention (LOLO)", lambda lm, dd=dd: dd[lm], f"attention trained on the other 4 landmarks ({folder})")
+
     # whitening learned on ImageNet photos (no Paris photo at all)
     if args.imagenet_count and args.imagenet.is_dir():
         inet = list_images(args.imagenet)
@@ -312,6 +330,19 @@ def write_markdown(result: dict, path: Path) -> None:
     ]
     for label, r in result["rows"].items():
         lines.append(f"| {label} | {r['mAP']:.2f} | {r['mAP_qe5']:.2f} | {r['note']} |")
+    lines += ["", "## Summary (computed from the table)", ""]
+    rows = result["rows"]
+    classic = max(("GeM (p=3)", "MAC", "SPoC"), key=lambda k: rows[k]["mAP"])
+    s = result["best_lolo_shrinkage"]
+    white = f"R-MAC + whitening (LOLO, shrinkage {s})"
+    lines.append(f"- Best classic pooling: {classic} {rows[classic]['mAP']:.2f} mAP.")
+    lines.append(
+        f"- {white}: {rows[white]['mAP']:.2f} mAP ({rows[white]['mAP'] - rows[classic]['mAP']:+.2f} vs {classic}); "
+        f"+AQE(5) {rows[white]['mAP_qe5']:.2f} ({rows[white]['mAP_qe5'] - rows[classic]['mAP_qe5']:+.2f})."
+    )
+    for label, r in rows.items():
+        if label.startswith(white + " + "):
+            lines.append(f"- {label[len(white) + 3:]}: {r['mAP'] - rows[white]['mAP']:+.2f} mAP vs the same whitening without attention.")
     path.write_text("\n".join(lines) + "\n")
 
 

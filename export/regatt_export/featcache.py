@@ -151,19 +151,13 @@ def backbone_features(encoder: torch.nn.Module) -> Callable[[np.ndarray], torch.
 
 def region_cells(encoder: torch.nn.Module, height: int, width: int, feat_h: int, feat_w: int) -> list[tuple[int, int, int, int]]:
     """Feature cells ``(y0, y1, x0, x1)`` (end exclusive) of the real regions of an
-    ``height x width`` input, from the encoder's own R-MAC grid (``regions.axis_cells``)."""
-    from .regions import axis_cells
+    ``height x width`` input, from the encoder's own R-MAC boxes and cell rounding."""
+    from .pooling import box_cells
 
-    f64 = torch.float64
-    y0, y1, x0, x1, valid = axis_cells(
-        torch.scalar_tensor(height, dtype=f64), torch.scalar_tensor(width, dtype=f64), encoder.levels,
-        encoder.spec.stride, torch.scalar_tensor(feat_h, dtype=torch.int64), torch.scalar_tensor(feat_w, dtype=torch.int64),
-    )
-    cells = []
-    for r in torch.nonzero(valid)[:, 0].tolist():
-        by, bx = int(encoder.box_y[r]), int(encoder.box_x[r])
-        cells.append((int(y0[by]), int(y1[by]), int(x0[bx]), int(x1[bx])))
-    return cells
+    boxes = encoder.boxes(torch.empty((1, height, width, 0)))
+    i64 = torch.int64
+    y0, y1, x0, x1 = box_cells(boxes, encoder.spec.stride, torch.scalar_tensor(feat_h, dtype=i64), torch.scalar_tensor(feat_w, dtype=i64))
+    return list(zip(y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist()))
 
 
 def pool_regions(

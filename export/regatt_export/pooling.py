@@ -46,10 +46,19 @@ def box_cells(boxes: torch.Tensor, stride: int, feat_h: torch.Tensor, feat_w: to
 
 
 def roi_max(feat: torch.Tensor, boxes: torch.Tensor, stride: int) -> torch.Tensor:
-    """Max of ``feat (N, C, h, w)`` over each pixel box ``(R, 4)`` -> ``(N, R, C)`` (MaxRoiPool)."""
+    """Max of ``feat (N, C, h, w)`` over each pixel box ``(R, 4)`` -> ``(N, R, C)`` (MaxRoiPool).
+
+    A box whose start rounds past the map is moved onto the last cell first (the same cells as
+    :func:`box_cells`; MaxRoiPool would return zeros for it).
+    """
     from torchvision.ops import roi_pool
 
     n, r = feat.shape[0], boxes.shape[0]
+    last_x = (torch.scalar_tensor(feat.shape[3], dtype=torch.float64) - 1) * stride
+    last_y = (torch.scalar_tensor(feat.shape[2], dtype=torch.float64) - 1) * stride
+    x1 = torch.minimum(boxes[:, 0], last_x)
+    y1 = torch.minimum(boxes[:, 1], last_y)
+    boxes = torch.stack([x1, y1, boxes[:, 2], boxes[:, 3]], dim=1)
     batch = torch.arange(n, device=feat.device, dtype=torch.float32).repeat_interleave(r)
     rois = torch.cat([batch[:, None], boxes.to(torch.float32).repeat(n, 1)], dim=1)
     pooled = roi_pool(feat, rois, output_size=(1, 1), spatial_scale=1.0 / stride)  # (N*R, C, 1, 1)

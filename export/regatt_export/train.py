@@ -352,6 +352,8 @@ class Trainer:
                 f"({head_times[-1]:.1f} s){'  *best' if best['epoch'] == epoch else ''}"
             )
             self._save(ckpt_path, opt, epoch, history, best)
+        if best["epoch"] == 0:
+            self.log(f"no epoch beat the initial (random) attention on {metric_name}: writing the initial weights")
         out = Path(cfg.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.save(best["state"], out)
