@@ -20,11 +20,11 @@ def export(
     backbone: str = typer.Option("efficientnet-lite0", "--backbone", help="Backbone from the registry (see --list)."),
     official: Optional[Path] = typer.Option(None, "--official", help="The authors' release directory (weights.tar unpacked)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Backbone state-dict file, or 'random' (timing only)."),
-    attention: str = typer.Option("context", "--attention", help="context | regional | none"),
+    attention: Optional[str] = typer.Option(None, "--attention", help="context | regional | none (default: context with --official or --attention-weights; none otherwise, and for the built-in default, whose report found no gain)."),
     attention_weights: Optional[Path] = typer.Option(None, "--attention-weights", help="File written by  regatt train."),
     whitening: Optional[Path] = typer.Option(None, "--whitening", help="File written by  regatt whiten."),
     levels: int = typer.Option(5, "--levels", "-L", help="R-MAC levels."),
-    max_side: int = typer.Option(1024, "--max-side", "-S", help="Default longest side S stored in the card."),
+    max_side: Optional[int] = typer.Option(None, "--max-side", "-S", help="Default longest side S stored in the card (512 for the built-in default, else 1024 as in the paper)."),
     pooling: str = typer.Option("roi", "--pooling", help="Regional max: roi (ONNX MaxRoiPool, fastest on CPU) | table (plain ops, runs on every provider: use for CUDA/TensorRT)."),
     input_dtype: str = typer.Option("uint8", "--input-dtype", help="uint8 | float32 graph input."),
     explain: bool = typer.Option(False, "--explain", help="Also output regions and attention weights."),
@@ -53,7 +53,7 @@ def export(
         for name, spec in BACKBONES.items():
             typer.echo(f"{name:<20} {spec.channels:>5}-d  {spec.description}")
         return
-    if attention not in ("context", "regional", "none"):
+    if attention is not None and attention not in ("context", "regional", "none"):
         raise RegattError(f"--attention {attention!r}: use context, regional or none")
     if int8 and fp16:
         raise RegattError("--int8 and --fp16 are exclusive: pick one")
