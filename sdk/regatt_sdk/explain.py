@@ -5,7 +5,7 @@
 regions and their attention weights. :func:`explanation_figure` draws the paper's figure: on the
 left the photo with the ``top`` regions by weight, outlined in a colormap by weight and labelled
 with their rank and share of the total weight; on the right the photo under a heatmap of the
-summed weights of the regions covering each pixel; below, a colour bar and a one-line legend.
+mean weight of the regions covering each pixel; below, a colour bar and a one-line legend.
 
 :func:`labelled_grid` is the evaluation picture: a query and its top results as
 :func:`regatt_sdk.grid.result_grid`, each result framed and captioned correct / wrong / junk.
@@ -158,8 +158,11 @@ def draw_heatmap(
     image: np.ndarray, boxes: np.ndarray, weights: np.ndarray, *, alpha: float = 0.55,
     colormap: int = cv2.COLORMAP_TURBO,
 ) -> np.ndarray:  # fmt: skip
-    """``image`` (h, w, 3) blended with the colormapped :func:`weight_map` (min..max scaled)."""
-    heat = weight_map(image.shape[:2], boxes, np.maximum(weights, 0))
+    """``image`` (h, w, 3) blended with the mean attention weight of the regions covering each
+    pixel (min..max scaled). A plain sum would mostly show where regions overlap."""
+    total = weight_map(image.shape[:2], boxes, np.maximum(weights, 0))
+    cover = weight_map(image.shape[:2], boxes, np.ones_like(weights))
+    heat = np.where(cover > 0, total / np.maximum(cover, 1e-12), 0.0).astype(np.float32)
     scaled = np.round(_normalise(heat) * 255).astype(np.uint8)
     return cv2.addWeighted(image, 1 - alpha, cv2.applyColorMap(scaled, colormap), alpha, 0)
 
@@ -195,7 +198,7 @@ def explanation_figure(
     n = expl.weights.size
     shown = min(top, n)
     text = (f"{title + ': ' if title else ''}top {shown} of {n} regions by attention weight "
-            f"(share of total); right: summed weights")  # fmt: skip
+            f"(share of total); right: mean weight per pixel")  # fmt: skip
     return np.vstack([panels, _legend(panels.shape[1], text, colormap)])
 
 
