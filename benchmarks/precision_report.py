@@ -25,8 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+#: The default model's packaged whitening was learned on the Paris photos themselves, and a
+#: whitening learned on the 5 evaluation landmarks flattens exactly the directions that tell
+#: them apart (50.9 mAP vs 89.9 for plain R-MAC; held out by landmark it gives 98.3, see
+#: quality.md). So the precision check uses the default backbone without the packaged
+#: whitening: fp32 and int8 are then compared on photos no learned part has seen.
 MODELS = {
-    "efficientnet-lite0": {"backbone": "efficientnet-lite0", "weights": None, "quality": True},
+    "efficientnet-lite0 (R-MAC, no packaged whitening)": {"backbone": "efficientnet-lite0", "weights": None, "quality": True, "assets": False},
     "resnet101-caffe (random weights)": {"backbone": "resnet101-caffe", "weights": "random", "quality": False},
 }
 
@@ -103,7 +108,9 @@ def run(args: argparse.Namespace, save=None) -> dict:
         if args.models and not any(m in label for m in args.models):
             continue
         print(f"== {label}: export fp32 at S={args.side}", flush=True)
-        encoder, card = build_encoder(EncoderConfig(backbone=spec["backbone"], weights=spec["weights"], max_side=args.side))
+        encoder, card = build_encoder(
+            EncoderConfig(backbone=spec["backbone"], weights=spec["weights"], max_side=args.side, use_default_assets=spec.get("assets", True))
+        )
         fp32 = work / f"{spec['backbone']}.onnx"
         export_onnx(encoder, card, fp32)
         del encoder
