@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import ImageError, MissingExtraError, RegattError
 from .imageio import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
-from .pipeline import EncodeReport, _encode_window, _loader, _model_info, _short, _Slot
+from .pipeline import EncodeReport, encode_window, make_loader, model_info, short_reason, Slot
 from .sources import SourceItem, iter_sources
 from .store import Failure, FeatureStore, StoreError
 
@@ -83,7 +83,7 @@ class EncodeActor:
 
         self.encoder = Encoder(model, device=device, max_side=max_side, threads=threads)
         self.batch_size = batch_size
-        self.load = _loader(int(self.encoder.max_side), max_pixels=max_pixels, min_side=min_side,
+        self.load = make_loader(int(self.encoder.max_side), max_pixels=max_pixels, min_side=min_side,
                             upscale_small=upscale_small, rois=rois)  # fmt: skip
         self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="regatt-decode")
         self.shard_dir = Path(shard_dir)
@@ -94,7 +94,7 @@ class EncodeActor:
             enc = self.encoder
             self.store = FeatureStore.create(
                 self.shard_dir / f"part-{uuid.uuid4().hex[:16]}", card_hash=str(enc.card.hash),
-                dim=int(enc.dim), model=_model_info(enc, int(enc.max_side)),
+                dim=int(enc.dim), model=model_info(enc, int(enc.max_side)),
             )  # fmt: skip
         return self.store
 
@@ -104,18 +104,18 @@ class EncodeActor:
         except ImageError as exc:
             return None, exc.reason
         except Exception as exc:  # noqa: BLE001 - per-file failure, run goes on
-            return None, f"could not load it: {_short(exc)}"
+            return None, f"could not load it: {short_reason(exc)}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [
             SourceItem(_decode_text(n), _decode_text(p), _decode_text(e) or None)
             for n, p, e in zip(batch["name"], batch["path"], batch["error"])
         ]
-        slots = [_Slot(item, reason=item.error) for item in items]
+        slots = [Slot(item, reason=item.error) for item in items]
         readable = [s for s in slots if s.reason is None]
         for slot, (image, reason) in zip(readable, self.pool.map(self._read, [s.item for s in readable])):
             slot.image, slot.reason = image, reason
-        _encode_window(self.encoder, slots, self.batch_size)
+        encode_window(self.encoder, slots, self.batch_size)
         ok = np.array([s.vector is not None for s in slots], dtype=bool)
         names = [s.item.name for s in slots if s.vector is not None]
         vectors = np.stack([s.vector for s in slots if s.vector is not None]) if names else (
@@ -192,7 +192,7 @@ def _init_ray(ray, address: str | None) -> bool:
     try:
         ray.init(address=None if address in (None, "", "local") else address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise RegattError(f"cannot reach the Ray cluster at {address}: {_short(exc)}") from None
+        raise RegattError(f"cannot reach the Ray cluster at {address}: {short_reason(exc)}") from None
     return True
 
 
@@ -241,7 +241,7 @@ def encode_with_ray(
     probe = Encoder(model, device="cpu", max_side=max_side, threads=1)
     side, dim = int(probe.max_side), int(probe.dim)
     out = FeatureStore.open_for_append(store, card_hash=str(probe.card.hash), dim=dim,
-                                       resume=resume, model=_model_info(probe, side))  # fmt: skip
+                                       resume=resume, model=model_info(probe, side))  # fmt: skip
     del probe
     report = EncodeReport(store=os.fspath(store), dim=dim)
     started = False

@@ -92,7 +92,7 @@ class EncodeReport:
 
 
 @dataclass
-class _Slot:
+class Slot:
     """One input travelling through the pipeline, in source order."""
 
     item: SourceItem
@@ -128,12 +128,12 @@ class _Progress:
             print(file=sys.stderr, flush=True)
 
 
-def _short(exc: BaseException) -> str:
+def short_reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _loader(
+def make_loader(
     max_side: int,
     *,
     max_pixels: int,
@@ -158,13 +158,13 @@ def _loader(
     return load
 
 
-def _encode_window(encoder: EncoderLike, slots: list[_Slot], batch_size: int) -> None:
+def encode_window(encoder: EncoderLike, slots: list[Slot], batch_size: int) -> None:
     """Fill ``slot.vector`` (or ``slot.reason``) for every decoded slot of one window.
 
     Same-size images are batched together in source order; a batch that raises is retried one
     image at a time so that only the offending image fails.
     """
-    groups: dict[tuple[int, ...], list[_Slot]] = {}
+    groups: dict[tuple[int, ...], list[Slot]] = {}
     for slot in slots:
         if slot.image is not None:
             groups.setdefault(slot.image.shape, []).append(slot)
@@ -184,7 +184,7 @@ def _encode_window(encoder: EncoderLike, slots: list[_Slot], batch_size: int) ->
                     try:
                         slot.vector = _run(encoder, [slot.image], dim)[0]
                     except Exception as exc:  # noqa: BLE001 - per-file failure, run goes on
-                        slot.reason = f"encoder failed: {_short(exc)}"
+                        slot.reason = f"encoder failed: {short_reason(exc)}"
             for slot in batch:
                 slot.image = None  # free the pixels as soon as possible
 
@@ -199,7 +199,7 @@ def _run(encoder: EncoderLike, images: list[np.ndarray], dim: int) -> np.ndarray
     return out
 
 
-def _model_info(encoder: EncoderLike, max_side: int) -> dict:
+def model_info(encoder: EncoderLike, max_side: int) -> dict:
     card = encoder.card
     info = {"card_hash": str(card.hash), "max_side": int(max_side)}
     for key in ("backbone", "preset", "precision", "whitening"):
@@ -244,7 +244,7 @@ def encode_to_store(
     start = time.monotonic()
     max_side = int(encoder.max_side)
     dim = int(encoder.dim)
-    model = _model_info(encoder, max_side)
+    model = model_info(encoder, max_side)
     store = FeatureStore.open_for_append(
         store_path, card_hash=str(encoder.card.hash), dim=dim, resume=resume, model=model
     )
@@ -266,7 +266,7 @@ def encode_to_store(
                 else:
                     yield item
 
-        load = _loader(
+        load = make_loader(
             max_side, max_pixels=max_pixels, min_side=min_side, upscale_small=upscale_small,
             rois=rois,
         )  # fmt: skip
@@ -308,7 +308,7 @@ def _stream(
         failures.clear()
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="regatt-decode")
-    queue: deque[_Slot] = deque()
+    queue: deque[Slot] = deque()
     exhausted = False
     mark: tuple[int, int] | None = None
 
@@ -319,7 +319,7 @@ def _stream(
             if item is None:
                 exhausted = True
                 break
-            slot = _Slot(item)
+            slot = Slot(item)
             if item.error is None:
                 slot.future = pool.submit(load, item)
             else:
@@ -331,7 +331,7 @@ def _stream(
             refill()
             if not queue:
                 break
-            slots: list[_Slot] = []
+            slots: list[Slot] = []
             while queue and len(slots) < window:
                 slot = queue.popleft()
                 if slot.future is not None:
@@ -340,11 +340,11 @@ def _stream(
                     except ImageError as exc:
                         slot.reason = exc.reason
                     except Exception as exc:  # noqa: BLE001 - per-file failure, run goes on
-                        slot.reason = f"could not load it: {_short(exc)}"
+                        slot.reason = f"could not load it: {short_reason(exc)}"
                     slot.future = None
                 slots.append(slot)
                 refill()
-            _encode_window(encoder, slots, batch_size)
+            encode_window(encoder, slots, batch_size)
             mark = (len(names), len(failures))  # an interrupt here must not split a window
             for slot in slots:
                 if slot.vector is not None:
