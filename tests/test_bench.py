@@ -44,7 +44,7 @@ def test_bench_given_model_json_and_files(tiny_model: Path, tmp_path: Path, caps
     code = run_main(["bench", str(tiny_model), "--size", "64x96", "--engines", "ort-cpu", *FAST, "--out", str(out), "--json", str(js)])
     text = capsys.readouterr().out
     assert code == 0
-    assert "| engine | variant | p50 ms" in text and "0.123" in text  # the paper's context time beside ours
+    assert "| engine | variant | precision | p50 ms" in text and "0.123" in text  # the paper's context time beside ours
     report = json.loads(js.read_text())
     check_report(report, {"ort-cpu"}, {"context"})
     assert report["results"][0]["backbone_method"].startswith("onnxruntime profile")
@@ -104,3 +104,32 @@ def test_parts() -> None:
     sess = ort.InferenceSession(matmul_model(3, 4, 5), providers=["CPUExecutionProvider"])
     a, b = np.ones((3, 4), np.float32), np.full((4, 5), 2.0, np.float32)
     np.testing.assert_allclose(sess.run(None, {"A": a, "B": b})[0], a @ b)
+
+
+def test_bench_precision_and_quality_columns(tiny_model: Path, tmp_path: Path, photos) -> None:
+    """fp32 and int8 of one model timed side by side, each with its landmark mAP and parity."""
+    import cv2
+
+    from regatt_export.quantize import Int8Options, quantize_int8
+
+    lm = tmp_path / "landmarks"
+    for name in ("astronaut", "coffee", "chelsea"):
+        (lm / name).mkdir(parents=True)
+        img = photos[name]
+        cv2.imwrite(str(lm / name / "a.jpg"), img)
+        cv2.imwrite(str(lm / name / "b.jpg"), cv2.flip(img, 1))
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for name in ("rocket", "camera", "hubble_deep_field"):
+        cv2.imwrite(str(calib / f"{name}.jpg"), photos[name])
+    int8 = tmp_path / "int8.onnx"
+    quantize_int8(tiny_model, int8, calib, Int8Options(count=3, holdout=1, min_cosine=-1.0))
+    js = tmp_path / "p.json"
+    code = run_main(["bench", str(tiny_model), str(int8), "--size", "64x96", "--engines", "ort-cpu", "--quality", str(lm), *FAST, "--json", str(js)])
+    assert code == 0
+    rows = json.loads(js.read_text())["results"]
+    by = {r["precision"]: r for r in rows}
+    assert set(by) == {"fp32", "int8"} and len(rows) == 2
+    assert all(0 <= r["map"] <= 100 for r in rows)
+    assert by["int8"]["parity_min_cosine"] is not None and by["fp32"]["gemm_pct"] is not None
+    assert by["int8"]["gemm_pct"] is None  # the fp32 GEMM peak says nothing about int8

@@ -69,18 +69,19 @@ def _target_value(key: str, value: float) -> str:
 
 def _table(report: dict) -> str:
     head = (
-        "| engine | variant | p50 ms | p90 ms | mean ms | img/s | first call ms | session s | peak RSS MB (+growth) "
-        "| backbone p50 ms | head ms | head/backbone | GMAC | GFLOP/s | % GEMM | vs eager | paper s (ours/paper) |"
+        "| engine | variant | precision | p50 ms | p90 ms | mean ms | img/s | first call ms | session s | peak RSS MB (+growth) "
+        "| backbone p50 ms | head ms | head/backbone | GMAC | GFLOP/s | % GEMM | vs eager | mAP | cos to fp32 | paper s (ours/paper) |"
     )
-    sep = "|" + "---|" * 2 + "---:|" * 15
+    sep = "|" + "---|" * 3 + "---:|" * 17
     rows = [head, sep]
     for r in report["results"]:
         rows.append(
-            f"| {r['engine']} | {r['variant']} | {_f(r['p50_ms'])} | {_f(r['p90_ms'])} | {_f(r['mean_ms'])} "
+            f"| {r['engine']} | {r['variant']} | {r.get('precision', 'fp32')} | {_f(r['p50_ms'])} | {_f(r['p90_ms'])} | {_f(r['mean_ms'])} "
             f"| {_f(r['images_per_s'], '{:.2f}')} | {_f(r['first_call_ms'])} | {_f(r['session_s'], '{:.2f}')} "
             f"| {_f(r['peak_rss_mb'], '{:.0f}')} (+{_f(r['rss_growth_mb'], '{:.0f}')}) | {_f(r['backbone_p50_ms'])} "
             f"| {_f(r['head_ms'])} | {_pct(r['head_share'])} | {_f(r['gmacs'])} | {_f(r['gflops_per_s'])} "
             f"| {_f(r['gemm_pct'], '{:.0f}%')} | {_f(r['speedup_vs_eager'], '{:.2f}x')} "
+            f"| {_f(r.get('map'), '{:.2f}')} | {_f(r.get('parity_min_cosine'), '{:.4f}')} "
             f"| {_f(r['paper_s'], '{:.3f}')} ({_f(r['vs_paper'], '{:.1f}x')}) |"
         )
     return "\n".join(rows)

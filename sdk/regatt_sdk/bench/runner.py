@@ -36,6 +36,8 @@ class BenchConfig:
     """Everything a run needs; the CLI fills it from its options."""
 
     model: Path | None = None
+    compare: tuple[Path, ...] = ()  # more exported models timed in the same run (e.g. int8)
+    quality: Path | None = None  # landmark folder (one sub-folder per landmark) for an mAP column
     backbone: str = PAPER_BACKBONE
     height: int = 768
     width: int = 1024
@@ -65,6 +67,8 @@ class Models:
     backbone_name: str = ""
     weights: str = "random"
     bench_models: object | None = None
+    precision: dict[str, str] = field(default_factory=dict)
+    parity: dict[str, float | None] = field(default_factory=dict)
 
 
 def resolve_engines(cfg: BenchConfig, torch_ok: bool, notes: list[str]) -> list[str]:
@@ -105,11 +109,21 @@ def _torch_side():
 def load_models(cfg: BenchConfig, workdir: Path, tick: Tick, notes: list[str]) -> Models:
     """The given model, or the variants built (or found in the cache) for the configuration."""
     if cfg.model is not None:
-        sess = create_session(cfg.model, "cpu", 1)
-        card = read_card(sess, str(cfg.model))
-        del sess
-        notes.append(f"model {cfg.model}: {card.backbone}, {card.attention} attention, weights {card.preset}")
-        return Models({card.attention: cfg.model}, None, backbone_name=card.backbone, weights=card.preset)
+        models = Models({}, None)
+        for path in (cfg.model, *cfg.compare):
+            sess = create_session(path, "cpu", 1)
+            card = read_card(sess, str(path))
+            del sess
+            key = card.attention if not cfg.compare else f"{card.attention}+{card.precision}"
+            if key in models.paths:
+                key = f"{key}+{path.stem}"
+            models.paths[key] = path
+            models.precision[key] = card.precision
+            parity = card.provenance.get("parity") if isinstance(card.provenance, dict) else None
+            models.parity[key] = parity.get("min_cosine") if isinstance(parity, dict) else None
+            models.backbone_name, models.weights = card.backbone, card.preset
+            notes.append(f"model {path}: {card.backbone}, {card.attention} attention, {card.precision}, weights {card.preset}")
+        return models
     bm = _torch_side()
     names = _cache_names(cfg)
     if bm is None:
@@ -142,10 +156,11 @@ def _cache_names(cfg: BenchConfig) -> dict[str, object]:
     }
 
 
-def _timing_row(engine: str, variant: str, m: eng.Measurement, threads: int) -> dict[str, object]:
+def _timing_row(engine: str, variant: str, m: eng.Measurement, threads: int, precision: str = "fp32") -> dict[str, object]:
     row: dict[str, object] = {
         "engine": engine,
         "variant": variant,
+        "precision": precision,
         "providers": m.providers,
         "threads": threads,
         "runs": m.full.n,
@@ -184,7 +199,8 @@ def finish_rows(rows: list[dict[str, object]], macs: dict[str, float], gemm: flo
         v = str(r["variant"])
         bb, head = r.get("backbone_p50_ms"), r.get("head_ms")
         r["head_share"] = head / bb if bb and head is not None else None
-        total = macs.get(v)
+        # MACs and the GEMM peak are fp32 figures: not meaningful for a quantized graph
+        total = macs.get(v) if r.get("precision", "fp32") == "fp32" else None
         r["gmacs"] = total / 1e9 if total else None
         r["gflops_per_s"] = 2.0 * total / (float(r["p50_ms"]) * 1e6) if total else None
         cpu = r["engine"] in (eng.EAGER, "ort-cpu")
@@ -235,6 +251,8 @@ def run_bench(cfg: BenchConfig, tick: Tick, total: Callable[[int], None] | None 
                 macs_torch[variant] = models.bench_models.count_macs(models.modules[variant], image)
                 macs.setdefault(variant, macs_torch[variant]["total"])
         images = _run_images(cfg, models, engines, threads, tick) if cfg.images else None
+        if cfg.quality is not None:
+            _add_quality(cfg, models, rows, tick)
     tick("GEMM probe (again)")
     gemm_last = ort_gemm(cfg.gemm_size, threads, cfg.gemm_runs)
     gemm = max(gemm_first.gflops_per_s, gemm_last.gflops_per_s)
@@ -283,7 +301,24 @@ def _run_engine(engine: str, variant: str, path: Path, models: Models, image: np
     else:
         backbone = eng.open_ort_backbone(engine, models.backbone_path, threads)
         m = eng.measure(lambda: eng.open_ort(engine, path, threads), backbone, image, cfg.warmup, cfg.runs, step)
-    return _timing_row(engine, variant, m, threads)
+    return _timing_row(engine, variant, m, threads, models.precision.get(variant, "fp32"))
+
+
+def _add_quality(cfg: BenchConfig, models: Models, rows: list[dict[str, object]], tick: Tick) -> None:
+    """mAP of every model on the landmark check (each photo a query, its landmark the positives,
+    itself removed), and the parity cosine to fp32 recorded in the model's card."""
+    from ..encoder import Encoder
+    from .quality import landmark_map, landmark_set
+
+    files, labels = landmark_set(Path(cfg.quality))
+    for key, path in models.paths.items():
+        tick(f"{key}: landmark mAP on {len(files)} photos")
+        enc = Encoder(path, device="cpu", max_side=max(cfg.height, cfg.width), threads=cfg.threads)
+        score = landmark_map(enc.encode(files, batch_size=1), labels)
+        for r in rows:
+            if r["variant"] == key:
+                r["map"] = score
+                r["parity_min_cosine"] = models.parity.get(key)
 
 
 def _run_images(cfg: BenchConfig, models: Models, engines: list[str], threads: int, tick: Tick) -> list[dict[str, object]]:

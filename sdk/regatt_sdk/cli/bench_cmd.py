@@ -8,7 +8,7 @@ and (when available) CUDA / TensorRT. Writes ``bench.json``, ``bench.md`` and ``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -38,7 +38,7 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 
 
 def bench(
-    model: Optional[Path] = typer.Argument(None, help="An exported .onnx model; default: build the paper's configuration."),
+    model: Optional[List[Path]] = typer.Argument(None, help="Exported .onnx models (e.g. fp32 and int8 of one config, timed side by side); default: build the paper's configuration."),
     backbone: str = typer.Option("resnet101-caffe", "--backbone", help="Backbone to build (ignored with MODEL)."),
     size: str = typer.Option("768x1024", "--size", help="Input HxW fed to the encoder (S = the longer side)."),
     variants: str = typer.Option("none,regional,context", "--variants", help="Attention variants to build (ignored with MODEL)."),
@@ -52,6 +52,7 @@ def bench(
     max_images: int = typer.Option(20, "--max-images", min=1, help="At most this many photos from --images."),
     gemm_size: int = typer.Option(2048, "--gemm-size", min=64, help="Matrix side of the fp32 GEMM probe."),
     profile_runs: int = typer.Option(2, "--profile-runs", min=1, help="Profiled runs (MACs, backbone/head split)."),
+    quality: Optional[Path] = typer.Option(None, "--quality", help="Landmark folder (one sub-folder per landmark): adds each model's mAP (with MODEL files)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write bench.json, bench.md and bench.png here."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON here."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress on stderr."),
@@ -65,10 +66,16 @@ def bench(
     bad = [v for v in wanted if v not in VARIANTS]
     if bad:
         raise RegattError(f"--variants {bad}: choose from {', '.join(VARIANTS)}")
-    if model is not None and not model.is_file():
-        raise RegattError(f"{model}: model file not found")
+    models = list(model or [])
+    for m in models:
+        if not m.is_file():
+            raise RegattError(f"{m}: model file not found")
+    if quality is not None and not models:
+        raise RegattError("--quality needs MODEL files with real weights (the built-in timing models are random)")
     cfg = BenchConfig(
-        model=model,
+        model=models[0] if models else None,
+        compare=tuple(models[1:]),
+        quality=quality,
         backbone=backbone,
         height=h,
         width=w,
