@@ -37,32 +37,17 @@ MODELS = {
 
 
 def landmark_set(root: Path) -> tuple[list[Path], list[str]]:
-    """Photos and their landmark label (the sub-folder name)."""
-    from regatt_export.quantize import IMAGE_SUFFIXES
+    """Photos and their landmark label (the sub-folder name): ``regatt bench --quality``'s set."""
+    from regatt_sdk.bench.quality import landmark_set as photos_by_landmark
 
-    files, labels = [], []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-        for f in sorted(sub.iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                files.append(f)
-                labels.append(sub.name)
-    if not files:
-        raise SystemExit(f"{root}: no landmark sub-folders with photos")
-    return files, labels
+    return photos_by_landmark(root)
 
 
 def landmark_map(vectors: np.ndarray, labels: list[str]) -> float:
     """mAP (percent) with every photo as a query, its own removed from the ranking."""
-    from regatt_sdk.evaluation import compute_ap
+    from regatt_sdk.bench.quality import landmark_map as mean_ap
 
-    names = [str(i) for i in range(len(labels))]
-    sims = vectors @ vectors.T
-    aps = []
-    for q in range(len(labels)):
-        order = [i for i in np.argsort(-sims[q], kind="stable") if i != q]
-        positives = [names[i] for i in range(len(labels)) if labels[i] == labels[q] and i != q]
-        aps.append(compute_ap([names[i] for i in order], positives))
-    return 100.0 * float(np.mean(aps))
+    return mean_ap(vectors, labels)
 
 
 def time_models(paths: dict[str, Path], height: int, width: int, threads: int, repeats: int) -> dict[str, float]:
