@@ -137,33 +137,3 @@ def rmac_boxes(height: torch.Tensor, width: torch.Tensor, levels: int) -> tuple[
     boxes = torch.stack([x1, y1, x1 + wl - 1, y1 + wl - 1], dim=-1)
     boxes = torch.where(valid[:, None], boxes, torch.zeros_like(boxes))
     return boxes, valid
-
-
-def axis_cells(
-    height: torch.Tensor, width: torch.Tensor, levels: int, stride: int, feat_h: torch.Tensor, feat_w: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Feature-map cell ranges of the 1-d slots, the release's way.
-
-    Pixel edges ``x1`` and ``x2 = x1 + wl - 1`` are divided by ``stride`` and rounded half away
-    from zero; the cells are ``[round(x1), round(x1) + max(round(x2) - round(x1) + 1, 1))``,
-    clipped to the feature map (``feat_h``/``feat_w``: 0-d int64). Returns int64
-    ``(y_start, y_stop, x_start, x_stop)`` each ``(n_axis,)`` and the box mask ``valid (R,)``.
-    """
-    xs, ys, side, valid = _slots(height, width, levels)
-    y0, y1 = _cells(ys, side, stride, feat_h)
-    x0, x1 = _cells(xs, side, stride, feat_w)
-    return y0, y1, x0, x1, valid
-
-
-def _cells(start: torch.Tensor, side: torch.Tensor, stride: int, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[lo, hi)`` feature cells of pixel intervals ``[start, start + side - 1]`` (float64)."""
-    scale = 1.0 / stride
-    lo = torch.floor(start * scale + 0.5)
-    hi = torch.floor((start + side - 1) * scale + 0.5)
-    extent = torch.clamp(hi - lo + 1, min=1.0)
-    lo = lo.to(torch.int64)
-    stop = lo + extent.to(torch.int64)
-    last = size - 1
-    lo = torch.minimum(torch.clamp(lo, min=0), last)
-    stop = torch.minimum(torch.maximum(stop, lo + 1), size)
-    return lo, stop
