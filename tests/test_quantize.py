@@ -139,3 +139,70 @@ def test_run_bound_matches_plain_run(fp32_model):
     want = sess.run(["descriptor"], {"image": feed})[0]
     got = run_bound(sess, "image", feed, "descriptor")
     np.testing.assert_array_equal(got, want)
+
+
+def test_resnet_stem_is_quantized_by_default_and_can_stay_fp32(fp32_model, photo_dir, tmp_path):
+    import onnx
+
+    from regatt_export.quantize import Int8Options, backbone_nodes, inline_constant_identities, quantize_int8
+
+    model = onnx.load(str(fp32_model))
+    inline_constant_identities(model)
+    stem = next(n.name for n in backbone_nodes(model) if n.op_type == "Conv")
+    card, _ = quantize_int8(fp32_model, tmp_path / "a.onnx", photo_dir, Int8Options(count=3, holdout=2, min_cosine=0.5))
+    assert stem not in card.provenance["quantization"]["excluded"]
+    card, _ = quantize_int8(fp32_model, tmp_path / "b.onnx", photo_dir, Int8Options(count=3, holdout=2, min_cosine=0.5, exclude_first_conv=True))
+    assert stem in card.provenance["quantization"]["excluded"]
+
+
+def test_fused_uint8_pads_give_the_same_bytes(tmp_path):
+    """DQ -> Pad -> Q of the dynamic TF-SAME padding becomes one uint8 Pad; outputs unchanged."""
+    import io
+
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    timm_layers = pytest.importorskip("timm.layers")
+    from regatt_export.backbones.same_pad import replace_same_convs
+    from regatt_export.quantize import fuse_qdq_pads
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU6(),
+        timm_layers.Conv2dSame(8, 8, 3, stride=2, groups=8), torch.nn.ReLU6(),
+        timm_layers.Conv2dSame(8, 4, 5, stride=2),
+    ).eval()
+    replace_same_convs(net)
+    buf = io.BytesIO()
+    torch.onnx.export(net, (torch.randn(1, 3, 32, 32),), buf, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {2: "h", 3: "w"}}, opset_version=17, dynamo=False)
+    fp32 = tmp_path / "f.onnx"
+    fp32.write_bytes(buf.getvalue())
+    rng = np.random.default_rng(0)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"x": rng.standard_normal((1, 3, 32 + i, 30 - i)).astype(np.float32)} for i in range(4)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    q = tmp_path / "q.onnx"
+    quantize_static(str(fp32), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    op_types_to_quantize=["Conv", "Clip", "Pad"], extra_options={"WeightSymmetric": True})
+    model = onnx.load(str(q))
+    assert fuse_qdq_pads(model) == 2
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    pads = [n for n in model.graph.node if n.op_type == "Pad"]
+    assert len(pads) == 2 and all(producer.get(n.input[0]) != "DequantizeLinear" for n in pads)
+    assert all(producer.get(n.input[0]) != "DequantizeLinear" for n in model.graph.node if n.op_type == "Shape")
+    fused = tmp_path / "fused.onnx"
+    onnx.save(model, str(fused))
+    a = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"])
+    for h, w in [(32, 32), (31, 17), (9, 40)]:
+        x = rng.standard_normal((1, 3, h, w)).astype(np.float32)
+        np.testing.assert_array_equal(a.run(None, {"x": x})[0], b.run(None, {"x": x})[0])

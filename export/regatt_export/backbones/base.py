@@ -26,6 +26,11 @@ class BackboneSpec:
     build: Callable[[str | None], nn.Module]
     description: str
     offline: bool  # default weights available without network
+    #: quantize the stem convolution in ``regatt export --int8`` unless told otherwise. True where
+    #: it is robust and pays: a ResNet stem feeds a MaxPool that onnxruntime runs on uint8 NCHW
+    #: (slow) after a float stem, on NHWC (fast) after a quantized one. EfficientNet-Lite0's stem
+    #: is sensitive (worst parity cosine 0.85 -> 0.72 when quantized), so it stays fp32 there.
+    int8_first_conv: bool = False
 
 
 BACKBONES: dict[str, BackboneSpec] = {}

@@ -99,6 +99,7 @@ register(
         build=_build_caffe,
         description="ResNet-101, Caffe variant of the authors' release (weights from --official)",
         offline=False,
+        int8_first_conv=True,
     )
 )
 for _depth in (18, 34, 50, 101, 152):
@@ -113,5 +114,6 @@ for _depth in (18, 34, 50, 101, 152):
             build=_torchvision_builder(_depth),
             description=f"torchvision ResNet-{_depth}, ImageNet weights via torchvision download or --weights",
             offline=False,
+            int8_first_conv=True,
         )
     )

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .onnx_proto import matmul_model
+from .onnx_proto import matmul_integer_model, matmul_model
 from .stats import summarize
 
 
@@ -61,6 +61,29 @@ def ort_gemm(size: int, threads: int, runs: int = 10, warmup: int = 2) -> GemmRe
     if not np.allclose(got[:4, :4], a[:4] @ b[:, :4], rtol=1e-3, atol=1e-2):
         raise RuntimeError("GEMM probe: onnxruntime MatMul gave a wrong product")
     return _probe("onnxruntime MatMul", size, threads, runs, warmup, lambda: sess.run(None, {"A": a, "B": b}))
+
+
+def ort_gemm_int8(size: int, threads: int, runs: int = 10, warmup: int = 2) -> GemmResult:
+    """uint8 x int8 ``size``-cube ``MatMulInteger`` in onnxruntime (the MLAS kernels of the int8
+    convolutions); its "GFLOP/s" counts a multiply-add as 2 operations, like the fp32 probe, so
+    the ratio of the two is the most an int8 graph can gain over fp32 on this CPU."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(matmul_integer_model(size, size, size), sess_options=opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    # 7-bit activations: AVX2's u8 x s8 pair sums saturate at 16 bits with full-range values
+    # (the speed does not depend on the values)
+    a = rng.integers(0, 128, (size, size), dtype=np.uint8)
+    b = rng.integers(-127, 128, (size, size), dtype=np.int8)
+    got = sess.run(None, {"A": a, "B": b})[0]
+    want = a[:4].astype(np.int64) @ b[:, :4].astype(np.int64)
+    if got.dtype != np.int32 or not np.array_equal(got[:4, :4].astype(np.int64), want):
+        raise RuntimeError("GEMM probe: onnxruntime MatMulInteger gave a wrong product")
+    return _probe("onnxruntime MatMulInteger u8s8", size, threads, runs, warmup, lambda: sess.run(None, {"A": a, "B": b}))
 
 
 def numpy_gemm(size: int, threads: int, runs: int = 10, warmup: int = 2) -> GemmResult:

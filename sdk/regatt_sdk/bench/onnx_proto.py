@@ -1,12 +1,15 @@
 """A minimal ONNX protobuf writer for one-node graphs (no ``onnx`` package needed).
 
-Only what the GEMM probe needs: a ``ModelProto`` with float32 graph inputs/outputs of fixed
+Only what the GEMM probes need: a ``ModelProto`` with graph inputs/outputs of fixed
 shapes and a single node. Field numbers are those of ``onnx.proto``.
 """
 
 from __future__ import annotations
 
 FLOAT = 1  # TensorProto.FLOAT
+UINT8 = 2  # TensorProto.UINT8
+INT8 = 3  # TensorProto.INT8
+INT32 = 6  # TensorProto.INT32
 IR_VERSION = 8
 OPSET = 17
 
@@ -68,4 +71,14 @@ def matmul_model(m: int, k: int, n: int) -> bytes:
         [value_info("A", (m, k)), value_info("B", (k, n))],
         [value_info("C", (m, n))],
         name="gemm_probe",
+    )
+
+
+def matmul_integer_model(m: int, k: int, n: int) -> bytes:
+    """``C (m, n) int32 = A (m, k) uint8 @ B (k, n) int8`` (``MatMulInteger``, zero points 0)."""
+    return model(
+        [node("MatMulInteger", ["A", "B"], ["C"])],
+        [value_info("A", (m, k), UINT8), value_info("B", (k, n), INT8)],
+        [value_info("C", (m, n), INT32)],
+        name="gemm_int8_probe",
     )

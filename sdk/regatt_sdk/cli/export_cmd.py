@@ -37,9 +37,12 @@ def export(
     calibration_method: str = typer.Option("minmax", "--calibration-method", help="minmax | entropy | percentile"),
     calibration_count: int = typer.Option(64, "--calibration-count", help="Calibration photos used (spread over the folder)."),
     calibration_side: Optional[int] = typer.Option(None, "--calibration-side", help="Longest side of calibration photos (default: --max-side)."),
+    int8_first_conv: Optional[bool] = typer.Option(
+        None, "--int8-first-conv/--fp32-first-conv", help="Quantize the stem convolution or keep it fp32 (default: the backbone's choice; ResNets quantize it, EfficientNet keeps it)."
+    ),
     fp16: bool = typer.Option(False, "--fp16", help="Write an fp16 backbone (for GPUs; no gain on CPU)."),
     parity_images: Optional[Path] = typer.Option(None, "--parity-images", help="Photos (not used for calibration) for the precision parity gate."),
-    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Worst descriptor cosine to fp32 accepted (default 0.90 int8, 0.999 fp16)."),
+    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Worst descriptor cosine to fp32 accepted (default 0.80 int8, 0.999 fp16)."),
 ) -> None:
     """Export an encoder (the built-in default with no options) to one self-contained ONNX file.
 
@@ -87,7 +90,9 @@ def export(
             raise RegattError(f"{output} not written: {exc}") from None
         typer.echo(onnx_export.format_parity(rows))
         if int8 or fp16:
-            card = _reduced_precision(fp32_path, output, int8, calibration, calibration_method, calibration_count, calibration_side, parity_images, min_cosine)
+            card = _reduced_precision(
+                fp32_path, output, int8, calibration, calibration_method, calibration_count, calibration_side, parity_images, min_cosine, int8_first_conv
+            )
     finally:
         if fp32_path != output and fp32_path.exists():
             fp32_path.unlink()
@@ -105,6 +110,7 @@ def _reduced_precision(
     side: Optional[int],
     parity_images: Optional[Path],
     min_cosine: Optional[float],
+    int8_first_conv: Optional[bool] = None,
 ):
     """Turn the checked fp32 file into the INT8 or fp16 variant at ``output`` (parity-gated)."""
     import logging
@@ -120,6 +126,7 @@ def _reduced_precision(
                 count=count,
                 parity_dir=str(parity_images) if parity_images else None,
                 min_cosine=quantize.DEFAULT_MIN_COSINE_INT8 if min_cosine is None else min_cosine,
+                exclude_first_conv=None if int8_first_conv is None else not int8_first_conv,
             )
             typer.echo(f"quantizing to INT8 ({method} calibration on {calibration}) ...")
             card, parity = quantize.quantize_int8(fp32_path, output, calibration, options)
