@@ -206,3 +206,23 @@ def test_fused_uint8_pads_give_the_same_bytes(tmp_path):
     for h, w in [(32, 32), (31, 17), (9, 40)]:
         x = rng.standard_normal((1, 3, h, w)).astype(np.float32)
         np.testing.assert_array_equal(a.run(None, {"x": x})[0], b.run(None, {"x": x})[0])
+
+
+def test_keep_fp32_patterns_leave_those_nodes_unquantized(fp32_model, photo_dir, tmp_path):
+    import onnx
+
+    from regatt_export.quantize import Int8Options, default_fp32_nodes, quantize_int8
+
+    assert default_fp32_nodes("efficientnet-lite0") == ("/blocks.0/",) and default_fp32_nodes("resnet18") == ()
+    out = tmp_path / "k.onnx"
+    card, _ = quantize_int8(fp32_model, out, photo_dir, Int8Options(count=3, holdout=2, min_cosine=0.5, keep_fp32=("/layer4/",)))
+    assert card.provenance["quantization"]["kept_fp32_patterns"] == ["/layer4/"]
+    model = onnx.load(str(out))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    kept = [n for n in convs if "/layer4/" in n.name]
+    assert kept, "the pattern matched no convolution"
+    # a kept conv has float weights; a quantized one reads its weights through a DequantizeLinear
+    assert all(getattr(producer.get(n.input[1]), "op_type", "") != "DequantizeLinear" for n in kept)
+    others = [n for n in convs if "/layer4/" not in n.name and n.name not in card.provenance["quantization"]["excluded"]]
+    assert others and all(producer[n.input[1]].op_type == "DequantizeLinear" for n in others)

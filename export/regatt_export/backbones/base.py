@@ -31,6 +31,9 @@ class BackboneSpec:
     #: (slow) after a float stem, on NHWC (fast) after a quantized one. EfficientNet-Lite0's stem
     #: is sensitive (worst parity cosine 0.85 -> 0.72 when quantized), so it stays fp32 there.
     int8_first_conv: bool = False
+    #: substrings of ONNX node names kept fp32 by ``regatt export --int8`` unless told otherwise:
+    #: the most quantization-sensitive layers, found by measuring the parity cosine
+    int8_fp32_nodes: tuple[str, ...] = ()
 
 
 BACKBONES: dict[str, BackboneSpec] = {}

@@ -80,5 +80,9 @@ register(
         build=_build,
         description="EfficientNet-Lite0, ImageNet weights shipped by a PyPI package (offline)",
         offline=True,
+        # the first depthwise-separable block is the sensitive one: kept fp32, the default model's
+        # worst parity cosine goes 0.87 -> 0.93 (mean 0.93 -> 0.96) and the graph gets faster
+        # (the float->uint8 boundary moves to a 16-channel tensor instead of a 32-channel one)
+        int8_fp32_nodes=("/blocks.0/",),
     )
 )

@@ -40,9 +40,12 @@ def export(
     int8_first_conv: Optional[bool] = typer.Option(
         None, "--int8-first-conv/--fp32-first-conv", help="Quantize the stem convolution or keep it fp32 (default: the backbone's choice; ResNets quantize it, EfficientNet keeps it)."
     ),
+    int8_keep_fp32: Optional[list[str]] = typer.Option(
+        None, "--int8-keep-fp32", help="Keep backbone nodes whose ONNX name contains this fp32 (repeatable; default: the backbone's sensitive layers, e.g. /blocks.0/ for EfficientNet; '' for none)."
+    ),
     fp16: bool = typer.Option(False, "--fp16", help="Write an fp16 backbone (for GPUs; no gain on CPU)."),
     parity_images: Optional[Path] = typer.Option(None, "--parity-images", help="Photos (not used for calibration) for the precision parity gate."),
-    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Worst descriptor cosine to fp32 accepted (default 0.80 int8, 0.999 fp16)."),
+    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Worst descriptor cosine to fp32 accepted (default 0.90 int8, 0.999 fp16)."),
 ) -> None:
     """Export an encoder (the built-in default with no options) to one self-contained ONNX file.
 
@@ -91,7 +94,8 @@ def export(
         typer.echo(onnx_export.format_parity(rows))
         if int8 or fp16:
             card = _reduced_precision(
-                fp32_path, output, int8, calibration, calibration_method, calibration_count, calibration_side, parity_images, min_cosine, int8_first_conv
+                fp32_path, output, int8, calibration, calibration_method, calibration_count, calibration_side, parity_images, min_cosine,
+                int8_first_conv, int8_keep_fp32,
             )
     finally:
         if fp32_path != output and fp32_path.exists():
@@ -111,6 +115,7 @@ def _reduced_precision(
     parity_images: Optional[Path],
     min_cosine: Optional[float],
     int8_first_conv: Optional[bool] = None,
+    int8_keep_fp32: Optional[list[str]] = None,
 ):
     """Turn the checked fp32 file into the INT8 or fp16 variant at ``output`` (parity-gated)."""
     import logging
@@ -127,6 +132,7 @@ def _reduced_precision(
                 parity_dir=str(parity_images) if parity_images else None,
                 min_cosine=quantize.DEFAULT_MIN_COSINE_INT8 if min_cosine is None else min_cosine,
                 exclude_first_conv=None if int8_first_conv is None else not int8_first_conv,
+                keep_fp32=None if not int8_keep_fp32 else tuple(k for k in int8_keep_fp32 if k),
             )
             typer.echo(f"quantizing to INT8 ({method} calibration on {calibration}) ...")
             card, parity = quantize.quantize_int8(fp32_path, output, calibration, options)
