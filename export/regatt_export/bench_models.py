@@ -131,7 +131,9 @@ def export_backbone(encoder: RegionalAttentionEncoder, path: Path, atol: float =
             opset_version=OPSET,
             do_constant_folding=True,
         )
-    sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(tmp), sess_options=opts, providers=["CPUExecutionProvider"])
     for _, ch, cw in TIMING_CHECK_SIZES:
         image = np.random.default_rng(ch * cw).integers(0, 256, (1, ch, cw, 3), dtype=np.uint8)
         with torch.inference_mode():

@@ -105,6 +105,12 @@ def convert_backbone_fp16(model) -> int:
     return len(region)
 
 
+def _quiet(ort):
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # no optimizer chatter on the console
+    return opts
+
+
 def _runnable_providers(path: Path) -> list[str] | None:
     """Providers able to run the fp16 graph here (CPU first, then CUDA), or None."""
     import onnxruntime as ort
@@ -113,7 +119,7 @@ def _runnable_providers(path: Path) -> list[str] | None:
         if providers[0] not in ort.get_available_providers():
             continue
         try:
-            ort.InferenceSession(str(path), providers=providers)
+            ort.InferenceSession(str(path), sess_options=_quiet(ort), providers=providers)
         except Exception:  # noqa: BLE001 - a missing fp16 kernel is reported as a generic failure
             continue
         return providers
