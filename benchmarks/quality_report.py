@@ -165,6 +165,20 @@ def whitening_from(vectors: np.ndarray, shrinkage: float, power: float):
     return load_whitening_arrays(mean, comps, f"shrinkage {shrinkage}")
 
 
+def default_backbone_encoder(attention: str, levels: int, max_side: int, cache_dir: Path):
+    """``(encoder, spec, feature cache)`` of the default backbone (efficientnet-lite0, its
+    packaged weights) with an untrained ``attention`` head, no whitening."""
+    from regatt_export.backbones import build_backbone, get_spec
+    from regatt_export.encoder import RegionalAttentionEncoder
+    from regatt_export.head import Attention
+    from regatt_export.whiten import full_image_cache
+
+    name = "efficientnet-lite0"
+    spec = get_spec(name)
+    encoder = RegionalAttentionEncoder(build_backbone(name), spec, Attention(spec.channels, attention), None, levels).eval()
+    return encoder, spec, full_image_cache(encoder, name, None, max_side, str(cache_dir))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.from_json:
@@ -174,19 +188,12 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, flush=True)  # noqa: E731
-    from regatt_export.backbones import build_backbone, get_spec
     from regatt_export.datasets import list_images
-    from regatt_export.encoder import RegionalAttentionEncoder
-    from regatt_export.head import Attention
     from regatt_export.official import load_attention_file
     from regatt_export.pooling_baselines import POOLINGS
-    from regatt_export.whiten import full_image_cache
 
     t_start = time.perf_counter()
-    name = "efficientnet-lite0"
-    spec = get_spec(name)
-    encoder = RegionalAttentionEncoder(build_backbone(name), spec, Attention(spec.channels, "context"), None, args.levels).eval()
-    cache = full_image_cache(encoder, name, None, args.max_side, str(args.cache))
+    encoder, spec, cache = default_backbone_encoder("context", args.levels, args.max_side, args.cache)
     items = list_images(args.paris)
     labels = [Path(it.name).parts[0] for it in items]
     names = [it.name for it in items]

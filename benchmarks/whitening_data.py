@@ -30,7 +30,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_report import Bank, Pooled, average_precisions, check_against_module, whitening_from  # noqa: E402
+from quality_report import (  # noqa: E402
+    Bank,
+    Pooled,
+    average_precisions,
+    check_against_module,
+    default_backbone_encoder,
+    whitening_from,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -54,17 +61,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, flush=True)  # noqa: E731
-    from regatt_export.backbones import build_backbone, get_spec
     from regatt_export.datasets import list_images
-    from regatt_export.encoder import RegionalAttentionEncoder
-    from regatt_export.head import Attention
-    from regatt_export.whiten import full_image_cache
 
     t0 = time.perf_counter()
-    name = "efficientnet-lite0"
-    spec = get_spec(name)
-    encoder = RegionalAttentionEncoder(build_backbone(name), spec, Attention(spec.channels, "none"), None, args.levels).eval()
-    cache = full_image_cache(encoder, name, None, args.max_side, str(args.cache))
+    encoder, _, cache = default_backbone_encoder("none", args.levels, args.max_side, args.cache)
     items = list_images(args.paris)
     labels = np.array([Path(it.name).parts[0] for it in items])
     names = [it.name for it in items]

@@ -133,3 +133,13 @@ def test_bench_precision_and_quality_columns(tiny_model: Path, tmp_path: Path, p
     assert all(0 <= r["map"] <= 100 for r in rows)
     assert by["int8"]["parity_min_cosine"] is not None and by["fp32"]["gemm_pct"] is not None
     assert by["int8"]["gemm_pct"] is None  # the fp32 GEMM peak says nothing about int8
+
+
+def test_gemm_probes_check_their_products_and_report_throughput():
+    pytest.importorskip("onnxruntime")
+    from regatt_sdk.bench.gemm import ort_gemm, ort_gemm_int8
+
+    f32 = ort_gemm(96, threads=1, runs=2, warmup=1)
+    i8 = ort_gemm_int8(96, threads=1, runs=2, warmup=1)  # raises if MatMulInteger computes a wrong product
+    assert f32.gflops_per_s > 0 and i8.gflops_per_s > 0
+    assert i8.engine.startswith("onnxruntime MatMulInteger") and i8.size == 96

@@ -45,15 +45,20 @@ def _probe(engine: str, size: int, threads: int, runs: int, warmup: int, call) -
     return GemmResult(engine, size, threads, runs, t.p50_ms, flop / (t.p50_ms * 1e6), flop / (t.min_ms * 1e6))
 
 
-def ort_gemm(size: int, threads: int, runs: int = 10, warmup: int = 2) -> GemmResult:
-    """fp32 ``size``-cube MatMul in onnxruntime (CPU, ``threads`` intra-op threads)."""
+def _cpu_session(model: bytes, threads: int):
+    """A CPU ``InferenceSession`` of a probe graph with ``threads`` intra-op threads."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(matmul_model(size, size, size), sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def ort_gemm(size: int, threads: int, runs: int = 10, warmup: int = 2) -> GemmResult:
+    """fp32 ``size``-cube MatMul in onnxruntime (CPU, ``threads`` intra-op threads)."""
+    sess = _cpu_session(matmul_model(size, size, size), threads)
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)
     b = rng.standard_normal((size, size), dtype=np.float32)
@@ -67,13 +72,7 @@ def ort_gemm_int8(size: int, threads: int, runs: int = 10, warmup: int = 2) -> G
     """uint8 x int8 ``size``-cube ``MatMulInteger`` in onnxruntime (the MLAS kernels of the int8
     convolutions); its "GFLOP/s" counts a multiply-add as 2 operations, like the fp32 probe, so
     the ratio of the two is the most an int8 graph can gain over fp32 on this CPU."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(matmul_integer_model(size, size, size), sess_options=opts, providers=["CPUExecutionProvider"])
+    sess = _cpu_session(matmul_integer_model(size, size, size), threads)
     rng = np.random.default_rng(0)
     # 7-bit activations: AVX2's u8 x s8 pair sums saturate at 16 bits with full-range values
     # (the speed does not depend on the values)
