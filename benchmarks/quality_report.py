@@ -189,11 +189,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, flush=True)  # noqa: E731
     from regatt_export.datasets import list_images
+    from regatt_export.head import Attention
     from regatt_export.official import load_attention_file
     from regatt_export.pooling_baselines import POOLINGS
 
     t_start = time.perf_counter()
     encoder, spec, cache = default_backbone_encoder("context", args.levels, args.max_side, args.cache)
+    name = spec.name
     items = list_images(args.paris)
     labels = [Path(it.name).parts[0] for it in items]
     names = [it.name for it in items]

@@ -11,7 +11,6 @@ agree with the fp32 graph's (cosine >= ``min_cosine``) where the graph can be ru
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -20,8 +19,8 @@ import numpy as np
 
 from regatt_sdk.card import ModelCard
 
+from .onnx_export import staged_file
 from .quantize import (
-    CalibrationError,
     ImageSet,
     VariantParity,
     _float_tensors,
@@ -145,11 +144,7 @@ def convert_fp16(
     card = read_card_file(fp32_path)
     model = onnx.load(str(fp32_path))
     converted = convert_backbone_fp16(model)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".fp16.onnx.tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
+    with staged_file(out_path, ".fp16.onnx.tmp") as tmp:
         onnx.save(model, tmp)
         images: ImageSet = parity_set(parity_dir, [], card.max_side, parity_count)
         providers = _runnable_providers(Path(tmp))
@@ -172,11 +167,6 @@ def convert_fp16(
         provenance["parity"] = parity.to_dict()
         new_card = replace(card, precision="fp16", provenance=provenance)
         new_card = finish_variant(tmp, out_path, new_card, parity, FP16_GOLDEN_ATOL)
-    except CalibrationError:
-        raise
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return new_card, parity
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -121,6 +123,21 @@ def write_card(onnx_path: str | Path, card: ModelCard) -> None:
     onnx.save(model, str(onnx_path))
 
 
+@contextmanager
+def staged_file(out_path: str | Path, suffix: str) -> Iterator[str]:
+    """A temporary path beside ``out_path`` (same filesystem, so ``os.replace`` into place is
+    atomic); whatever is left there when the block ends (an error, a refused gate) is removed."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=out_path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def export_onnx(
     encoder: RegionalAttentionEncoder,
     card: ModelCard,
@@ -147,9 +164,7 @@ def export_onnx(
     dynamic = {"image": {0: "batch", 1: "height", 2: "width"}, "descriptor": {0: "batch"}}
     if explain:
         dynamic["weights"] = {0: "batch"}
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
+    with staged_file(out_path, ".onnx.tmp") as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -171,9 +186,6 @@ def export_onnx(
             raise ParityError("onnxruntime disagrees with PyTorch:\n" + format_parity(rows))
         os.chmod(tmp, 0o644)
         os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return card, rows
 
 

@@ -11,7 +11,6 @@ Nothing is written unless the quantized graph's descriptors have a cosine of at 
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,7 +22,7 @@ from regatt_sdk.card import CARD_KEY, Golden, ModelCard, golden_image
 from regatt_sdk.imageio import read_image
 from regatt_sdk.preprocess import prepare
 
-from .onnx_export import GOLDEN_SIZE, ParityError, write_card
+from .onnx_export import GOLDEN_SIZE, ParityError, staged_file, write_card
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -532,11 +531,7 @@ def quantize_int8(
         raise ValueError(f"nothing to quantize: no {options.op_types} nodes in the backbone")
     dtype = np.uint8 if card.input_dtype == "uint8" else np.float32
     reader = ImageReader(calib, card.input_name, dtype)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".int8.onnx.tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
+    with staged_file(out_path, ".int8.onnx.tmp") as tmp:
         onnx.save(model, tmp)
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore", RuntimeWarning)  # zero-range tensors outside the backbone
@@ -588,7 +583,4 @@ def quantize_int8(
         provenance["parity"] = parity.to_dict()
         new_card = replace(card, precision="int8", provenance=provenance)
         new_card = finish_variant(tmp, out_path, new_card, parity, INT8_GOLDEN_ATOL)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return new_card, parity
