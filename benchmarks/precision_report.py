@@ -217,8 +217,8 @@ def markdown(report: dict) -> str:
             "",
             f"GEMM ceiling measured in the same run (onnxruntime, 2048-cube, {report['threads']} threads): fp32 MatMul "
             f"{gemm['fp32_gflops']:.0f} GFLOP/s, uint8 x int8 MatMulInteger {gemm['int8_gops']:.0f} GOP/s: "
-            f"**int8/fp32 = {gemm['ratio']:.2f}x**. No int8 graph can be faster than that ratio on this CPU; "
-            "a 2.5x target needs integer dot-product instructions (VNNI).",
+            f"**int8/fp32 = {gemm['ratio']:.2f}x**. That bounds the convolutions, which are most of the time, on this "
+            "CPU (memory-bound uint8 ops gain somewhat more); a 2.5x target needs integer dot-product instructions (VNNI).",
         ]
     return "\n".join(lines) + "\n"
 
