@@ -3,16 +3,14 @@ bundled samples, and the optional ../shared data."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(Path(__file__).parent))
+from paths import SHARED  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -20,10 +20,7 @@ from regatt_sdk.datasets import (
 )
 from regatt_sdk.evaluation import evaluate
 
-FIXTURES = Path(__file__).parent / "fixtures" / "gt"
-SHARED_GT = Path(
-    os.environ.get("REGATT_SHARED", Path(__file__).resolve().parents[2] / "shared")
-) / "data" / "oxford5k-gt"
+from paths import GT_FIXTURES as FIXTURES, SHARED_GT  # noqa: E402
 
 
 def touch_images(folder: Path, names, ext=".jpg") -> None:

@@ -3,7 +3,6 @@ rankings on the shipped fixtures, and (when ../shared is present) the real Oxfor
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +21,7 @@ from regatt_sdk.evaluation import (
     precision_at,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "gt"
-SHARED_GT = Path(
-    os.environ.get("REGATT_SHARED", Path(__file__).resolve().parents[2] / "shared")
-) / "data" / "oxford5k-gt"
+from paths import GT_FIXTURES as FIXTURES, SHARED_GT  # noqa: E402
 needs_shared = pytest.mark.skipif(
     not SHARED_GT.is_dir(), reason=f"real Oxford5k gt not available at {SHARED_GT}"
 )
