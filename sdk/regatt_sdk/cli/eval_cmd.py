@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import typer
 
+from ..engines.device import HELP as DEVICE_HELP
 from ..errors import RegattError
 
 _TITLES = {
@@ -185,7 +186,7 @@ def evaluate_cmd(
         None, "--distractors", help="Extra database images (Oxford105k / Paris106k / R1M)."
     ),
     backend: str = typer.Option("exact", "--backend", help="exact (numpy) or faiss."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, or cuda:N."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
     max_side: int = typer.Option(None, "--max-side", min=1, help="Resize the longest side to this."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per inference batch."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),

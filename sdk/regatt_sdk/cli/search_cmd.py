@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from ..engines.device import HELP as DEVICE_HELP
 from ..errors import RegattError
 
 Roi = tuple[float, float, float, float]
@@ -68,7 +69,7 @@ def search(
         None, "--images", help="Folder holding the store's images, for --show (default: names are paths)."
     ),
     backend: str = typer.Option("exact", "--backend", help="exact (numpy) or faiss."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, or cuda:N."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
     max_side: int = typer.Option(None, "--max-side", min=1, help="Resize the longest side to this."),
     ann: bool = typer.Option(
         True, "--ann/--no-ann", help="Use the store's FAISS ANN index when it has one (regatt index --faiss)."
