@@ -123,14 +123,17 @@ def score(dataset, queries: np.ndarray, database: np.ndarray, *, steps: list, ba
     """``(result, result with steps or None)``: :class:`~regatt_sdk.evaluation.EvalResult` s
     of the plain search and of the search after the expansion ``steps``."""
     from ..evaluation import evaluate
-    from ..expansion import retrieve
+    from ..index import build_index, check_compatible
+    from ..index.searcher import Searcher
 
     gts = dataset.ground_truth()
-    _, ranks = retrieve(queries, database, backend=backend)
+    check_compatible(queries, database)
+    index = build_index(database, backend)
+    _, ranks = Searcher(index).search_vectors(queries)
     plain = evaluate(ranks, gts, dataset=dataset.name)
     if not steps:
         return plain, None
-    _, ranks_qe = retrieve(queries, database, steps=steps, backend=backend)
+    _, ranks_qe = Searcher(index, steps=steps).search_vectors(queries)
     return plain, evaluate(ranks_qe, gts, dataset=dataset.name)
 
 

@@ -11,7 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import MissingExtraError, ModelError
+from ..errors import ModelError
+from ..optional import require
 from .device import Device, parse_device
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -25,11 +26,7 @@ PROVIDERS: dict[str, str] = {
 
 def import_ort():
     """``onnxruntime`` or a :class:`MissingExtraError` naming ``pip install 'regatt[cpu]'``."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise MissingExtraError("onnxruntime", "cpu", "running a model") from None
-    return ort
+    return require("onnxruntime", extra="cpu")
 
 
 def cpu_count() -> int:
