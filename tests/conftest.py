@@ -58,3 +58,16 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared is not present")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def pg_url(tmp_path_factory) -> str:
+    """The URL of a real PostgreSQL + pgvector server started for this test session."""
+    from pgserver import start_postgres
+
+    try:
+        server, url = start_postgres(tmp_path_factory.mktemp("pg"))
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    yield url
+    server.cleanup()
