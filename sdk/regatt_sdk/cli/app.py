@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train_cmd",
     "whiten_cmd",
     "explain_cmd",
+    "serve_cmd",
 )
 
 app = typer.Typer(
@@ -31,6 +32,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # help texts are plain text: with rich markup, "pip install 'regatt[ray]'" lost its "[ray]"
+    rich_markup_mode=None,
 )
 
 
