@@ -13,6 +13,7 @@ mean weight of the regions covering each pixel; below, a colour bar and a one-li
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
