@@ -11,7 +11,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+from regatt_sdk.files import image_suffixes
+from regatt_sdk.files import list_images as image_files
+
+#: the one list of image suffixes (every format the runtime decodes)
+IMAGE_SUFFIXES = image_suffixes()
 WNID = re.compile(r"^(n\d{8})")
 
 
@@ -43,11 +47,7 @@ def list_images(folder: str | Path) -> list[Item]:
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
-    items = [
-        Item(p, p.relative_to(root).as_posix())
-        for p in sorted(root.rglob("*"))
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    ]
+    items = [Item(p, p.relative_to(root).as_posix()) for p in image_files(root)]
     if not items:
         raise DataError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     return items

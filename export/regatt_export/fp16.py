@@ -20,7 +20,7 @@ from regatt_sdk.card import ModelCard, read_card
 
 from .calibration import ImageSet, parity_set
 from .graph_edits import _float_tensors, backbone_nodes, inline_constant_identities
-from .onnx_export import staged_file
+from regatt_sdk.files import staged_file
 from .parity import VariantParity, finish_variant, measure_parity
 
 #: worst-image cosine to fp32 accepted by default: fp16 (10-bit mantissa) keeps descriptors at

@@ -10,18 +10,16 @@ size, none of which is the traced size.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from regatt_sdk.card import CARD_KEY, Golden, ModelCard, golden_image
+from regatt_sdk.files import staged_file
 
 from .encoder import ExplainEncoder, RegionalAttentionEncoder
 
@@ -123,19 +121,6 @@ def write_card(onnx_path: str | Path, card: ModelCard) -> None:
     onnx.save(model, str(onnx_path))
 
 
-@contextmanager
-def staged_file(out_path: str | Path, suffix: str) -> Iterator[str]:
-    """A temporary path beside ``out_path`` (same filesystem, so ``os.replace`` into place is
-    atomic); whatever is left there when the block ends (an error, a refused gate) is removed."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=out_path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def export_onnx(

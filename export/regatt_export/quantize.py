@@ -33,7 +33,7 @@ from .graph_edits import (
     fuse_qdq_pads,
     inline_constant_identities,
 )
-from .onnx_export import staged_file
+from regatt_sdk.files import staged_file
 from .parity import VariantParity, finish_variant, measure_parity
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")

@@ -34,10 +34,12 @@ import numpy as np
 from . import safe_pickle
 from .errors import RegattError
 from .evaluation import GroundTruth
+from .files import image_suffixes, list_images
 
 Box = tuple[float, float, float, float]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+#: the one list of image suffixes (every format :mod:`regatt_sdk.imageio` decodes)
+IMAGE_EXTENSIONS = image_suffixes()
 
 #: the 20 Paris6k images everyone drops (unreadable in the official archive)
 PARIS_DROPPED = frozenset(
@@ -199,9 +201,7 @@ def scan_images(folder: Path, *, exclude: Sequence[Path] = (), by_stem: bool = F
     """
     skip = [p.resolve() for p in exclude]
     found: dict[str, Path] = {}
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
-            continue
+    for path in list_images(folder):
         if any(s == path.resolve() or s in path.resolve().parents for s in skip):
             continue
         name = path.stem if by_stem else image_name(path.relative_to(folder).as_posix())

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageError, MissingExtraError, RegattError
+from .errors import ImageError, RegattError
 from .imageio import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+from .optional import require
 from .pipeline import EncodeReport, encode_window, make_loader, model_info, short_reason, Slot
 from .sources import SourceItem, iter_sources
 from .store import Failure, FeatureStore, StoreError
@@ -40,11 +41,8 @@ MERGE_CHUNK_ROWS = 4096
 
 def import_ray():
     """``ray`` (with Ray Data), or a :class:`MissingExtraError` naming ``pip install 'regatt[ray]'``."""
-    try:
-        import ray
-        import ray.data  # noqa: F401 - needs the [data] extra (pyarrow, pandas)
-    except ImportError:
-        raise MissingExtraError("ray[data]", "ray", "distributed encoding (--ray)") from None
+    ray = require("ray", extra="ray", package="ray[data]", strict=False)
+    require("ray.data", extra="ray", package="ray[data]", strict=False)  # the [data] extra: pyarrow, pandas
     return ray
 
 

@@ -24,18 +24,32 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 @contextmanager
-def staged_file(out_path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
+def staged_file(out_path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     """A temporary path beside ``out_path`` (same filesystem, so ``os.replace`` into place is
     atomic); whatever is left there when the block ends (an error, a refused gate) is removed."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix=f".{out_path.name}.", dir=out_path.parent)
+    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix=f"{out_path.name}.tmp", dir=out_path.parent)
     os.close(fd)
     try:
         yield tmp
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def new_file_mode() -> int:
+    """``0o666`` less this process's umask (read without changing it where Linux allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return 0o666 & ~old
 
 
 @contextmanager
@@ -49,6 +63,7 @@ def atomic_write(
     if "b" not in mode and encoding is None:
         encoding = "utf-8"
     with staged_file(out_path) as tmp:
+        os.chmod(tmp, new_file_mode())  # as open() would create it, not mkstemp's 0600
         with open(tmp, mode, encoding=encoding) as fh:
             yield fh
             fh.flush()

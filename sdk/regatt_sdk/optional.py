@@ -17,18 +17,21 @@ PACKAGES: dict[str, tuple[str, str]] = {
 }
 
 
-def require(module: str, *, extra: str, what: str | None = None, package: str | None = None) -> ModuleType:
+def require(
+    module: str, *, extra: str, what: str | None = None, package: str | None = None, strict: bool = True
+) -> ModuleType:
     """``import module`` or raise :class:`MissingExtraError` naming ``pip install 'regatt[extra]'``.
 
     ``package``/``what`` override the pip name and the purpose shown in the message (defaults
-    from :data:`PACKAGES`). A missing *other* module raised from inside an installed package
-    propagates as it is.
+    from :data:`PACKAGES`). With ``strict``, a missing *other* module raised from inside an
+    installed package propagates as it is; ``strict=False`` reports any import failure as the
+    extra missing (for extras that bring several packages, e.g. ``ray[data]``).
     """
     try:
         return importlib.import_module(module)
     except ImportError as exc:
         top = module.split(".")[0]
-        if isinstance(exc, ModuleNotFoundError) and exc.name is not None and exc.name.split(".")[0] != top:
+        if strict and isinstance(exc, ModuleNotFoundError) and exc.name is not None and exc.name.split(".")[0] != top:
             raise
         known_package, known_what = PACKAGES.get(top, (top, f"this feature ({top})"))
         raise MissingExtraError(package or known_package, extra, what or known_what) from None

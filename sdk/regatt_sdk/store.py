@@ -24,7 +24,6 @@ are ignored by readers and cut off when a writer next opens the store.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import RegattError
+from .files import atomic_write
 
 STORE_FORMAT = 1
 STORE_KIND = "regatt.features"
@@ -54,19 +54,6 @@ class Failure:
 
     name: str
     reason: str
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # platforms without directory fds (Windows): rename is still atomic
-    try:
-        # some filesystems refuse fsync on directories; the rename itself already happened
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_manifest(path: Path) -> dict:
@@ -384,14 +371,9 @@ class FeatureStore:
             os.fsync(fh.fileno())
 
     def _write_manifest(self, manifest: dict) -> None:
-        tmp = self.path / f"{MANIFEST}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with atomic_write(self.path / MANIFEST, "w", fsync=True) as fh:
             json.dump(manifest, fh, indent=1, sort_keys=True)
             fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path / MANIFEST)
-        _fsync_dir(self.path)
 
     def __repr__(self) -> str:
         return (

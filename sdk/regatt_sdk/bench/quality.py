@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import RegattError
 from ..evaluation import compute_ap
-from ..imageio import IMAGE_EXTENSIONS
+from ..files import list_images
 
 
 def landmark_set(root: Path) -> tuple[list[Path], list[str]]:
@@ -19,10 +19,9 @@ def landmark_set(root: Path) -> tuple[list[Path], list[str]]:
     files: list[Path] = []
     labels: list[str] = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-        for f in sorted(sub.iterdir()):
-            if f.is_file() and f.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS:
-                files.append(f)
-                labels.append(sub.name)
+        for f in list_images(sub, recursive=False):
+            files.append(f)
+            labels.append(sub.name)
     if len(set(labels)) < 2:
         raise RegattError(f"{root}: needs at least 2 landmark sub-folders with photos")
     return files, labels

@@ -280,7 +280,7 @@ class FaissIndex:
     def save(self, index_file: str | os.PathLike, meta_file: str | os.PathLike | None = None, **extra: Any) -> Path:
         """Write the FAISS index to ``index_file`` and ``meta`` (plus ``extra`` fields) as JSON to
         ``meta_file`` (default ``index_file`` + ``.json``), each atomically replaced."""
-        from ..files import staged_file, write_text_atomic
+        from ..files import new_file_mode, staged_file, write_text_atomic
 
         faiss = import_faiss()
         index_file = Path(index_file)
@@ -289,6 +289,7 @@ class FaissIndex:
         meta.update(faiss=getattr(faiss, "__version__", "?"), index_file=index_file.name)
         with staged_file(index_file) as tmp:
             faiss.write_index(self.index, tmp)
+            os.chmod(tmp, new_file_mode())
             os.replace(tmp, index_file)
         write_text_atomic(meta_file, json.dumps(meta, indent=1, sort_keys=True) + "\n")
         self.meta = meta
