@@ -404,7 +404,7 @@ def _imdecode(arr: np.ndarray, flags: int) -> np.ndarray | None:
         return cv2.imdecode(arr, flags)
     except cv2.error as exc:
         message = str(exc).strip().splitlines()
-        raise _Refused(f"OpenCV failed to decode it ({message[-1] if message else 'cv2.error'})")
+        raise _Refused(f"OpenCV failed to decode it ({message[-1] if message else 'cv2.error'})") from None
 
 
 def decode_image(
