@@ -58,3 +58,24 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared is not present")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """The URL of a real PostgreSQL + pgvector server started for this test session."""
+    import shutil
+    import tempfile
+
+    from pgserver import start_postgres
+
+    # directly under the system temp dir: as root the server runs as another user, who must be
+    # able to reach its data directory (pytest's own tmp dirs are private to root)
+    data = Path(tempfile.mkdtemp(prefix="regatt-pg-"))
+    try:
+        server, url = start_postgres(data)
+    except RuntimeError as exc:
+        shutil.rmtree(data, ignore_errors=True)
+        pytest.skip(str(exc))
+    yield url
+    server.cleanup()
+    shutil.rmtree(data, ignore_errors=True)

@@ -127,3 +127,28 @@ def test_save_eval_grids_skips_excluded(photo_dir: Path, tmp_path: Path) -> None
     grid = cv2.imread(str(out[0]))
     assert tuple(grid[100, 201]) == ex.LABEL_COLOURS["correct"]  # coffee first, astronaut excluded
     assert tuple(grid[100, 401]) == ex.LABEL_COLOURS["wrong"]
+
+
+def test_box_share_in_explain(tiny_model: Path, photo_dir: Path, tmp_path: Path, capsys) -> None:
+    """``regatt explain --box``: the printed share is the summed weight of the regions mostly
+    inside the box (original pixels scaled to the resized image), against the uniform share."""
+    from test_encode_cli import run_main
+
+    from regatt_sdk.encoder import Encoder
+
+    img = photo_dir / "coffee.jpg"
+    h0, w0 = cv2.imread(str(img)).shape[:2]
+    box = (0, 0, w0 // 2, h0)  # the left half, original pixels
+    expl = ex.explain(Encoder(tiny_model, device="cpu", max_side=96), img)
+    r = max(expl.image.shape[:2]) / max(h0, w0)
+    mask = ex.inside_mask(expl.boxes, tuple(v * r for v in box))
+    assert 0 < mask.sum() < mask.size
+    share, uniform = ex.box_share(expl.boxes, expl.weights, tuple(v * r for v in box))
+    assert share == pytest.approx(expl.weights[mask].sum() / expl.weights.sum(), rel=1e-6)
+    assert uniform == pytest.approx(mask.mean())
+    code = run_main(["explain", str(img), "-m", str(tiny_model), "-o", str(tmp_path / "b.png"), "--max-side", "96",
+                     "-q", "--box", ",".join(str(v) for v in box)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and f"{100 * share:.1f}% of the attention weight" in out and f"uniform weights: {100 * uniform:.1f}%" in out
+    assert run_main(["explain", str(img), "-m", str(tiny_model), "-o", str(tmp_path / "c.png"), "--roi", "0,0,50,50", "--box", "0,0,9,9"]) == 2
+    assert "without --roi" in capsys.readouterr().err

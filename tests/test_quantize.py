@@ -158,13 +158,13 @@ def test_fused_uint8_pads_give_the_same_bytes(tmp_path):
     import io
 
     import onnx
-    import onnxruntime as ort
     import torch
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     timm_layers = pytest.importorskip("timm.layers")
     from regatt_export.backbones.same_pad import replace_same_convs
     from regatt_export.quantize import fuse_qdq_pads
+    from regatt_sdk.engines.ort import create_session
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(
@@ -199,8 +199,8 @@ def test_fused_uint8_pads_give_the_same_bytes(tmp_path):
     assert all(producer.get(n.input[0]) != "DequantizeLinear" for n in model.graph.node if n.op_type == "Shape")
     fused = tmp_path / "fused.onnx"
     onnx.save(model, str(fused))
-    a = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"])
-    b = ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"])
+    a = create_session(q, providers=["CPUExecutionProvider"])
+    b = create_session(fused, providers=["CPUExecutionProvider"])
     for h, w in [(32, 32), (31, 17), (9, 40)]:
         x = rng.standard_normal((1, 3, h, w)).astype(np.float32)
         np.testing.assert_array_equal(a.run(None, {"x": x})[0], b.run(None, {"x": x})[0])

@@ -112,13 +112,15 @@ def _quiet(ort):
 
 def _runnable_providers(path: Path) -> list[str] | None:
     """Providers able to run the fp16 graph here (CPU first, then CUDA), or None."""
-    import onnxruntime as ort
+    from regatt_sdk.engines.ort import create_session, import_ort
+
+    ort = import_ort()
 
     for providers in (["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]):
         if providers[0] not in ort.get_available_providers():
             continue
         try:
-            ort.InferenceSession(str(path), sess_options=_quiet(ort), providers=providers)
+            create_session(path, options=_quiet(ort), providers=providers)
         except Exception:  # noqa: BLE001 - a missing fp16 kernel is reported as a generic failure
             continue
         return providers

@@ -351,12 +351,13 @@ class VariantParity:
 
 
 def _session(path: str | Path, providers: Sequence[str]):
-    import onnxruntime as ort
+    from regatt_sdk.engines.ort import create_session, import_ort
 
+    ort = import_ort()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+    return create_session(path, options=opts, providers=list(providers))
 
 
 def descriptors(session, images: Sequence[np.ndarray], dtype=np.uint8) -> np.ndarray:

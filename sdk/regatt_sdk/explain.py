@@ -65,6 +65,32 @@ def explain(encoder, image: str | Path | np.ndarray, roi: Box | None = None) -> 
     )
 
 
+#: a region counts as inside an object box when at least this share of its area is inside
+INSIDE = 0.5
+
+
+def inside_mask(boxes: np.ndarray, box: Sequence[float], inside: float = INSIDE) -> np.ndarray:
+    """``(R,)`` bool: regions (``boxes (R, 4)`` inclusive x1, y1, x2, y2, as the encoder's explain
+    output) with at least ``inside`` of their area in ``box`` (x1, y1, x2, y2, end-exclusive)."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2] + 1, b[:, 3] + 1
+    ix = np.clip(np.minimum(x2, box[2]) - np.maximum(x1, box[0]), 0, None)
+    iy = np.clip(np.minimum(y2, box[3]) - np.maximum(y1, box[1]), 0, None)
+    area = np.maximum((x2 - x1) * (y2 - y1), 1e-12)
+    return ix * iy / area >= inside
+
+
+def box_share(boxes: np.ndarray, weights: np.ndarray, box: Sequence[float], inside: float = INSIDE) -> tuple[float, float]:
+    """``(attention share, uniform share)`` of the regions inside ``box`` (:func:`inside_mask`):
+    their summed weight over the total, and their count over the number of regions (both 0 when
+    no region is inside). Attention looks at the object when the first is well above the second."""
+    mask = inside_mask(boxes, box, inside)
+    w = np.maximum(np.asarray(weights, dtype=np.float64).reshape(-1), 0.0)
+    total = w.sum()
+    share = float(w[mask].sum() / total) if total > 0 else float(mask.mean())
+    return share, float(mask.mean())
+
+
 def weight_map(shape: tuple[int, int], boxes: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Sum of the ``weights`` ``(R,)`` of the ``boxes`` ``(R, 4)`` covering each pixel: ``(h, w)``
     float32 (a summed-area accumulation, O(R + h w))."""
@@ -180,11 +206,13 @@ def _legend(width: int, text: str, colormap: int) -> np.ndarray:
 
 def explanation_figure(
     expl: Explanation, *, top: int = 8, size: int = 400, colormap: int = cv2.COLORMAP_TURBO,
-    title: str = "",
+    title: str = "", box: Sequence[float] | None = None,
 ) -> np.ndarray:  # fmt: skip
     """The figure as BGR uint8 ``(h' + 44, 2 w' + 8, 3)``: regions | heatmap, legend below.
 
-    Both panels show the prepared image scaled so its longer side is ``size`` pixels.
+    Both panels show the prepared image scaled so its longer side is ``size`` pixels. ``box``
+    (x1, y1, x2, y2 end-exclusive, prepared-image pixels): an object box, drawn dashed-white on
+    both panels, with its :func:`box_share` in the legend.
     """
     h, w = expl.image.shape[:2]
     scale = size / max(h, w)
@@ -193,12 +221,20 @@ def explanation_figure(
     boxes = (expl.boxes + 0.5) * scale - 0.5
     left = draw_regions(small, boxes, expl.weights, top=top, colormap=colormap)
     right = draw_heatmap(small, boxes, expl.weights, colormap=colormap)
+    if box is not None:
+        p1 = (int(round(box[0] * scale)), int(round(box[1] * scale)))
+        p2 = (int(round(box[2] * scale)) - 1, int(round(box[3] * scale)) - 1)
+        for panel in (left, right):
+            cv2.rectangle(panel, p1, p2, (255, 255, 255), 2)
     gap = np.full((small.shape[0], 8, 3), _BG, dtype=np.uint8)
     panels = np.hstack([left, gap, right])
     n = expl.weights.size
     shown = min(top, n)
     text = (f"{title + ': ' if title else ''}top {shown} of {n} regions by attention weight "
             f"(share of total); right: mean weight per pixel")  # fmt: skip
+    if box is not None:
+        share, uniform = box_share(expl.boxes, expl.weights, box)
+        text += f"; box: {100 * share:.0f}% of the weight (uniform {100 * uniform:.0f}%)"
     return np.vstack([panels, _legend(panels.shape[1], text, colormap)])
 
 
