@@ -235,7 +235,7 @@ def evaluate_cmd(
     t3 = time.monotonic()
     print_table(key, model, plain, with_qe, label)
     if show is not None:
-        from ..explain import save_eval_grids
+        from ..grid import save_eval_grids
 
         pictures = save_eval_grids(show, ds, queries, db, count=show_count, top=show_top,
                                    backend=backend)  # fmt: skip
