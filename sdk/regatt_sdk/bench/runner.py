@@ -8,7 +8,6 @@ file only onnxruntime runs (no torch), and the backbone's share comes from profi
 from __future__ import annotations
 
 import gc
-import importlib
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,9 +15,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..encoder import read_card
+from ..card import read_card
 from ..errors import MissingExtraError, RegattError
-from ..runtime import cpu_count, create_session
+from ..engines.ort import cpu_count
 from . import engines as eng
 from .gemm import numpy_gemm, ort_gemm
 from .machine import load_average, machine_info
@@ -98,12 +97,11 @@ def resolve_engines(cfg: BenchConfig, torch_ok: bool, notes: list[str]) -> list[
 
 
 def _torch_side():
-    try:
-        return importlib.import_module("regatt_export.bench_models")
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] in ("torch", "torchvision", "onnx", "regatt_export"):
-            return None
-        raise
+    """The PyTorch model builder registered by the export package (``regatt.providers``
+    entry point ``bench_models``), or None without it or without torch."""
+    from ..plugins import provider
+
+    return provider("bench_models")
 
 
 def load_models(cfg: BenchConfig, workdir: Path, tick: Tick, notes: list[str]) -> Models:
@@ -111,9 +109,7 @@ def load_models(cfg: BenchConfig, workdir: Path, tick: Tick, notes: list[str]) -
     if cfg.model is not None:
         models = Models({}, None)
         for path in (cfg.model, *cfg.compare):
-            sess = create_session(path, "cpu", 1)
-            card = read_card(sess, str(path))
-            del sess
+            card = read_card(path)
             key = card.attention if not cfg.compare else f"{card.attention}+{card.precision}"
             if key in models.paths:
                 key = f"{key}+{path.stem}"
