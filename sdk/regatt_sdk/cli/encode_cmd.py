@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from .engine_opts import engine_kwargs, engine_option, precision_option, say_choice
+
 from ..engines.device import HELP as DEVICE_HELP
 from ..engines.device import parse_device
 from ..imageio import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
@@ -53,6 +55,8 @@ def encode(
         None, "--max-side", min=1, help="Resize the longest side to this (default: the model's)."
     ),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
+    engine: str = engine_option(),
+    precision: str = precision_option(),
     threads: int = typer.Option(None, "--threads", min=1, help="Inference threads (CPU)."),
     chunk_rows: int = typer.Option(256, "--chunk-rows", min=1, help="Rows per store commit."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
@@ -117,8 +121,10 @@ def encode(
             extensions=ext, list_files=list_files,
         )  # fmt: skip
     else:
+        encoder = Encoder(model, device=device, max_side=max_side, threads=threads, **engine_kwargs(engine, precision))
+        say_choice(encoder)
         report = encode_to_store(
-            Encoder(model, device=device, max_side=max_side, threads=threads),
+            encoder,
             sources,
             output,
             resume=resume,

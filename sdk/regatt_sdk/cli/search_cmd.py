@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from .engine_opts import engine_kwargs, engine_option, precision_option, say_choice
+
 from ..engines.device import HELP as DEVICE_HELP
 from ..errors import RegattError
 
@@ -71,6 +73,8 @@ def search(
     ),
     backend: str = typer.Option("exact", "--backend", help="exact (numpy) or faiss."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
+    engine: str = engine_option(),
+    precision: str = precision_option(),
     max_side: int = typer.Option(None, "--max-side", min=1, help="Resize the longest side to this."),
     ann: bool = typer.Option(
         True, "--ann/--no-ann", help="Use the store's FAISS ANN index when it has one (regatt index --faiss)."
@@ -103,7 +107,8 @@ def search(
     from ..expansion import QueryExpansion
     from ..index.searcher import Searcher
 
-    encoder = Encoder(model, device=device, max_side=max_side)
+    encoder = Encoder(model, device=device, max_side=max_side, **engine_kwargs(engine, precision))
+    say_choice(encoder)
     steps = [QueryExpansion(k=qe)] if qe > 0 else []
     if db is not None:
         searcher = Searcher.for_db(db, encoder, table=table, ef_search=ef_search)
