@@ -13,9 +13,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 from paths import SHARED  # noqa: E402
 
 
+#: a committed ONNX model for the runtime's tests where PyTorch is not installed (see
+#: tests/fixtures/README.md for the command that made it)
+TINY_ONNX = Path(__file__).parent / "fixtures" / "tiny.onnx"
+
+
+def have_torch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    """A random-weight ResNet-18 encoder (512-d, context attention) exported to ONNX."""
+    """A random-weight ResNet-18 encoder (512-d, context attention) exported to ONNX; without
+    PyTorch (the runtime-only test run) the committed 32-d ``tests/fixtures/tiny.onnx``."""
+    if not have_torch():
+        return TINY_ONNX
     from regatt_export.build import EncoderConfig, build_encoder
     from regatt_export.onnx_export import export_onnx
 

@@ -16,21 +16,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from regatt_sdk.card import ModelCard, read_card
 
-from regatt_sdk.card import ModelCard
-
+from .calibration import ImageSet, parity_set
+from .graph_edits import _float_tensors, backbone_nodes, inline_constant_identities
 from .onnx_export import staged_file
-from .quantize import (
-    ImageSet,
-    VariantParity,
-    _float_tensors,
-    backbone_nodes,
-    finish_variant,
-    inline_constant_identities,
-    measure_parity,
-    parity_set,
-    read_card_file,
-)
+from .parity import VariantParity, finish_variant, measure_parity
 
 #: worst-image cosine to fp32 accepted by default: fp16 (10-bit mantissa) keeps descriptors at
 #: 0.9999+ on real photos; 0.999 leaves room for fp16 accumulation on GPUs and catches overflow.
@@ -143,7 +134,7 @@ def convert_fp16(
     """
     import onnx
 
-    card = read_card_file(fp32_path)
+    card = read_card(fp32_path)
     model = onnx.load(str(fp32_path))
     converted = convert_backbone_fp16(model)
     with staged_file(out_path, ".fp16.onnx.tmp") as tmp:

@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "eval_cmd",
     "bench_cmd",
     "explain_cmd",
+    "serve_cmd",
 )
 
 app = typer.Typer(
@@ -30,6 +31,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # help texts are plain text: with rich markup, "pip install 'regatt[ray]'" lost its "[ray]"
+    rich_markup_mode=None,
 )
 
 

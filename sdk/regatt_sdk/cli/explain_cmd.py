@@ -50,7 +50,8 @@ def explain_cmd(
         raise RegattError(f"{image}: image not found")
 
     from ..encoder import Encoder
-    from ..explain import box_share, explain, explanation_figure, write_png
+    from ..explain import box_share, explain, explanation_figure
+    from ..grid import write_png
 
     encoder = Encoder(model, device=device, max_side=max_side)
     expl = explain(encoder, image, roi=box)
