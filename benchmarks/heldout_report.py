@@ -131,6 +131,19 @@ class PhotoBank:
         self.boxes = boxes
         self.classic = {k: torch.stack(v).numpy() for k, v in classic.items()}
 
+    def subset(self, paths: list[str]) -> "PhotoBank":
+        """A bank of only ``paths`` (same order), sharing nothing mutable with this one."""
+        sub = object.__new__(PhotoBank)
+        rows = [self.index[p] for p in paths]
+        sub.index = {p: i for i, p in enumerate(paths)}
+        keep = torch.cat([torch.arange(int(self.starts[i]), int(self.starts[i]) + int(self.counts[i])) for i in rows])
+        sub.rmax, sub.rmean = self.rmax[keep], self.rmean[keep]
+        sub.gmean, sub.counts = self.gmean[rows], self.counts[rows]
+        sub._index_rows()
+        sub.boxes = [self.boxes[i] for i in rows]
+        sub.classic = {k: v[rows] for k, v in self.classic.items()}
+        return sub
+
     def rows(self, paths: list[str]) -> torch.Tensor:
         return torch.tensor([self.index[p] for p in paths])
 
@@ -256,9 +269,9 @@ def main(argv=None) -> int:
     log(f"whitenings learned on {len(train_paths)} photos / {tvec.shape[0]} regions ({max(timings.values()):.0f} s the slowest)")
 
     # -- scoring ----------------------------------------------------------------------------
-    def score(desc: np.ndarray, check: str, qe: int) -> float:
+    def score(desc: np.ndarray, check: str, qe: int, b=None) -> float:
         s = sets[check]
-        rows = bank.rows(s["paths"]).numpy()
+        rows = (b or bank).rows(s["paths"]).numpy()
         d = desc[rows]
         if check.startswith("clutter"):
             cs: ClutterSet = s["clutter"]
@@ -281,11 +294,11 @@ def main(argv=None) -> int:
     checks = CHOICE_CHECKS + REPORT_CHECKS
     rows: dict[str, dict] = {}
 
-    def evaluate(label: str, desc: np.ndarray, kind: str, phi=None, only=None) -> dict:
+    def evaluate(label: str, desc: np.ndarray, kind: str, phi=None, only=None, b=None) -> dict:
         r = {"kind": kind}
         for c in only or checks:
-            r[c] = score(desc, c, 0)
-            r[c + " +QE"] = score(desc, c, 5)
+            r[c] = score(desc, c, 0, b)
+            r[c + " +QE"] = score(desc, c, 5, b)
         if phi is not None:
             for c in ("clutter-val", "clutter-test"):
                 r[c + " share"] = shares(phi, c)
@@ -307,11 +320,13 @@ def main(argv=None) -> int:
 
     # choose the shrinkage of each landmark whitening on the val checks (no attention)
     chosen: dict[str, float] = {}
+    val_bank = bank.subset(sorted({p for c in CHOICE_CHECKS for p in sets[c]["paths"]}))
+    val_ones = val_bank.weights(None)
     for fam, grid in candidates.items():
         best = None
         for s, wh in grid.items():
-            v = bank.regional(wh)
-            r = evaluate(f"{fam} {s}", bank.descriptors(v, ones), "choice", only=CHOICE_CHECKS)
+            v = val_bank.regional(wh)
+            r = evaluate(f"{fam} {s}", val_bank.descriptors(v, val_ones), "choice", only=CHOICE_CHECKS, b=val_bank)
             log(f"  {fam} shrinkage {s}: val choice {r['choice']:.2f}")
             rows.setdefault("_grid", {})[f"{fam} shrinkage {s}"] = r
             if best is None or r["choice"] > best[1]:
