@@ -12,7 +12,7 @@ two-level mixture so that neighbours are graded, not uniform: 400 topics (random
 points from the same mixture. Same-cluster pairs have cosine ~0.67, same-topic ~0.5, others ~0.
 
 Run it as ``OMP_NUM_THREADS=1`` on a shared machine: FAISS's OpenMP barriers stall badly
-when other processes hold the cores. Measured: exact top-10 (numpy, ``regatt_sdk.search.topk``) as ground truth and its latency;
+when other processes hold the cores. Measured: exact top-10 (numpy, ``regatt_sdk.index.topk``) as ground truth and its latency;
 for the IVF-PQ index: train and add times, peak RSS and index size, then for each ``nprobe``
 and re-ranking depth: recall@10 (fraction of the exact top-10 found), one-query latency
 (median over queries sent one at a time) and batch throughput.
@@ -35,8 +35,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sdk"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from regatt_sdk.ann import build_index  # noqa: E402
-from regatt_sdk.search import topk  # noqa: E402
+from regatt_sdk.index.faiss_index import FaissIndex  # noqa: E402
+from regatt_sdk.index import topk  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -137,7 +137,7 @@ def main() -> None:
 
     rss_before = rss_mib()
     t = time.perf_counter()
-    ann = build_index(db, "ivfpq")
+    ann = FaissIndex.build(db, "ivfpq")
     build_s = time.perf_counter() - t
     import faiss
 

@@ -49,7 +49,7 @@ def main() -> int:
 
     from regatt_sdk.bench.paper import PAPER_TIMES_S
     from regatt_sdk.bench.stats import summarize
-    from regatt_sdk.runtime import create_session
+    from regatt_sdk.engines.ort import create_session
 
     report: dict[str, object] = {"onnxruntime": ort.__version__, "providers_available": ort.get_available_providers()}
     if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sdk"))
 
-from regatt_sdk.search import build_index  # noqa: E402
+from regatt_sdk.index import build_index  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

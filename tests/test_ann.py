@@ -11,7 +11,9 @@ import pytest
 pytest.importorskip("faiss")
 
 from regatt_sdk import ann  # noqa: E402
-from regatt_sdk.search import topk  # noqa: E402
+from regatt_sdk.index import faiss_index as fx  # noqa: E402
+from regatt_sdk.index import topk  # noqa: E402
+from regatt_sdk.index.faiss_index import FaissIndex  # noqa: E402
 from regatt_sdk.store import FeatureStore  # noqa: E402
 
 
@@ -34,11 +36,11 @@ def make_store(path: Path, vectors: np.ndarray) -> None:
 
 
 def test_choice_by_size_and_factories() -> None:
-    assert [ann.choose_kind(n) for n in (10, 9_999, 10_000, 99_999, 100_000)] == [
+    assert [fx.choose_kind(n) for n in (10, 9_999, 10_000, 99_999, 100_000)] == [
         "flat", "flat", "hnsw", "hnsw", "ivfpq"]  # fmt: skip
-    assert ann.default_nlist(1_000_000) == 2048 and ann.default_nlist(10) == 64
-    assert ann.factory_string("ivfpq", 1_000_000, 512) == "IVF2048,PQ64"
-    assert ann.default_pq_bytes(1280) == 160 and ann.default_pq_bytes(2048) == 256
+    assert fx.default_nlist(1_000_000) == 2048 and fx.default_nlist(10) == 64
+    assert fx.factory_string("ivfpq", 1_000_000, 512) == "IVF2048,PQ64"
+    assert fx.default_pq_bytes(1280) == 160 and fx.default_pq_bytes(2048) == 256
     with pytest.raises(ann.AnnError, match="unknown index kind"):
         ann.check_kind("lsh")
 
@@ -47,7 +49,7 @@ def test_ivfpq_recall_with_reranking() -> None:
     db = clustered(6000, 64, 60)
     q = clustered(40, 64, 60, seed=1)
     _, truth = topk(q, db, 10)
-    index = ann.build_index(db, "ivfpq", nlist=32, pq_bytes=8, nprobe=8)
+    index = FaissIndex.build(db, "ivfpq", nlist=32, pq_bytes=8, nprobe=8)
     assert index.meta["train_rows"] == 6000 and index.ntotal == 6000
     _, raw = index.search(q, 10, rerank=0)
     scores, ids = index.search(q, 10, rerank=300)
@@ -60,8 +62,8 @@ def test_flat_and_hnsw_agree_with_exact() -> None:
     db = clustered(3000, 32, 30)
     q = clustered(20, 32, 30, seed=2)
     _, truth = topk(q, db, 10)
-    assert np.array_equal(ann.build_index(db, "auto").search(q, 10)[1], truth)  # flat
-    assert recall(ann.build_index(db, "hnsw").search(q, 10)[1], truth) >= 0.95
+    assert np.array_equal(FaissIndex.build(db, "auto").search(q, 10)[1], truth)  # flat
+    assert recall(FaissIndex.build(db, "hnsw").search(q, 10)[1], truth) >= 0.95
 
 
 def test_saved_next_to_store_and_stale_detection(tmp_path: Path) -> None:
@@ -83,10 +85,11 @@ def test_saved_next_to_store_and_stale_detection(tmp_path: Path) -> None:
 
 def test_qe_through_the_index_matches_exact_qe() -> None:
     from regatt_sdk.expansion import QueryExpansion, retrieve
+    from regatt_sdk.index.searcher import Searcher
 
     db = clustered(400, 16, 8)
-    index = ann.build_index(db, "flat")
-    s1, i1 = ann.search_with_expansion(index, db[3], 5, qe=3)
+    index = FaissIndex.build(db, "flat")
+    s1, i1 = Searcher(index, steps=[QueryExpansion(k=3)]).search_vectors(db[3], 5)
     s2, i2 = retrieve(db[3], db, steps=[QueryExpansion(k=3)], top=5)
     assert np.array_equal(i1, i2) and np.allclose(s1, s2, atol=1e-5)
 

@@ -129,11 +129,9 @@ def test_cosines_flags_non_finite():
 
 def test_run_bound_matches_plain_run(fp32_model):
     """The IO-binding path (used on CUDA) gives the plain run's result (checked here on CPU)."""
-    import onnxruntime as ort
+    from regatt_sdk.engines.ort import create_session, run_bound, runs_on_gpu
 
-    from regatt_sdk.runtime import run_bound, runs_on_gpu
-
-    sess = ort.InferenceSession(str(fp32_model), providers=["CPUExecutionProvider"])
+    sess = create_session(fp32_model, "cpu")
     assert not runs_on_gpu(sess)
     feed = golden_image(64, 80, 9)[None]
     want = sess.run(["descriptor"], {"image": feed})[0]

@@ -28,7 +28,7 @@ def test_sdk_never_imports_torch(tiny_model):
         "import sys, numpy as np\n"
         "import regatt_sdk\n"
         "from regatt_sdk import Encoder, load_features\n"
-        "from regatt_sdk import search, evaluation, expansion, datasets, store, pipeline, preprocess, imageio\n"
+        "from regatt_sdk import index, evaluation, expansion, datasets, store, pipeline, preprocess, imageio\n"
         "from regatt_sdk.cli.app import build\n"
         "build()\n"
         f"e = Encoder({str(tiny_model)!r})\n"

@@ -19,7 +19,8 @@ from regatt_sdk.expansion import (
     retrieve,
 )
 from regatt_sdk.grid import result_grid, save_result_grid
-from regatt_sdk.search import ExactIndex, build_index, import_faiss, rank, topk
+from regatt_sdk.index import ExactIndex, build_index, rank, topk
+from regatt_sdk.index.faiss_index import import_faiss
 
 
 def unit(rng, n, d=32):

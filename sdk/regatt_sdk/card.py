@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 CARD_KEY = "regatt.card"
 CARD_FORMAT = 1
@@ -112,3 +114,105 @@ def golden_image(height: int, width: int, seed: int):
     )
     noise = rng.normal(0, 30, size=base.shape)
     return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+# -- reading the card from an ONNX file (no onnxruntime session, no onnx package) ---------------
+#: ``ModelProto.metadata_props`` and the ``StringStringEntryProto`` fields (onnx.proto)
+_METADATA_FIELD = 14
+_KEY_FIELD, _VALUE_FIELD = 1, 2
+
+
+def _read_varint(f: IO[bytes]) -> int | None:
+    shift = value = 0
+    while True:
+        b = f.read(1)
+        if not b:
+            if shift == 0:
+                return None
+            raise ValueError("truncated protobuf varint")
+        value |= (b[0] & 0x7F) << shift
+        if not b[0] & 0x80:
+            return value
+        shift += 7
+        if shift > 63:
+            raise ValueError("protobuf varint too long")
+
+
+def _fields(data: bytes):
+    """``(field number, wire type, value)`` of a protobuf message held in memory."""
+    import io
+
+    f = io.BytesIO(data)
+    while (tag := _read_varint(f)) is not None:
+        yield from _one_field(f, tag, read=True)
+
+
+def _one_field(f: IO[bytes], tag: int, *, read: bool):
+    number, wire = tag >> 3, tag & 7
+    if wire == 0:
+        yield number, wire, _read_varint(f)
+    elif wire == 1:
+        f.seek(8, os.SEEK_CUR)
+    elif wire == 2:
+        size = _read_varint(f)
+        if size is None:
+            raise ValueError("truncated protobuf length")
+        if read:
+            payload = f.read(size)
+            if len(payload) != size:
+                raise ValueError("truncated protobuf field")
+            yield number, wire, payload
+        else:
+            f.seek(size, os.SEEK_CUR)
+    elif wire == 5:
+        f.seek(4, os.SEEK_CUR)
+    else:
+        raise ValueError(f"not a protobuf message (wire type {wire})")
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``metadata_props`` of the ONNX file at ``path`` as ``{key: value}``.
+
+    Scans the file's top-level protobuf fields and seeks over the others (the graph and its
+    weights are never read into memory). Raises ``ValueError`` if it is not an ONNX protobuf.
+    """
+    size = Path(path).stat().st_size
+    meta: dict[str, str] = {}
+    with open(path, "rb") as f:
+        while (tag := _read_varint(f)) is not None:
+            number = tag >> 3
+            if number == _METADATA_FIELD and tag & 7 == 2:
+                for _, _, entry in _one_field(f, tag, read=True):
+                    parts = {n: v for n, w, v in _fields(entry) if w == 2}
+                    meta[parts.get(_KEY_FIELD, b"").decode()] = parts.get(_VALUE_FIELD, b"").decode()
+            else:
+                for _ in _one_field(f, tag, read=False):
+                    pass
+            if f.tell() > size:
+                raise ValueError("truncated protobuf message")
+    return meta
+
+
+def read_card(path: str | os.PathLike) -> ModelCard:
+    """The model card of the ONNX file at ``path`` (no inference session is created).
+
+    Raises :class:`~regatt_sdk.errors.ModelError` naming the file when it is missing, not ONNX,
+    has no card (not made by ``regatt export``) or a corrupt one.
+    """
+    from .errors import ModelError
+
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"{p}: model file not found (make one with  regatt export -o {p})")
+    if not p.is_file():
+        raise ModelError(f"{p}: not a file")
+    try:
+        meta = read_metadata(p)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{p}: not a loadable ONNX model ({exc})") from None
+    if CARD_KEY not in meta:
+        raise ModelError(f"{p}: ONNX file has no regatt model card (was it made by  regatt export ?)")
+    try:
+        return ModelCard.from_json(meta[CARD_KEY])
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"{p}: corrupt model card ({exc})") from None

@@ -205,6 +205,7 @@ def encode_with_ray(
     num_actors: int | None = None,
     batch_size: int = 8,
     use_gpu: bool | None = None,
+    device: str = "auto",
     resume: bool = False,
     threads: int | None = None,
     max_side: int | None = None,
@@ -226,7 +227,8 @@ def encode_with_ray(
     ``"auto"``: the running one; ``"ray://host:10001"``: a remote one); a cluster already
     connected with ``ray.init`` is used as is. ``num_actors``: encoder actors (default: one per
     GPU with ``use_gpu``, else one per ``threads`` CPUs); ``use_gpu``: ``None`` = when the
-    cluster has GPUs; ``rows_per_call``: rows per actor call (default ``4 * batch_size``, one
+    cluster has GPUs; ``device``: as for :class:`~regatt_sdk.encoder.Encoder` (see
+    :func:`actor_device`); ``rows_per_call``: rows per actor call (default ``4 * batch_size``, one
     pipeline window). Other options as in :func:`regatt_sdk.pipeline.encode_to_store`.
     Returns the :class:`~regatt_sdk.pipeline.EncodeReport`; the result's rows are in source
     order, as a single-process run would write them.
@@ -263,7 +265,7 @@ def encode_with_ray(
             run_dir = shards_root / f"run-{uuid.uuid4().hex[:8]}"
             run_dir.mkdir(parents=True, exist_ok=True)
             _run_actors(ray, items, model, run_dir, num_actors=num_actors, batch_size=batch_size,
-                        use_gpu=use_gpu, threads=threads, max_side=side,
+                        use_gpu=use_gpu, device=device, threads=threads, max_side=side,
                         rows_per_call=rows_per_call or 4 * batch_size,
                         decode_threads=decode_threads, progress=progress,
                         actor_options={"max_pixels": max_pixels, "min_side": min_side,
@@ -284,8 +286,20 @@ def encode_with_ray(
             ray.shutdown()
 
 
+def actor_device(device: str, gpu: bool) -> str:
+    """The device an encoder actor opens: on a GPU actor ``cuda`` (or ``tensorrt``) with no index
+    (Ray gives each actor one GPU, which it sees as index 0); on a CPU actor ``cpu``, or the
+    ``openvino[:TARGET]`` device when that was asked for."""
+    from .engines import parse_device
+
+    dev = parse_device(device)
+    if gpu:
+        return "tensorrt" if dev.kind == "tensorrt" else "cuda"
+    return str(dev) if dev.kind == "openvino" else "cpu"
+
+
 def _run_actors(ray, items: list[SourceItem], model: str, run_dir: Path, *, num_actors: int | None,
-                batch_size: int, use_gpu: bool | None, threads: int | None, max_side: int,
+                batch_size: int, use_gpu: bool | None, device: str, threads: int | None, max_side: int,
                 rows_per_call: int, decode_threads: int, progress: bool,
                 actor_options: dict) -> None:  # fmt: skip
     """Run the actor pool over ``items``; each actor writes its shard under ``run_dir``."""
@@ -314,7 +328,7 @@ def _run_actors(ray, items: list[SourceItem], model: str, run_dir: Path, *, num_
         num_gpus=1 if gpu else 0,
         num_cpus=cpus_each,
         fn_constructor_args=(model, str(run_dir)),
-        fn_constructor_kwargs=dict(device="cuda" if gpu else "cpu", threads=cpus_each,
+        fn_constructor_kwargs=dict(device=actor_device(device, gpu), threads=cpus_each,
                                    max_side=max_side, batch_size=batch_size,
                                    decode_threads=decode_threads, **actor_options),  # fmt: skip
     )

@@ -8,30 +8,26 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 
-from .card import CARD_KEY, ModelCard, golden_image
+from .card import ModelCard, golden_image, read_card
+from .engines import Device, Engine, open_engine
 from .errors import ImageError, ModelError
 from .imageio import read_image
 from .preprocess import Box, prepare
-from .runtime import create_session, run_bound, runs_on_gpu
+from .progress import Progress
 
 ImageLike = Union[str, Path, np.ndarray]
 MIN_SIDE = 1
 
-
-def read_card(session, source: str) -> ModelCard:
-    meta = session.get_modelmeta().custom_metadata_map
-    if CARD_KEY not in meta:
-        raise ModelError(f"{source}: ONNX file has no regatt model card (was it made by  regatt export ?)")
-    try:
-        return ModelCard.from_json(meta[CARD_KEY])
-    except (ValueError, TypeError) as exc:
-        raise ModelError(f"{source}: corrupt model card ({exc})") from None
+__all__ = ["Encoder", "ImageLike", "ModelCard", "as_bgr", "read_card"]
 
 
 class Encoder:
     """Encode images with an exported regatt model.
 
-    ``Encoder(model_path, device="auto"|"cpu"|"cuda"|"tensorrt", max_side=None, threads=None)``.
+    ``Encoder(model_path, device="auto", max_side=None, threads=None)``; ``device`` is any form
+    :func:`regatt_sdk.engines.parse_device` accepts (``cpu``, ``cuda:1``, ``openvino:GPU``...).
+    The encoder keeps the model card, the preprocessing and the batching; the graph runs on an
+    :class:`~regatt_sdk.engines.Engine` (``.engine``).
     ``max_side`` overrides the card's longest side S (default 1024). ``encode(image)`` takes a
     path or a BGR uint8 array ``(H, W, 3)`` and returns float32 ``(D,)``; ``encode(list)``
     returns ``(N, D)`` in input order.
@@ -40,20 +36,20 @@ class Encoder:
     def __init__(
         self,
         model_path: str | Path,
-        device: str = "auto",
+        device: str | Device = "auto",
         max_side: int | None = None,
         threads: int | None = None,
+        *,
+        engine: Engine | None = None,
     ):
         self.model_path = Path(model_path)
-        self.session = create_session(self.model_path, device, threads)
-        self.card = read_card(self.session, str(self.model_path))
+        self.engine: Engine = engine if engine is not None else open_engine(self.model_path, device, threads)
+        self.card = read_card(self.model_path)
         self.max_side = int(max_side or self.card.max_side)
         if self.max_side < 16:
             raise ModelError(f"max_side {self.max_side} is too small: use at least 16")
         self.device = device
-        self._input = self.session.get_inputs()[0].name
         self._dtype = np.uint8 if self.card.input_dtype == "uint8" else np.float32
-        self._bind = runs_on_gpu(self.session)  # IO binding: upload once, output on the host
 
     @property
     def dim(self) -> int:
@@ -61,7 +57,7 @@ class Encoder:
 
     @property
     def providers(self) -> list[str]:
-        return self.session.get_providers()
+        return self.engine.providers
 
     def __repr__(self) -> str:
         c = self.card
@@ -91,9 +87,8 @@ class Encoder:
         if batch.ndim != 4 or batch.shape[-1] != 3:
             raise ValueError(f"expected (N, H, W, 3) images, got shape {batch.shape}")
         feed = np.ascontiguousarray(batch, dtype=self._dtype)
-        if self._bind:
-            return run_bound(self.session, self._input, feed, self.card.output_name)
-        return self.session.run([self.card.output_name], {self._input: feed})[0]
+        name = self.card.output_name
+        return self.engine.run(feed, [name])[name]
 
     def explain(self, image: ImageLike, roi: Box | None = None) -> dict[str, np.ndarray]:
         """Descriptor plus the regions and their attention weights (needs ``--explain`` export).
@@ -104,8 +99,9 @@ class Encoder:
         if "boxes" not in self.card.outputs:
             raise ModelError(f"{self.model_path}: exported without region outputs: re-export with  regatt export --explain")
         prepared = self.load(image, roi)
-        outs = self.session.run(["descriptor", "boxes", "valid", "weights"], {self._input: prepared[None].astype(self._dtype)})
-        desc, boxes, valid, weights = outs
+        feed = np.ascontiguousarray(prepared[None], dtype=self._dtype)
+        outs = self.engine.run(feed, ["descriptor", "boxes", "valid", "weights"])
+        desc, boxes, valid, weights = (outs[k] for k in ("descriptor", "boxes", "valid", "weights"))
         keep = valid.astype(bool)
         return {"descriptor": desc[0], "boxes": boxes[keep], "weights": weights[0][keep], "image": prepared}
 
@@ -129,7 +125,7 @@ class Encoder:
             raise ValueError(f"{len(rois)} rois for {len(items)} images")
         out = np.empty((len(items), self.dim), dtype=np.float32)
         groups: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = defaultdict(list)
-        bar = _progress(len(items)) if progress else None
+        bar = Progress(len(items), "encoding") if progress else None
 
         def flush(shape: tuple[int, int]) -> None:
             members = groups.pop(shape)
@@ -185,18 +181,3 @@ def as_bgr(image: np.ndarray) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] == 3:
         return image
     raise ImageError("array", f"expected (H, W), (H, W, 3) or (H, W, 4), got shape {image.shape}")
-
-
-class _progress:
-    def __init__(self, total: int):
-        from rich.progress import Progress
-
-        self._p = Progress(transient=True)
-        self._p.start()
-        self._task = self._p.add_task("encoding", total=total)
-
-    def advance(self, n: int) -> None:
-        self._p.advance(self._task, n)
-
-    def close(self) -> None:
-        self._p.stop()

@@ -7,8 +7,10 @@
 * alpha-DBA: every database descriptor replaced by the ``sim^alpha``-weighted sum of itself and
   its ``k`` nearest other database descriptors, L2-normalised.
 
-Each step maps ``(queries (Q, D), database (N, D)) -> (queries', database')``; :func:`retrieve`
-applies a sequence of them in order and then searches. Negative similarities get weight 0
+Each step maps ``(queries (Q, D), index) -> (queries', index')`` (:meth:`apply`, on any
+:class:`~regatt_sdk.index.VectorIndex`), or the same on a plain matrix (``step(queries,
+database, backend)``); :class:`~regatt_sdk.index.searcher.Searcher` and :func:`retrieve` apply a
+sequence of them in order and then search. Negative similarities get weight 0
 (a fractional power of a negative number is undefined).
 """
 
@@ -20,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .search import DEFAULT_CHUNK_ROWS, as_queries, build_index, check_compatible
+from .index import DEFAULT_CHUNK_ROWS, VectorIndex, as_queries, build_index, check_compatible
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -112,11 +114,14 @@ def augment_database(
 
 
 class Step(Protocol):
-    """A retrieval step: ``(queries (Q, D), database (N, D), backend) -> (queries', database')``."""
+    """A retrieval step: ``(queries (Q, D), database (N, D), backend) -> (queries', database')``,
+    and the same on an index: ``apply(queries, index) -> (queries', index')``."""
 
     def __call__(
         self, queries: np.ndarray, database: np.ndarray, backend: str
     ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def apply(self, queries: np.ndarray, index: VectorIndex) -> tuple[np.ndarray, VectorIndex]: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,7 +142,13 @@ class QueryExpansion:
         q = as_queries(queries)
         if self.k <= 0:
             return q, database
-        index = build_index(database, backend)
+        return self.apply(q, build_index(database, backend))[0], database
+
+    def apply(self, queries: np.ndarray, index: VectorIndex) -> tuple[np.ndarray, VectorIndex]:
+        """The expanded queries (Q, D) searched on ``index``, and ``index`` unchanged."""
+        q = as_queries(queries)
+        if self.k <= 0:
+            return q, index
         if not self.exclude:
             scores, ids = index.search(q, self.k)
         else:
@@ -145,13 +156,23 @@ class QueryExpansion:
                 raise ValueError(f"exclude has {len(self.exclude)} entries for {q.shape[0]} queries")
             extra = max(len(e) for e in self.exclude)
             wide_s, wide_i = index.search(q, self.k + extra)
-            rows = [np.flatnonzero(~np.isin(wide_i[r], self.exclude[r]))[: self.k]
-                    for r in range(q.shape[0])]  # fmt: skip
+            rows = [np.flatnonzero(~np.isin(wide_i[r], self.exclude[r]))[: self.k] for r in range(q.shape[0])]
             k = min(len(r) for r in rows)
             ids = np.stack([wide_i[r, sel[:k]] for r, sel in enumerate(rows)])
             scores = np.stack([wide_s[r, sel[:k]] for r, sel in enumerate(rows)])
         k = ids.shape[1]
-        return expand_queries(q, database, ids, scores, k=k, alpha=self.alpha), database
+        ids = np.where(ids < 0, 0, ids)  # fewer found than asked (ANN): row 0 stands in
+        return expand_queries(q, IndexRows(index), ids, scores, k=k, alpha=self.alpha), index
+
+
+class IndexRows:
+    """``rows[ids]`` -> ``index.vectors(ids)``: an index seen as the database matrix it holds."""
+
+    def __init__(self, index: VectorIndex):
+        self.index = index
+
+    def __getitem__(self, ids: np.ndarray) -> np.ndarray:
+        return self.index.vectors(ids)
 
 
 @dataclass(frozen=True)
@@ -169,6 +190,17 @@ class DatabaseAugmentation:
         return as_queries(queries), augment_database(
             database, k=self.k, alpha=self.alpha, backend=backend
         )
+
+    def apply(self, queries: np.ndarray, index: VectorIndex) -> tuple[np.ndarray, VectorIndex]:
+        """``queries`` unchanged and a new index (same backend) over the augmented database;
+        needs an index that holds its rows as a matrix (``index.database``: exact, FAISS)."""
+        if self.k <= 0:
+            return as_queries(queries), index
+        database = getattr(index, "database", None)
+        if database is None:
+            raise ValueError(f"database-side augmentation needs an in-memory index, not {index.backend}")
+        augmented = augment_database(database, k=self.k, alpha=self.alpha, backend=index.backend)
+        return as_queries(queries), build_index(augmented, index.backend)
 
 
 def apply_steps(
@@ -191,8 +223,7 @@ def retrieve(
     backend: str = "exact",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply ``steps`` then search: ``(scores (Q, k), indices (Q, k))``, ``k = top`` or all N."""
-    q, db = apply_steps(queries, database, steps, backend)
-    index = build_index(db, backend)
-    if top is None:
-        return index.rank(q)
-    return index.search(q, top)
+    from .index.searcher import Searcher
+
+    check_compatible(as_queries(queries), database)
+    return Searcher(build_index(database, backend), steps=steps).search_vectors(queries, top)

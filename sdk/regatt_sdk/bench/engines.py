@@ -16,12 +16,12 @@ from typing import Callable
 
 import numpy as np
 
-from ..runtime import choose_providers, create_session, import_ort
+from ..engines.ort import OrtEngine, choose_providers, import_ort
 from .machine import peak_rss_mb, reset_peak_rss, rss_mb
 from .stats import Timing, summarize
 
 Call = Callable[[np.ndarray], object]
-#: engine name -> the ``device`` argument of :func:`regatt_sdk.runtime.create_session`
+#: engine name -> the ``device`` argument of :class:`regatt_sdk.engines.ort.OrtEngine`
 ORT_DEVICES: dict[str, str] = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}
 #: engine name -> the onnxruntime provider it needs
 ORT_PROVIDERS: dict[str, str] = {
@@ -69,20 +69,18 @@ def open_ort_backbone(engine: str, backbone_path: Path | None, threads: int) -> 
     """A session on the backbone-only graph (None without one)."""
     if backbone_path is None:
         return None
-    sess = create_session(backbone_path, ORT_DEVICES[engine], threads)
-    name = sess.get_inputs()[0].name
-    return lambda image: sess.run(None, {name: image})
+    eng = OrtEngine(backbone_path, ORT_DEVICES[engine], threads)
+    return lambda image: eng.run(image)
 
 
 def open_ort(engine: str, model_path: Path, threads: int) -> Opened:
-    """A session on the full encoder, timed from file to ready (``create_session``)."""
+    """The onnxruntime engine on the full encoder, timed from file to ready."""
     choose_providers(ORT_DEVICES[engine])  # fail early on an unknown device
     start = time.perf_counter()
-    sess = create_session(model_path, ORT_DEVICES[engine], threads)
+    eng = OrtEngine(model_path, ORT_DEVICES[engine], threads)
     setup = time.perf_counter() - start
-    name = sess.get_inputs()[0].name
-    out = sess.get_outputs()[0].name
-    return Opened(lambda image: sess.run([out], {name: image}), None, setup, sess.get_providers())
+    out = [eng.output_names[0]]
+    return Opened(lambda image: eng.run(image, out), None, setup, eng.providers)
 
 
 def _once(fn: Call, image: np.ndarray) -> float:

@@ -47,13 +47,9 @@ def _probe(engine: str, size: int, threads: int, runs: int, warmup: int, call) -
 
 def _cpu_session(model: bytes, threads: int):
     """A CPU ``InferenceSession`` of a probe graph with ``threads`` intra-op threads."""
-    import onnxruntime as ort
+    from ..engines.ort import create_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+    return create_session(model, "cpu", threads)
 
 
 def ort_gemm(size: int, threads: int, runs: int = 10, warmup: int = 2) -> GemmResult:

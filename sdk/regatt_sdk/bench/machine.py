@@ -7,7 +7,7 @@ import os
 import platform
 from pathlib import Path
 
-from ..runtime import cpu_count
+from ..engines.ort import cpu_count
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")

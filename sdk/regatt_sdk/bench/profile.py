@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime import import_ort
+from ..engines.ort import create_session, import_ort, session_options
 
 _SUFFIX = "_kernel_time"
 _REORDER_OPS = ("ReorderInput", "ReorderOutput")
@@ -155,13 +155,10 @@ def profile_model(model_path: str | Path, image: np.ndarray, threads: int, runs:
     """Profile ``runs`` calls (after one unprofiled-equivalent warm-up call) on ``image``."""
     ort = import_ort()
     with tempfile.TemporaryDirectory(prefix="regatt-prof-") as tmp:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
+        opts = session_options(ort, threads)
         opts.enable_profiling = True
         opts.profile_file_prefix = os.path.join(tmp, "prof")
-        sess = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+        sess = create_session(model_path, "cpu", options=opts, providers=providers or ["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         feed = {name: image.astype(_input_dtype(sess), copy=False)}
         sess.run(None, feed)

@@ -16,9 +16,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..encoder import read_card
+from ..card import read_card
 from ..errors import MissingExtraError, RegattError
-from ..runtime import cpu_count, create_session
+from ..engines.ort import cpu_count
 from . import engines as eng
 from .gemm import numpy_gemm, ort_gemm
 from .machine import load_average, machine_info
@@ -111,9 +111,7 @@ def load_models(cfg: BenchConfig, workdir: Path, tick: Tick, notes: list[str]) -
     if cfg.model is not None:
         models = Models({}, None)
         for path in (cfg.model, *cfg.compare):
-            sess = create_session(path, "cpu", 1)
-            card = read_card(sess, str(path))
-            del sess
+            card = read_card(path)
             key = card.attention if not cfg.compare else f"{card.attention}+{card.precision}"
             if key in models.paths:
                 key = f"{key}+{path.stem}"

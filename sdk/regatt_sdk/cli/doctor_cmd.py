@@ -9,7 +9,7 @@ import platform
 
 import typer
 
-from ..runtime import cpu_count
+from ..engines.ort import cpu_count
 
 CUDA_LIBS = ("cudart", "cublas", "cublasLt", "cudnn", "cufft", "curand", "nvinfer")
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from ..engines.device import HELP as DEVICE_HELP
+from ..engines.device import parse_device
 from ..imageio import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from ..sources import check_specs, parse_extensions
 from .errors import fail
@@ -50,7 +52,7 @@ def encode(
     max_side: int = typer.Option(
         None, "--max-side", min=1, help="Resize the longest side to this (default: the model's)."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or tensorrt."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
     threads: int = typer.Option(None, "--threads", min=1, help="Inference threads (CPU)."),
     chunk_rows: int = typer.Option(256, "--chunk-rows", min=1, help="Rows per store commit."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
@@ -90,6 +92,7 @@ def encode(
         raise fail("stdin (-) can be named only once")
     parse_extensions(ext)  # validate early
     check_specs(sources, list_files)
+    dev = parse_device(device)  # validate early
 
     from ..encoder import Encoder
     from ..pipeline import encode_to_store
@@ -99,7 +102,7 @@ def encode(
 
         report = encode_with_ray(
             model, sources, output, address=ray, num_actors=ray_actors, batch_size=batch_size,
-            use_gpu={"cpu": False, "auto": None}.get(device, True), resume=resume,
+            use_gpu=None if dev.kind == "auto" else dev.gpu, device=device, resume=resume,
             threads=threads, max_side=max_side, decode_threads=workers, progress=progress,
             max_pixels=max_pixels, min_side=min_side, upscale_small=upscale_small,
             extensions=ext, list_files=list_files,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import typer
 
+from ..engines.device import HELP as DEVICE_HELP
 from ..errors import RegattError
 
 _TITLES = {
@@ -122,14 +123,17 @@ def score(dataset, queries: np.ndarray, database: np.ndarray, *, steps: list, ba
     """``(result, result with steps or None)``: :class:`~regatt_sdk.evaluation.EvalResult` s
     of the plain search and of the search after the expansion ``steps``."""
     from ..evaluation import evaluate
-    from ..expansion import retrieve
+    from ..index import build_index, check_compatible
+    from ..index.searcher import Searcher
 
     gts = dataset.ground_truth()
-    _, ranks = retrieve(queries, database, backend=backend)
+    check_compatible(queries, database)
+    index = build_index(database, backend)
+    _, ranks = Searcher(index).search_vectors(queries)
     plain = evaluate(ranks, gts, dataset=dataset.name)
     if not steps:
         return plain, None
-    _, ranks_qe = retrieve(queries, database, steps=steps, backend=backend)
+    _, ranks_qe = Searcher(index, steps=steps).search_vectors(queries)
     return plain, evaluate(ranks_qe, gts, dataset=dataset.name)
 
 
@@ -185,7 +189,7 @@ def evaluate_cmd(
         None, "--distractors", help="Extra database images (Oxford105k / Paris106k / R1M)."
     ),
     backend: str = typer.Option("exact", "--backend", help="exact (numpy) or faiss."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, or cuda:N."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
     max_side: int = typer.Option(None, "--max-side", min=1, help="Resize the longest side to this."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per inference batch."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from ..engines.device import HELP as DEVICE_HELP
 from ..errors import RegattError
 
 Roi = tuple[float, float, float, float]
@@ -68,7 +69,7 @@ def search(
         None, "--images", help="Folder holding the store's images, for --show (default: names are paths)."
     ),
     backend: str = typer.Option("exact", "--backend", help="exact (numpy) or faiss."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, or cuda:N."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
     max_side: int = typer.Option(None, "--max-side", min=1, help="Resize the longest side to this."),
     ann: bool = typer.Option(
         True, "--ann/--no-ann", help="Use the store's FAISS ANN index when it has one (regatt index --faiss)."
@@ -82,36 +83,29 @@ def search(
     if not query.is_file():
         raise RegattError(f"{query}: query image not found")
 
+    import warnings
+
     from ..encoder import Encoder
-    from ..expansion import QueryExpansion, retrieve
+    from ..expansion import QueryExpansion
+    from ..index.searcher import Searcher
 
     encoder = Encoder(model, device=device, max_side=max_side)
-    st, names, vectors = open_store(store, encoder.dim, model)
+    st, _, _ = open_store(store, encoder.dim, model)
     if st.card_hash != str(encoder.card.hash):
         typer.secho(
             f"warning: {store} was made with another model card ({st.card_hash}); "
             "scores may be meaningless", err=True, fg=typer.colors.YELLOW,
         )
-    qvec = encoder.encode(str(query), roi=box)
     steps = [QueryExpansion(k=qe)] if qe > 0 else []
-    index = None
-    if ann and backend == "exact":
-        from ..ann import load_store_index
-
-        index, why = load_store_index(store)
-        if why:
-            typer.secho(f"warning: {why}; searching exactly", err=True, fg=typer.colors.YELLOW)
-    if index is not None:
-        from ..ann import search_with_expansion
-
-        if nprobe is not None:
-            index.meta["nprobe"] = nprobe
-        scores, ids = search_with_expansion(index, qvec, top, qe)
-    else:
-        scores, ids = retrieve(qvec, vectors, steps=steps, top=top, backend=backend)
-    results = [(names[int(i)], float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]
-    for r, (name, score) in enumerate(results, start=1):
-        typer.echo(f"{r:4d}  {score:.6f}  {name}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        searcher = Searcher.for_store(store, encoder, backend=backend, ann=ann, nprobe=nprobe, steps=steps)
+    for w in caught:
+        typer.secho(f"warning: {w.message}", err=True, fg=typer.colors.YELLOW)
+    hits = searcher.search(query, roi=box, top=top)
+    results = [(h.name, h.score) for h in hits]
+    for h in hits:
+        typer.echo(f"{h.rank:4d}  {h.score:.6f}  {h.name}")
     if show is not None:
         from ..grid import save_result_grid
 

@@ -3,7 +3,7 @@
 Pure numpy, chunked over database rows so the database (an in-memory array or a read-only
 ``np.memmap`` of a feature store) is read block by block: peak extra memory is one block of
 scores, ``Q x chunk_rows`` floats, plus the running top-k, never a copy of the database.
-An optional FAISS backend (``IndexFlatIP``, package ``faiss-cpu``) has the same interface.
+The FAISS backend (:mod:`.faiss_index`) has the same interface.
 
 Shapes: queries ``(Q, D)`` float32 (a single ``(D,)`` query is promoted to ``(1, D)``);
 database ``(N, D)``; scores ``(Q, k)`` float32, best first; indices ``(Q, k)`` int64 rows of the
@@ -12,11 +12,12 @@ database. Ties are ordered by ascending database index (exact backend).
 
 from __future__ import annotations
 
-from typing import Protocol
+import os
+from pathlib import Path
 
 import numpy as np
 
-from .errors import MissingExtraError, RegattError
+from ..errors import RegattError
 
 #: database rows scored per block (65536 x 2048 float32 = 512 MiB read per block from a store)
 DEFAULT_CHUNK_ROWS = 65536
@@ -24,8 +25,6 @@ DEFAULT_CHUNK_ROWS = 65536
 _MAX_BLOCK_ELEMENTS = 1 << 24
 #: queries handled together (bounds the score block when many queries, e.g. DBA)
 _QUERY_BLOCK = 4096
-
-BACKENDS = ("exact", "faiss")
 
 
 def as_queries(queries: np.ndarray) -> np.ndarray:
@@ -135,25 +134,12 @@ def rank(
     return np.take_along_axis(s, order, 1), order.astype(np.int64, copy=False)
 
 
-class SearchIndex(Protocol):
-    """What both backends offer. ``database`` is the (N, D) matrix the index was built on."""
-
-    backend: str
-    database: np.ndarray
-
-    @property
-    def ntotal(self) -> int: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
-
-    def rank(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
-
-
 class ExactIndex:
-    """Exact numpy search over ``database`` (N, D) (kept by reference, e.g. a memmap)."""
+    """Exact numpy search over ``database`` (N, D) (kept by reference, e.g. a memmap).
+
+    :meth:`add` appends rows (the database then lives in memory); :meth:`save` writes a ``.npy``
+    file (atomically replaced) that :meth:`load` memory-maps back.
+    """
 
     backend = "exact"
 
@@ -162,13 +148,37 @@ class ExactIndex:
         self.database = database
         self.chunk_rows = chunk_rows
 
+    @classmethod
+    def empty(cls, dim: int, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> "ExactIndex":
+        """An index of ``dim``-d vectors with no rows yet (fill it with :meth:`add`)."""
+        index = cls.__new__(cls)
+        index.database = np.zeros((0, int(dim)), dtype=np.float32)
+        index.chunk_rows = chunk_rows
+        return index
+
     @property
     def ntotal(self) -> int:
         return int(self.database.shape[0])
 
     @property
+    def size(self) -> int:
+        """Rows in the index (N)."""
+        return self.ntotal
+
+    @property
     def dim(self) -> int:
         return int(self.database.shape[1])
+
+    def add(self, vectors: np.ndarray) -> None:
+        """Append ``vectors`` (M, D) float32 as rows ``N .. N+M-1``."""
+        v = as_queries(vectors)
+        if v.shape[1] != self.dim:
+            raise RegattError(f"cannot add {v.shape[1]}-d vectors to an index of {self.dim}-d ones")
+        self.database = np.concatenate([np.asarray(self.database, dtype=np.float32), v])
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Rows ``ids`` (K,) of the database: (K, D) float32."""
+        return np.asarray(self.database[np.asarray(ids, dtype=np.int64)], dtype=np.float32)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k``: ``(scores (Q, k), indices (Q, k))``."""
@@ -178,62 +188,20 @@ class ExactIndex:
         """Whole database ranked: ``(scores (Q, N), indices (Q, N))``."""
         return rank(queries, self.database, chunk_rows=self.chunk_rows)
 
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the rows to ``path`` (``.npy``, atomically replaced); returns the path."""
+        from ..files import atomic_write
 
-def import_faiss():
-    """``faiss`` or a :class:`MissingExtraError` naming ``pip install 'regatt[faiss]'``."""
-    try:
-        import faiss
-    except ImportError:
-        raise MissingExtraError("faiss-cpu", "faiss", "the FAISS search backend") from None
-    return faiss
+        out = Path(path)
+        with atomic_write(out) as f:
+            np.save(f, np.ascontiguousarray(self.database, dtype=np.float32))
+        return out
 
-
-class FaissIndex:
-    """FAISS ``IndexFlatIP`` (exact inner product) with the :class:`ExactIndex` interface.
-
-    The database is added to FAISS block by block (FAISS holds its own copy, N x D float32).
-    """
-
-    backend = "faiss"
-
-    def __init__(self, database: np.ndarray, *, chunk_rows: int = DEFAULT_CHUNK_ROWS):
-        check_database(database)
-        faiss = import_faiss()
-        self.database = database
-        self.index = faiss.IndexFlatIP(int(database.shape[1]))
-        for start in range(0, database.shape[0], chunk_rows):
-            block = np.ascontiguousarray(database[start : start + chunk_rows], dtype=np.float32)
-            self.index.add(block)
-
-    @property
-    def ntotal(self) -> int:
-        return int(self.index.ntotal)
-
-    @property
-    def dim(self) -> int:
-        return int(self.index.d)
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k``: ``(scores (Q, k), indices (Q, k))``."""
-        q = as_queries(queries)
-        check_compatible(q, self.database)
-        k = min(int(k), self.ntotal)
-        if k <= 0:
-            raise ValueError(f"k must be at least 1, got {k}")
-        scores, ids = self.index.search(q, k)
-        return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
-
-    def rank(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Whole database ranked: ``(scores (Q, N), indices (Q, N))``."""
-        return self.search(queries, self.ntotal)
-
-
-def build_index(
-    database: np.ndarray, backend: str = "exact", *, chunk_rows: int = DEFAULT_CHUNK_ROWS
-) -> ExactIndex | FaissIndex:
-    """A search index over ``database`` (N, D): ``backend`` is ``"exact"`` or ``"faiss"``."""
-    if backend == "exact":
-        return ExactIndex(database, chunk_rows=chunk_rows)
-    if backend == "faiss":
-        return FaissIndex(database, chunk_rows=chunk_rows)
-    raise RegattError(f"unknown search backend '{backend}': use one of {', '.join(BACKENDS)}")
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> "ExactIndex":
+        """The index saved at ``path``, memory-mapped read-only (added rows go to memory)."""
+        try:
+            database = np.load(Path(path), mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise RegattError(f"{path}: not a saved exact index ({exc})") from None
+        return cls(database, chunk_rows=chunk_rows)

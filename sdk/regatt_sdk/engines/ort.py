@@ -1,0 +1,244 @@
+"""The onnxruntime engine: session creation (providers, CUDA options for varying image sizes,
+threads), an explicit check that the provider asked for is the one running, and IO binding on
+GPUs. The only place in regatt that creates an ``onnxruntime.InferenceSession``."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import ModelError
+from ..optional import require
+from .device import Device, parse_device
+
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+#: device kind -> the onnxruntime provider it needs
+PROVIDERS: dict[str, str] = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def import_ort():
+    """``onnxruntime`` or a :class:`MissingExtraError` naming ``pip install 'regatt[cpu]'``."""
+    return require("onnxruntime", extra="cpu")
+
+
+def cpu_count() -> int:
+    """CPUs this process may use: affinity mask and cgroup CPU quota, whichever is smaller."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    quota = _cgroup_cpu_limit()
+    return max(1, min(n, quota) if quota else n)
+
+
+def _cgroup_cpu_limit() -> int | None:
+    try:
+        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if text and text[0] != "max":
+            return max(1, int(int(text[0]) / int(text[1]) + 0.5))
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def cuda_provider_options(device_id: int | None = None) -> dict[str, Any]:
+    """CUDA options suited to images of many sizes: heuristic cuDNN algorithm search (no
+    exhaustive benchmark per new shape) and an arena that grows only by what is requested;
+    ``device_id`` when a GPU index was given (``cuda:N``)."""
+    opts: dict[str, Any] = {
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "arena_extend_strategy": "kSameAsRequested",
+        "do_copy_in_default_stream": "1",
+    }
+    if device_id is not None:
+        opts["device_id"] = str(device_id)
+    return opts
+
+
+def tensorrt_provider_options(device_id: int | None = None) -> dict[str, Any]:
+    """TensorRT options: an engine cache (``$REGATT_TRT_CACHE``, default ~/.cache/regatt/trt)."""
+    cache = os.environ.get("REGATT_TRT_CACHE", str(Path.home() / ".cache" / "regatt" / "trt"))
+    opts: dict[str, Any] = {"trt_engine_cache_enable": "1", "trt_engine_cache_path": cache}
+    if device_id is not None:
+        opts["device_id"] = str(device_id)
+    return opts
+
+
+def choose_providers(device: str | Device, available: Sequence[str] | None = None) -> list[Any]:
+    """The onnxruntime ``providers`` list for ``device`` (see :mod:`.device`), best first.
+
+    ``available``: the build's providers (default: asked from onnxruntime). ``auto`` takes
+    TensorRT and CUDA when the build has them; ``cuda:N`` / ``tensorrt:N`` pass ``device_id`` N.
+    """
+    dev = parse_device(device)
+    if dev.engine != "onnxruntime":
+        raise ModelError(f"device {dev}: not an onnxruntime device (the {dev.engine} engine runs it)")
+    if available is None:
+        available = import_ort().get_available_providers()
+    kind = dev.kind
+    providers: list[Any] = []
+    if kind == "tensorrt" or (kind == "auto" and "TensorrtExecutionProvider" in available):
+        if "TensorrtExecutionProvider" in available:
+            providers.append(("TensorrtExecutionProvider", tensorrt_provider_options(dev.index)))
+    if kind in ("cuda", "tensorrt") or (kind == "auto" and "CUDAExecutionProvider" in available):
+        providers.append(("CUDAExecutionProvider", cuda_provider_options(dev.index)))
+    providers.append("CPUExecutionProvider")
+    return providers
+
+
+def session_options(ort, threads: int | None = None, *, optimize: bool = True):
+    """Quiet ``SessionOptions``: all graph optimisations (unless ``optimize=False``), ``threads``
+    intra-op threads (default: the CPUs this process may use)."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    opts.intra_op_num_threads = threads or cpu_count()
+    opts.log_severity_level = 3
+    return opts
+
+
+def create_session(
+    model: str | Path | bytes,
+    device: str | Device = "auto",
+    threads: int | None = None,
+    *,
+    options: Any = None,
+    providers: Sequence[Any] | None = None,
+):
+    """An ``InferenceSession`` for ``model`` (a path, or serialized ONNX bytes).
+
+    ``options``: prepared ``SessionOptions`` (default :func:`session_options` with ``threads``);
+    ``providers``: an explicit providers list (default :func:`choose_providers` of ``device``).
+    Warns (with the fix) if CUDA/TensorRT was asked for but onnxruntime fell back to CPU.
+    """
+    ort = import_ort()
+    dev = parse_device(device)
+    if isinstance(model, (bytes, bytearray)):
+        source: Any = bytes(model)
+        label = "<in-memory model>"
+    else:
+        path = Path(model)
+        if not path.exists():
+            raise ModelError(f"{path}: model file not found (make one with  regatt export -o {path})")
+        if not path.is_file():
+            raise ModelError(f"{path}: not a file")
+        source, label = str(path), str(path)
+    opts = options if options is not None else session_options(ort, threads)
+    chosen = list(providers) if providers is not None else choose_providers(dev)
+    try:
+        sess = ort.InferenceSession(source, sess_options=opts, providers=chosen)
+    except Exception as exc:
+        raise ModelError(f"{label}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
+    asked = [p[0] if isinstance(p, tuple) else p for p in chosen]
+    running = sess.get_providers()
+    if dev.gpu and asked[0] not in running:
+        message = f"{asked[0]} was requested but onnxruntime runs on {running}: " + fallback_reason(ort)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return sess
+
+
+def fallback_reason(ort) -> str:
+    """Why CUDA is not running, and how to fix it."""
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        return (
+            "this onnxruntime build has no CUDA provider. Install the GPU build instead of the CPU one: "
+            "pip uninstall -y onnxruntime && pip install 'regatt[gpu]'"
+        )
+    return (
+        "the CUDA provider is built in but could not start (CUDA/cuDNN libraries not found or no GPU visible). "
+        "Run  regatt doctor  to see which libraries are missing."
+    )
+
+
+def runs_on_gpu(session) -> bool:
+    """True when ``session``'s first provider is CUDA or TensorRT (the IO-binding path pays)."""
+    providers = session.get_providers()
+    return bool(providers) and providers[0] in GPU_PROVIDERS
+
+
+def run_bound(session, input_name: str, feed, output_names: str | Sequence[str]):
+    """Run with IO binding: ``feed`` is uploaded once to the session's device and the outputs are
+    bound on the host, so no intermediate host copies or per-run allocations of the input.
+    One output name -> that array; a list of names -> the list of arrays."""
+    names = [output_names] if isinstance(output_names, str) else list(output_names)
+    binding = session.io_binding()
+    binding.bind_cpu_input(input_name, feed)
+    for name in names:
+        binding.bind_output(name, "cpu")
+    session.run_with_iobinding(binding)
+    outs = binding.copy_outputs_to_cpu()
+    return outs[0] if isinstance(output_names, str) else outs
+
+
+class OrtEngine:
+    """An onnxruntime session behind the :class:`~regatt_sdk.engines.base.Engine` interface.
+
+    ``OrtEngine(model, device="auto", threads=None)``; ``model`` a path or ONNX bytes. On CUDA or
+    TensorRT, runs use IO binding (input uploaded once, outputs on the host).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        model: str | Path | bytes,
+        device: str | Device = "auto",
+        threads: int | None = None,
+        *,
+        options: Any = None,
+        providers: Sequence[Any] | None = None,
+    ):
+        self.device = parse_device(device)
+        self.threads = threads
+        self.session = create_session(model, self.device, threads, options=options, providers=providers)
+        self._input = self.session.get_inputs()[0].name
+        self._outputs = tuple(o.name for o in self.session.get_outputs())
+        self._bind = runs_on_gpu(self.session)
+
+    @property
+    def input_name(self) -> str:
+        return self._input
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self._outputs
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def run(self, feed: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """``{name: array}`` for ``outputs`` (default all) on the one-input ``feed``."""
+        names = list(outputs) if outputs is not None else list(self._outputs)
+        if self._bind:
+            arrays = run_bound(self.session, self._input, feed, names)
+        else:
+            arrays = self.session.run(names, {self._input: feed})
+        return dict(zip(names, arrays))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "engine": self.name,
+            "device": str(self.device),
+            "providers": self.providers,
+            "version": getattr(import_ort(), "__version__", "?"),
+            "threads": self.threads or cpu_count(),
+        }
+
+    def __repr__(self) -> str:
+        return f"OrtEngine(device={self.device}, providers={self.providers})"
+
+
+def open_engine(model: str | Path, device: str | Device = "auto", threads: int | None = None) -> OrtEngine:
+    """The engine-module entry point used by :func:`regatt_sdk.engines.open_engine`."""
+    return OrtEngine(model, device, threads)

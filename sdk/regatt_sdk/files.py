@@ -1,0 +1,66 @@
+"""Files: one staged (atomic) write, used by every writer of models, indexes and reports."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a directory entry (a rename inside it) to disk, where the platform allows."""
+    try:
+        fd = os.open(os.fspath(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def staged_file(out_path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
+    """A temporary path beside ``out_path`` (same filesystem, so ``os.replace`` into place is
+    atomic); whatever is left there when the block ends (an error, a refused gate) is removed."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix=f".{out_path.name}.", dir=out_path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextmanager
+def atomic_write(
+    out_path: str | os.PathLike, mode: str = "wb", *, fsync: bool = False, encoding: str | None = None
+) -> Iterator[IO]:
+    """Write ``out_path`` through a staged file that replaces it only when the block succeeds
+    (readers see the old file or the new one, never half of one). ``fsync``: flush the data and
+    the directory entry to disk too (for files that record commits)."""
+    out_path = Path(out_path)
+    if "b" not in mode and encoding is None:
+        encoding = "utf-8"
+    with staged_file(out_path) as tmp:
+        with open(tmp, mode, encoding=encoding) as fh:
+            yield fh
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, out_path)
+        if fsync:
+            fsync_dir(out_path.parent)
+
+
+def write_text_atomic(out_path: str | os.PathLike, text: str, *, fsync: bool = False) -> Path:
+    """``out_path`` replaced atomically by ``text`` (UTF-8); returns the path."""
+    with atomic_write(out_path, "w", fsync=fsync) as fh:
+        fh.write(text)
+    return Path(out_path)
