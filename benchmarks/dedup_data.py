@@ -57,9 +57,11 @@ def build(split: str, work: Path, originals: int, copies: int, seed: int) -> lis
                 k += 1
                 dst = out / f"{landmark}__{p.stem}__{name}.jpg"
                 edited = edits.apply(name, image, rng)
-                cv2.imwrite(str(dst), edited, [cv2.IMWRITE_JPEG_QUALITY, 95]) if not name.startswith(("jpeg", "resize_half")) else cv2.imwrite(str(dst), edited, [cv2.IMWRITE_JPEG_QUALITY, 100])
+                # the edit did its own JPEG step; store it nearly losslessly (q20 edits at q100)
+                quality = 100 if name.startswith(("jpeg", "resize_half")) else 95
+                cv2.imwrite(str(dst), edited, [cv2.IMWRITE_JPEG_QUALITY, quality])
                 items.append({"path": str(dst), "group": group, "landmark": landmark, "edit": name})
-    imagenet = sorted((SHARED / "imagenet-sample").iterdir())
+    imagenet = sorted(p for p in (SHARED / "imagenet-sample").iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
     for p in imagenet[(0 if split == "val" else 1) :: 2][:250]:
         items.append({"path": str(p), "group": f"imagenet/{p.stem}", "landmark": f"imagenet/{p.stem}", "edit": "original"})
     return items

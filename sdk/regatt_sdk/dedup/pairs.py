@@ -13,7 +13,10 @@ Two backends, same answer format: ``(i (P,) int64, j (P,) int64, score (P,) floa
   two members fall in lists more than ``nprobe`` apart can be missed (recall is measured in
   ``benchmarks/dedup_bench.py``).
 
-``auto`` picks ``exact`` below :data:`EXACT_MAX_ROWS` rows, else ``ivf``.
+``auto`` picks ``exact`` below :data:`EXACT_MAX_ROWS` rows, else ``ivf``. Any other
+:class:`~regatt_sdk.index.VectorIndex` (e.g. a store's FAISS ANN index) works through
+:func:`pairs_from_index`, which grows ``k`` until every row's ``k``-th hit is below the
+threshold.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import math
 import numpy as np
 
 from ..errors import RegattError
-from ..search import import_faiss
+from ..index.faiss_index import import_faiss
 
 BACKENDS = ("auto", "exact", "ivf")
 #: ``auto`` uses the exact backend below this many rows
@@ -130,7 +133,7 @@ def pairs_ivf(
     for start in range(0, n, block_rows):
         q = np.ascontiguousarray(vectors[start : start + block_rows], dtype=np.float32)
         lims, _, ids = index.range_search(q, float(t - margin))
-        rows_of = np.repeat(np.arange(q.shape[0], dtype=np.int64) + start, np.diff(lims))
+        rows_of = np.repeat(np.arange(q.shape[0], dtype=np.int64) + start, np.diff(lims).astype(np.int64))
         keep = rows_of < ids
         out_i.append(rows_of[keep])
         out_j.append(ids[keep].astype(np.int64))
@@ -153,3 +156,27 @@ def similar_pairs(vectors: np.ndarray, threshold: float, backend: str = "auto", 
     if backend == "ivf":
         return pairs_ivf(vectors, threshold, **options)
     raise RegattError(f"unknown range-search backend '{backend}': use one of {', '.join(BACKENDS)}")
+
+
+def pairs_from_index(index, threshold: float, *, k: int = 32, block_rows: int = BLOCK_ROWS) -> Pairs:
+    """Pairs above ``threshold`` from any :class:`~regatt_sdk.index.VectorIndex` holding the
+    collection itself (rows ``0..size-1``): top-``k`` per row, ``k`` doubled for the rows whose
+    ``k``-th hit is still above the threshold (so nothing above it is cut off)."""
+    t = check_threshold(threshold)
+    n = int(index.size)
+    out_i, out_j, out_s = [], [], []
+    for start in range(0, n, block_rows):
+        rows = np.arange(start, min(n, start + block_rows))
+        kk = min(n, k)
+        while rows.size:
+            scores, ids = index.search(index.vectors(rows), kk)
+            full = (scores[:, -1] >= t) & (kk < n)
+            done = ~full
+            r, c = np.nonzero((scores[done] >= t) & (ids[done] >= 0))
+            src, dst = rows[done][r], ids[done][r, c]
+            keep = src < dst
+            out_i.append(src[keep])
+            out_j.append(dst[keep])
+            out_s.append(scores[done][r, c][keep])
+            rows, kk = rows[full], min(n, 2 * kk)
+    return _sorted(out_i, out_j, out_s)

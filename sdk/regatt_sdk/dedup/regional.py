@@ -94,8 +94,9 @@ def encode_with_regions(encoder, image) -> tuple[np.ndarray, Regions, np.ndarray
             "uses: re-export it with  regatt export --explain"
         )
     prepared = encoder.load(image)
-    feed = prepared[None].astype(np.uint8 if encoder.card.input_dtype == "uint8" else np.float32)
-    desc, boxes, valid, regions = encoder.session.run(["descriptor", "boxes", "valid", "regions"], {encoder._input: feed})
+    feed = np.ascontiguousarray(prepared[None], dtype=np.uint8 if encoder.card.input_dtype == "uint8" else np.float32)
+    outs = encoder.engine.run(feed, ["descriptor", "boxes", "valid", "regions"])
+    desc, boxes, valid, regions = (outs[k] for k in ("descriptor", "boxes", "valid", "regions"))
     keep = valid.astype(bool)
     reg = Regions(vectors=regions[0][keep], boxes=boxes[keep].astype(np.float32), size=prepared.shape[:2])
     return desc[0], reg, prepared
