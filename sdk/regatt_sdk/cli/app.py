@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bench_cmd",
     "train_cmd",
     "explain_cmd",
+    "dedup_cmd",
 )
 
 app = typer.Typer(
