@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import typer
 
+from .engine_opts import engine_kwargs, engine_option, precision_option, say_choice
+
 from ..engines.device import HELP as DEVICE_HELP
 from ..errors import RegattError
 
@@ -190,6 +192,8 @@ def evaluate_cmd(
     ),
     backend: str = typer.Option("exact", "--backend", help="exact (numpy) or faiss."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
+    engine: str = engine_option(),
+    precision: str = precision_option(),
     max_side: int = typer.Option(None, "--max-side", min=1, help="Resize the longest side to this."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per inference batch."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
@@ -212,7 +216,8 @@ def evaluate_cmd(
 
     from ..encoder import Encoder
 
-    encoder = Encoder(model, device=device, max_side=max_side)
+    encoder = Encoder(model, device=device, max_side=max_side, **engine_kwargs(engine, precision))
+    say_choice(encoder)
     card_hash = str(encoder.card.hash)
     store_path = store or default_store(key, root, card_hash, int(encoder.max_side))
     t0 = time.monotonic()
@@ -230,7 +235,7 @@ def evaluate_cmd(
     t3 = time.monotonic()
     print_table(key, model, plain, with_qe, label)
     if show is not None:
-        from ..explain import save_eval_grids
+        from ..grid import save_eval_grids
 
         pictures = save_eval_grids(show, ds, queries, db, count=show_count, top=show_top,
                                    backend=backend)  # fmt: skip
