@@ -187,6 +187,7 @@ def main() -> None:
         "p99_over_p50": round(res["latency_ms"]["p99"] / res["latency_ms"]["p50"], 2),
         "rss_growth_after_warmup": round(max(warm) / min(warm) - 1, 3) if warm else None,
         "rss_min_max_mib": [min(rss), max(rss)], "machine": machine_info(),
+        "loadavg_at_end": [round(x, 1) for x in os.getloadavg()],
     }  # fmt: skip
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     args.out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
