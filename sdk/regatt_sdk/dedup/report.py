@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RegattError
-from ..explain import frame, write_png
+from ..grid import frame, write_png
 from ..grid import _tile
 from ..imageio import read_image
 
