@@ -66,8 +66,9 @@ def _float_tensors(model) -> set[str]:
 
 
 def backbone_nodes(model) -> list:
-    """The backbone's float data path: nodes reachable from the first ``Conv``'s data input through
-    float tensors, that also lead to the last ``Conv`` (in graph order).
+    """The backbone's float data path: nodes reachable from a ``Conv`` through float tensors that
+    also lead to a ``Conv`` (in graph order). A multi-scale graph holds one backbone per scale
+    (sharing weights): the result is all of them, and none of the resizes between them.
 
     Shape arithmetic (``Shape``/``Gather``/``Cast`` chains of same-padding) is not on it: it starts
     from integer tensors. Everything after the last convolution (pooling, whitening, attention)
@@ -84,10 +85,10 @@ def backbone_nodes(model) -> list:
             consumers.setdefault(t, []).append(i)
     producers = {t: i for i, n in enumerate(g.node) for t in n.output}
     index = {id(n): i for i, n in enumerate(g.node)}
-    first, last = index[id(convs[0])], index[id(convs[-1])]
-    # forward: from the first conv along float outputs
-    forward = {first}
-    stack = [first]
+    conv_ids = [index[id(c)] for c in convs]
+    # forward: from every conv along float outputs
+    forward = set(conv_ids)
+    stack = list(conv_ids)
     while stack:
         i = stack.pop()
         for t in g.node[i].output:
@@ -97,9 +98,9 @@ def backbone_nodes(model) -> list:
                 if j not in forward and g.node[j].op_type != "Shape":
                     forward.add(j)
                     stack.append(j)
-    # backward: ancestors of the last conv
-    backward = {last}
-    stack = [last]
+    # backward: ancestors of every conv
+    backward = set(conv_ids)
+    stack = list(conv_ids)
     while stack:
         i = stack.pop()
         for t in g.node[i].input:
@@ -519,9 +520,11 @@ def quantize_int8(
     keep_first = options.exclude_first_conv
     if keep_first is None:
         keep_first = not first_conv_quantized_by_default(card.backbone)
-    exclude = [convs[0].name] if keep_first else []
-    if options.exclude_last_conv and convs[-1].name not in exclude:
-        exclude.append(convs[-1].name)
+    # one backbone per scale in a multi-scale graph: the stem / last convolution of each copy
+    # are the convolutions sharing the first / last one's weight
+    exclude = [c.name for c in convs if c.input[1] == convs[0].input[1]] if keep_first else []
+    if options.exclude_last_conv:
+        exclude += [c.name for c in convs if c.input[1] == convs[-1].input[1] and c.name not in exclude]
     keep = options.keep_fp32
     if keep is None:
         keep = default_fp32_nodes(card.backbone)
