@@ -108,3 +108,84 @@ def test_pool_regions_equals_encoder_regional(size):
     assert torch.equal(a, rmax[:, valid])
     assert torch.allclose(m, rmean[:, valid], atol=1e-6)
     assert torch.allclose(g, gmean, atol=1e-6)
+
+
+def test_learn_lw_whitens_matching_pairs_and_orders_by_separation():
+    """Lw: differences of same-landmark photos become white; the first direction separates the
+    landmarks best."""
+    from regatt_export.whiten import learn_lw
+
+    rng = np.random.default_rng(0)
+    c, k, n = 5, 6, 40
+    centres = np.zeros((k, c))
+    centres[:, 3] = rng.normal(size=k) * 10  # landmarks differ along axis 3 only
+    mix = rng.normal(size=(c, c))
+    labels = np.repeat(np.arange(k), n)
+    xi = centres[labels] + rng.normal(size=(k * n, c)) @ mix
+    photo = np.repeat(np.arange(k * n), 3)  # 3 regions per photo, averaging to xi
+    offs = rng.normal(size=(k * n, 3, c))
+    offs -= offs.mean(axis=1, keepdims=True)
+    vectors = (xi[:, None, :] + offs).reshape(-1, c)
+    mean, comps, lam = learn_lw(vectors, photo, labels)
+    assert np.allclose(mean, -vectors.mean(0), atol=1e-5)
+    w = (xi - xi.mean(0)) @ comps.T.astype(np.float64)
+    within = w - np.stack([w[labels == j].mean(0) for j in range(k)])[labels]
+    # Sigma_S (pair differences) = 2 x the pooled within-landmark covariance: whitened, the
+    # differences of matching pairs have unit covariance, the photos about their landmark half
+    assert np.allclose(np.cov(within.T) * (k * n - 1) / (k * n - k), 0.5 * np.eye(c), atol=1e-6)
+    assert lam[0] > 10 * lam[1]  # one direction carries the landmark differences
+    between = np.stack([w[labels == j].mean(0) for j in range(k)])
+    assert between[:, 0].std() > 10 * between[:, 1:].std(axis=0).max()
+    _, comps3, _ = learn_lw(vectors, photo, labels, dim=3, shrinkage=0.5)
+    assert comps3.shape == (3, c)
+
+
+@pytest.fixture
+def landmark_dir(tmp_path, photos) -> Path:
+    """Three landmark folders of 3 photos each (crops and flips of the bundled photos)."""
+    import cv2
+
+    root = tmp_path / "landmarks"
+    for k, name in enumerate(("astronaut", "coffee", "chelsea")):
+        (root / name).mkdir(parents=True)
+        img = photos[name]
+        for j, view in enumerate((img, img[20:, 10:], img[:, ::-1])):
+            cv2.imwrite(str(root / name / f"{j}.jpg"), np.ascontiguousarray(view))
+    return root
+
+
+def test_whiten_lw_cli_end_to_end(landmark_dir, tmp_path, capsys):
+    out = tmp_path / "lw.npz"
+    base = ["--backbone", "resnet18", "--weights", "random", "-S", "64", "--levels", "2", "--cache", str(tmp_path / "cache"), "--no-progress"]
+    cli(["whiten", str(landmark_dir), "-o", str(out), "--method", "lw", "--dim", "32", "--shrinkage", "0.3", *base])
+    assert "learned (lw) whitening from 9 photos of 3 landmarks" in capsys.readouterr().out
+    from regatt_export.build import EncoderConfig, build_encoder
+
+    enc, card = build_encoder(EncoderConfig(backbone="resnet18", weights="random", attention="none", whitening=str(out), levels=2))
+    assert enc.dim == 32
+    with np.load(out, allow_pickle=False) as z:
+        assert float(z["supervised"]) == 1.0 and float(z["landmarks"]) == 3.0
+    # PCA on two named landmark folders only (the paper's "PCA Landmark" on a part of a tree)
+    cli(["whiten", str(landmark_dir), "-o", str(tmp_path / "pca.npz"), "--landmarks", "coffee,chelsea", *base])
+    assert "from 6 photos of 2 landmarks" in capsys.readouterr().out
+
+
+def test_whiten_lw_bad_inputs(landmark_dir, tmp_path, capsys):
+    import shutil
+
+    base = ["--backbone", "resnet18", "--weights", "random", "-S", "64", "--no-cache", "--no-progress"]
+    out = ["-o", str(tmp_path / "w.npz")]
+    err = _fails(["whiten", str(landmark_dir), *out, "--method", "lw", "--landmarks", "coffee", *base], capsys)
+    assert "at least 2 landmarks" in err and "coffee" in err
+    err = _fails(["whiten", str(landmark_dir), *out, "--landmarks", "coffee,louvre", *base], capsys)
+    assert "no landmark folder named louvre" in err
+    err = _fails(["whiten", str(landmark_dir), *out, "--method", "zca", *base], capsys)
+    assert "--method must be one of pca, lw" in err
+    for extra in ("1.jpg", "2.jpg"):
+        (landmark_dir / "chelsea" / extra).unlink()
+    err = _fails(["whiten", str(landmark_dir), *out, "--method", "lw", *base], capsys)
+    assert "chelsea: 1 photo" in err and "at least 2 photos of each landmark" in err
+    flat = tmp_path / "flat"
+    shutil.copytree(landmark_dir / "coffee", flat)
+    err = _fails(["whiten", str(flat), *out, "--method", "lw", *base], capsys)
+    assert "no landmark sub-folders" in err

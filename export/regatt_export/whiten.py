@@ -12,6 +12,17 @@ Then, with ``mu`` their mean and ``Sigma = U diag(lam) U^T`` their covariance:
 
 Inference computes ``v = (r + mean) @ components.T``, so the file stores ``mean = -mu`` and
 ``components = diag(lam'^-p) U[:, :D]^T`` of shape ``(D, C)``.
+
+``method="lw"`` is the supervised learned whitening of Radenovic et al. (TPAMI 2018) on a
+``<landmark>/<photo>`` tree: with ``x_i`` the mean regional max vector of photo ``i`` (the
+whitening is linear, so whitening the photo's mean = the mean of its whitened regions),
+``Sigma_S`` the covariance of the differences of matching pairs (two photos of one landmark; it
+equals twice the pooled within-landmark covariance) and ``Sigma_D`` the covariance of all
+photos' ``x_i``: whiten by ``Sigma_S^-1/2`` (shrunk like above), then rotate by the
+eigenvectors of the whitened ``Sigma_D`` (largest first) and keep ``D`` of them.
+``landmarks`` restricts the tree to one part of :func:`regatt_export.splits.landmark_split`
+(``train`` / ``val`` / ``test``) or to named folders, for both methods (the paper's "PCA
+Landmark" is ``method="pca"`` on the ``train`` landmarks).
 """
 
 from __future__ import annotations
@@ -46,6 +57,45 @@ class WhitenConfig:
     cache_dir: str | None = None
     threads: int = 1
     seed: int = 0  # only matters for random backbone weights (as in ``build_encoder``)
+    method: str = "pca"  # pca | lw
+    landmarks: str | None = None  # None: every photo; train | val | test | NAME,NAME,...
+
+
+METHODS = ("pca", "lw")
+
+
+def landmark_items(root: str | Path, select: str | None, need_pairs: bool) -> tuple[list[Item], list[str]]:
+    """Photos of the ``<landmark>/<photo>`` tree ``root`` with ``Item.label`` = landmark index,
+    and the landmark names. ``select``: None (all folders), a split part or ``NAME,NAME``.
+    ``need_pairs``: at least 2 landmarks and 2 photos in each (supervised whitening)."""
+    from .splits import PARTS, landmark_folders, landmark_split
+
+    root = Path(root)
+    try:
+        folders = landmark_folders(root)
+    except (FileNotFoundError, ValueError) as exc:
+        raise DataError(str(exc)) from None
+    if select is None:
+        names = folders
+    elif select in PARTS:
+        names = landmark_split(root)[select]
+    else:
+        names = [n.strip() for n in select.split(",") if n.strip()]
+        unknown = [n for n in names if n not in folders]
+        if unknown or not names:
+            raise DataError(
+                f"--landmarks {select!r}: no landmark folder named {', '.join(unknown) or '(empty)'} in {root}; "
+                f"give train, val, test or folder names such as {', '.join(folders[:3])}"
+            )
+    if need_pairs and len(names) < 2:
+        raise DataError(f"learned whitening (lw) needs photos of at least 2 landmarks, {root} gives only {', '.join(names)}: add landmark folders")
+    items: list[Item] = []
+    for k, name in enumerate(names):
+        photos = list_images(root / name)
+        if need_pairs and len(photos) < 2:
+            raise DataError(f"{root / name}: {len(photos)} photo; learned whitening (lw) needs at least 2 photos of each landmark (a matching pair)")
+        items += [Item(it.path, f"{name}/{it.name}", k) for it in photos]
+    return items, names
 
 
 def full_image_cache(
@@ -72,15 +122,22 @@ def full_image_cache(
 
 
 def regional_vectors(
-    encoder: RegionalAttentionEncoder, cache: FeatureCache, items: list[Item], progress: Callable[[int, int], None] | None = None
+    encoder: RegionalAttentionEncoder,
+    cache: FeatureCache,
+    items: list[Item],
+    progress: Callable[[int, int], None] | None = None,
+    counts: list[int] | None = None,
 ) -> np.ndarray:
-    """Stacked regional max vectors ``(M, C)`` float64 of the real regions of every photo."""
+    """Stacked regional max vectors ``(M, C)`` float64 of the real regions of every photo
+    (``counts``, if given, receives each photo's number of regions)."""
     rows = []
     with torch.no_grad():
         for i, item in enumerate(items):
             fmap, (h, w) = cache.get_sized(item, 0)
             rmax, _, _ = pool_regions(encoder, torch.from_numpy(fmap)[None], h, w, with_mean=False)
             rows.append(rmax[0].double().numpy())
+            if counts is not None:
+                counts.append(rows[-1].shape[0])
             if progress is not None:
                 progress(i + 1, len(items))
     return np.concatenate(rows)
@@ -121,6 +178,61 @@ def learn_whitening(
     return (-mu).astype(np.float32), components, lam
 
 
+def _shrunk_eig(cov: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (largest first, shrunk towards their mean, floored) and eigenvectors with a
+    deterministic sign (largest-magnitude coefficient positive) of the symmetric ``cov``."""
+    lam, u = np.linalg.eigh(cov)
+    order = np.argsort(lam)[::-1]
+    lam, u = np.maximum(lam[order], 0.0), u[:, order]
+    flip = np.sign(u[np.abs(u).argmax(axis=0), np.arange(u.shape[1])])
+    u = u * np.where(flip == 0, 1.0, flip)
+    shrunk = (1.0 - shrinkage) * lam + shrinkage * lam.mean()
+    return np.maximum(shrunk, max(shrunk.max() * 1e-9, 1e-12)), u
+
+
+def learn_lw(
+    vectors: np.ndarray, photo: np.ndarray, labels: np.ndarray, dim: int | None = None, shrinkage: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Supervised learned whitening (see the module docstring).
+
+    ``vectors (M, C)`` regional max vectors, ``photo (M,)`` the photo index of each, ``labels
+    (N,)`` the landmark of each photo. Returns ``(mean (C,), components (D, C), eigenvalues of
+    the whitened Sigma_D (C,))``; ``mean`` negated like :func:`learn_whitening`.
+    """
+    m, c = vectors.shape
+    dim = c if dim is None else dim
+    if not 1 <= dim <= c:
+        raise DataError(f"--dim must be in 1..{c} (the backbone's channels), got {dim}")
+    if not 0.0 <= shrinkage <= 1.0:
+        raise DataError(f"--shrinkage must be in [0, 1], got {shrinkage}")
+    labels = np.asarray(labels)
+    n = len(labels)
+    x = vectors.astype(np.float64)
+    counts = np.bincount(photo, minlength=n).astype(np.float64)
+    if np.any(counts == 0):
+        raise DataError("every photo needs at least one regional vector")
+    xi = np.zeros((n, c))
+    np.add.at(xi, photo, x)
+    xi /= counts[:, None]
+    classes, inv = np.unique(labels, return_inverse=True)
+    sizes = np.bincount(inv).astype(np.float64)
+    if len(classes) < 2 or np.any(sizes < 2):
+        raise DataError("learned whitening (lw) needs at least 2 landmarks with at least 2 photos each")
+    cmean = np.zeros((len(classes), c))
+    np.add.at(cmean, inv, xi)
+    cmean /= sizes[:, None]
+    within = xi - cmean[inv]
+    # sum over the matching pairs of one landmark of (x_a - x_b)(x_a - x_b)^T = n_k * scatter_k
+    sigma_s = (within * sizes[inv, None]).T @ within * 2.0 / max(float((sizes * (sizes - 1)).sum()), 1.0)
+    lam_s, u_s = _shrunk_eig(sigma_s, shrinkage)
+    p_w = (u_s / np.sqrt(lam_s)[None, :]).T  # (C, C): Sigma_S^-1/2 up to a rotation
+    xc = xi - xi.mean(axis=0)
+    sigma_d = p_w @ (xc.T @ xc / max(n - 1, 1)) @ p_w.T
+    lam_d, u_d = _shrunk_eig(sigma_d, 0.0)
+    components = (u_d[:, :dim].T @ p_w).astype(np.float32)
+    return (-x.mean(axis=0)).astype(np.float32), components, lam_d
+
+
 def save_whitening(path: str | Path, mean: np.ndarray, components: np.ndarray, **meta: float) -> Path:
     """Write the ``.npz`` that ``regatt export --whitening`` reads (plain arrays, no pickle)."""
     p = Path(path)
@@ -137,16 +249,31 @@ def whiten(cfg: WhitenConfig, log: Callable[[str], None] = print, progress=None)
     spec = get_spec(cfg.backbone)
     if cfg.dim is not None and not 1 <= cfg.dim <= spec.channels:
         raise DataError(f"--dim must be in 1..{spec.channels} for {cfg.backbone}, got {cfg.dim}")
-    items = list_images(cfg.data)
+    if cfg.method not in METHODS:
+        raise DataError(f"--method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
+    if cfg.method == "lw" or cfg.landmarks is not None:
+        items, names = landmark_items(cfg.data, cfg.landmarks, need_pairs=cfg.method == "lw")
+    else:
+        items, names = list_images(cfg.data), []
     torch.manual_seed(cfg.seed)
     encoder = RegionalAttentionEncoder(build_backbone(cfg.backbone, cfg.weights), spec, Attention(spec.channels, "none"), None, cfg.levels).eval()
     cache = full_image_cache(encoder, cfg.backbone, cfg.weights, cfg.max_side, cfg.cache_dir, seed=cfg.seed)
-    vectors = regional_vectors(encoder, cache, items, progress)
-    mean, components, lam = learn_whitening(vectors, cfg.dim, cfg.shrinkage, cfg.power)
-    save_whitening(cfg.output, mean, components, shrinkage=cfg.shrinkage, power=cfg.power, max_side=cfg.max_side, levels=cfg.levels, images=len(items), vectors=len(vectors))
+    counts: list[int] = []
+    vectors = regional_vectors(encoder, cache, items, progress, counts)
+    if cfg.method == "lw":
+        photo = np.repeat(np.arange(len(items)), counts)
+        mean, components, lam = learn_lw(vectors, photo, np.array([it.label for it in items]), cfg.dim, cfg.shrinkage)
+    else:
+        mean, components, lam = learn_whitening(vectors, cfg.dim, cfg.shrinkage, cfg.power)
+    save_whitening(
+        cfg.output, mean, components, shrinkage=cfg.shrinkage, power=cfg.power, max_side=cfg.max_side, levels=cfg.levels,
+        images=len(items), vectors=len(vectors), landmarks=len(names), supervised=float(cfg.method == "lw"),
+    )
     kept = float(lam[: components.shape[0]].sum() / max(lam.sum(), 1e-30))
     summary = {
         "images": len(items),
+        "method": cfg.method,
+        "landmarks": names,
         "vectors": int(vectors.shape[0]),
         "channels": spec.channels,
         "dim": int(components.shape[0]),
@@ -156,7 +283,8 @@ def whiten(cfg: WhitenConfig, log: Callable[[str], None] = print, progress=None)
         "output": str(cfg.output),
     }
     log(
-        f"whitening from {len(items)} photos ({vectors.shape[0]} regional vectors, {spec.channels}-d) -> "
+        f"{'learned (lw) ' if cfg.method == 'lw' else ''}whitening from {len(items)} photos"
+        f"{f' of {len(names)} landmarks' if names else ''} ({vectors.shape[0]} regional vectors, {spec.channels}-d) -> "
         f"{components.shape[0]}-d, {100 * kept:.1f}% of the variance kept; wrote {cfg.output}"
     )
     return summary

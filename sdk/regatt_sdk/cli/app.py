@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "eval_cmd",
     "bench_cmd",
     "train_cmd",
+    "whiten_cmd",
     "explain_cmd",
 )
 

@@ -1,6 +1,6 @@
-"""``regatt train`` (learn the regional attention) and ``regatt whiten`` (learn the whitening).
+"""``regatt train``: learn the regional attention (``regatt whiten`` is in ``whiten_cmd``).
 
-Both run the frozen backbone in PyTorch (the ``export`` extra) and cache its feature maps, so a
+It runs the frozen backbone in PyTorch (the ``export`` extra) and caches its feature maps, so a
 second run over the same photos costs only the small head.
 """
 
@@ -17,7 +17,6 @@ from .lazy import export_side
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
-    app.command("whiten")(whiten)
 
 
 def _default_cache() -> Path:
@@ -116,34 +115,3 @@ def train(
         f"uniform weights {result.baseline_metric:.4f}); features {result.feature_s:.1f} s "
         f"({result.views_computed} computed, {result.views_loaded} cached), {result.epoch_head_s:.2f} s per epoch after that"
     )
-
-
-def whiten(
-    data: Path = typer.Argument(..., help="Folder of photos (searched recursively)."),
-    output: Path = typer.Option(Path("whitening.npz"), "-o", "--output", help="Whitening file to write."),
-    backbone: str = typer.Option("efficientnet-lite0", "--backbone", help="Backbone from the registry."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Backbone state-dict file, or 'random'."),
-    max_side: int = typer.Option(384, "--max-side", "-S", help="Longest side the photos are resized to (use the S you will encode at)."),
-    levels: int = typer.Option(5, "--levels", "-L", help="R-MAC levels."),
-    dim: Optional[int] = typer.Option(None, "--dim", help="Output dimensionality (default: the backbone's channels)."),
-    shrinkage: float = typer.Option(0.0, "--shrinkage", help="Pull eigenvalues towards their mean, 0..1 (stabilises few photos)."),
-    power: float = typer.Option(0.5, "--power", help="Eigenvalue power: 0.5 full whitening, 0 plain PCA rotation."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder (default ~/.cache/regatt/features)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Keep no feature maps on disk."),
-    threads: int = typer.Option(1, "--threads", help="CPU threads for PyTorch."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
-) -> None:
-    """Learn the per-region PCA whitening from photos; write the ``.npz`` for
-    ``regatt export --whitening``."""
-    mod = export_side("whiten", "regatt whiten")
-    datasets = export_side("datasets", "regatt whiten")
-    weights_mod = export_side("weights", "regatt whiten")
-    cfg = mod.WhitenConfig(
-        data=str(data), output=str(output), backbone=backbone, weights=weights, max_side=max_side, levels=levels,
-        dim=dim, shrinkage=shrinkage, power=power, cache_dir=None if no_cache else str(cache or _default_cache()), threads=threads,
-    )
-    try:
-        with _Bar(progress) as bar:
-            mod.whiten(cfg, log=bar.log, progress=lambda d, t: bar("regional vectors", d, t))
-    except (datasets.DataError, weights_mod.WeightsError, ValueError) as exc:
-        raise RegattError(str(exc)) from None
