@@ -71,6 +71,9 @@ def search(
     backend: str = typer.Option("exact", "--backend", help="exact (numpy) or faiss."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
     max_side: int = typer.Option(None, "--max-side", min=1, help="Resize the longest side to this."),
+    query_scales: str = typer.Option(
+        None, "--query-scales", help="Describe the query at these multiples of S (summed), e.g. 1.5 or 1,1.5: larger than the database when objects are small in queries."
+    ),
     ann: bool = typer.Option(
         True, "--ann/--no-ann", help="Use the store's FAISS ANN index when it has one (regatt index --faiss)."
     ),
@@ -89,7 +92,8 @@ def search(
     from ..expansion import QueryExpansion
     from ..index.searcher import Searcher
 
-    encoder = Encoder(model, device=device, max_side=max_side)
+    extra = {"query_scales": query_scales} if query_scales is not None else {}
+    encoder = Encoder(model, device=device, max_side=max_side, **extra)
     st, _, _ = open_store(store, encoder.dim, model)
     if st.card_hash != str(encoder.card.hash):
         typer.secho(
