@@ -96,13 +96,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "scales")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--no-regions", action="store_true")
+    ap.add_argument("--sets", nargs="+", default=list(SETS), help="names of SETS to run")
+    ap.add_argument("--per-landmark", type=int, default=5, help="clutter queries: photos pasted per landmark")
+    ap.add_argument("--distractors", type=int, default=300)
+    ap.add_argument("--db-per-landmark", type=int, default=0, help="keep only this many clean photos per landmark (0: all)")
+    ap.add_argument("--no-paris", action="store_true")
     args = ap.parse_args(argv)
+    sets = {k: SETS[k] for k in args.sets}
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     lm_root = SHARED / "landmarks-train"
     split = landmark_split(lm_root)
-    clutter = {part: build_clutter_set(lm_root, SHARED / "imagenet-extra", work / f"clutter-{part}", part) for part in ("val", "test")}
-    paris_files, paris_labels = landmark_set(SHARED / "paris6k-subset")
+    clutter = {
+        part: build_clutter_set(lm_root, SHARED / "imagenet-extra", work / f"clutter-{part}", part, args.per_landmark, distractors=args.distractors)
+        for part in ("val", "test")
+    }
+    if args.db_per_landmark:
+        for cs in clutter.values():
+            sources = {q.source for q in cs.queries}
+            kept, seen = [], {}
+            for path, lm in cs.database:
+                if lm and path not in sources:
+                    seen[lm] = seen.get(lm, 0) + 1
+                    if seen[lm] > args.db_per_landmark:
+                        continue
+                kept.append((path, lm))
+            cs.database = kept
+    paris_files, paris_labels = ([], []) if args.no_paris else landmark_set(SHARED / "paris6k-subset")
     test_files = [p for p, lm in clutter["test"].database if lm]
     test_labels = [lm for _, lm in clutter["test"].database if lm]
     # every image once: clutter queries and databases of both parts, Paris
@@ -112,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     images += [str(p) for p in paris_files]
     images = sorted(set(images))
     row_of = {p: i for i, p in enumerate(images)}
-    distinct = sorted({s for ss in SETS.values() for s in ss} | set(QUERY_SIDE[2]))
+    distinct = sorted({s for ss in sets.values() for s in ss} | set(QUERY_SIDE[2]))
     per_scale: dict[float, np.ndarray] = {}
     parts: dict[float, Path] = {}
     for s in distinct:
@@ -129,11 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         for part, cs in clutter.items():
             out[f"clutter_{part}"] = clutter_map(take(qvec, [q.path for q in cs.queries]), take(dvec, [p for p, _ in cs.database]), cs)
         out["landmarks_test"] = landmark_map(take(dvec, test_files), test_labels)
-        out["paris"] = landmark_map(take(dvec, paris_files), paris_labels)
+        if paris_files:
+            out["paris"] = landmark_map(take(dvec, paris_files), paris_labels)
         return out
 
     rows = []
-    for name, ss in SETS.items():
+    for name, ss in sets.items():
         vec = combine([per_scale[s] for s in ss])
         rows.append({"scales": name, "aggregation": "sum", "query_scales": name, **checks(vec, vec)})
     name, db_s, q_s = QUERY_SIDE
@@ -141,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                  **checks(combine([per_scale[s] for s in q_s]), combine([per_scale[s] for s in db_s]))})
     timed = {f"part {s:.4f}": p for s, p in parts.items()}
     if not args.no_regions:
-        for name in REGIONS_SETS:
+        for name in [n for n in REGIONS_SETS if n in sets]:
             model = export_model(SETS[name], "regions", work / f"regions-{name.replace(', ', '_').replace('/', '-')}.onnx")
             timed[f"regions {name}"] = model
             imgs = sorted({q.path for cs in clutter.values() for q in cs.queries} | {p for cs in clutter.values() for p, _ in cs.database})
@@ -165,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             r["ms"] = ms[f"regions {r['scales']}"]
         r["images_per_s"] = 1000.0 / r["ms"]
         r["compute_vs_1"] = r["ms"] / ms["part 1.0000"]
-    result = {"machine": machine(), "sets": {k: list(v) for k, v in SETS.items()}, "split": {k: v for k, v in split.items() if k != "train"},
+    result = {"machine": machine(), "sets": {k: list(v) for k, v in sets.items()},
+              "clutter": {k: {**cs.facts, "queries": len(cs.queries), "database": len(cs.database), "db_per_landmark": args.db_per_landmark} for k, cs in clutter.items()}, "split": {k: v for k, v in split.items() if k != "train"},
               "images": len(images), "timing_ms": ms, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
@@ -196,6 +218,10 @@ def markdown(result: dict) -> str:
         f"Made by `benchmarks/scales_check.py`; {result['machine']}; timing: a 384x512 image, median of "
         "interleaved runs, onnxruntime CPU. Val landmarks choose, the other columns are reported: "
         f"val {', '.join(result['split']['val'])}; test {', '.join(result['split']['test'])}.",
+        "",
+        "Clutter checks: " + "; ".join(f"{k}: {v['queries']} queries, {v['database']} database photos ({v['distractors']} distractors"
+                                      + (f", at most {v['db_per_landmark']} clean photos per landmark besides the pasted ones" if v["db_per_landmark"] else "") + ")"
+                                      for k, v in result["clutter"].items()) + ".",
         "",
         "| scales | aggregation | queries at | clutter val mAP (choose) | clutter test mAP | test landmarks mAP | Paris subset mAP | ms / image | images/s | compute vs {1} |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
