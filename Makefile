@@ -5,7 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS ?= cpu,export,dev
 
-.PHONY: venv test demo bench clean
+#: the runtime's tests, also run with no PyTorch installed (test-runtime)
+RUNTIME_TESTS := tests/test_sdk.py tests/test_engines.py tests/test_index.py tests/test_search.py \
+	tests/test_store.py tests/test_imageio.py tests/test_pipeline.py tests/test_evaluation.py \
+	tests/test_datasets.py tests/test_layering.py tests/test_encode_cli.py tests/test_explain.py \
+	tests/test_ann.py tests/test_distributed.py
+RUNTIME_VENV := .venv-runtime
+
+.PHONY: venv test test-runtime demo bench clean
 
 venv: $(VENV)/.installed
 
@@ -17,6 +24,18 @@ $(VENV)/.installed: pyproject.toml
 
 test: venv
 	$(BIN)/python -m pytest -n 2 tests
+
+# The runtime alone: a venv with '.[cpu,dev]' (no torch, no export extra) and the committed
+# tests/fixtures/tiny.onnx in place of models exported on the fly.
+$(RUNTIME_VENV)/.installed: pyproject.toml
+	test -x $(RUNTIME_VENV)/bin/python || $(PY) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install -q --upgrade pip
+	$(RUNTIME_VENV)/bin/python -m pip install -q -e '.[cpu,dev]'
+	touch $@
+
+test-runtime: $(RUNTIME_VENV)/.installed
+	! $(RUNTIME_VENV)/bin/python -c "import torch" 2>/dev/null
+	$(RUNTIME_VENV)/bin/python -m pytest -n 2 $(RUNTIME_TESTS)
 
 demo: venv
 	$(BIN)/python scripts/demo_photos.py out/demo/photos

@@ -38,12 +38,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from regatt_sdk.explain import INSIDE, box_share, inside_mask  # noqa: F401  (re-exported: the box share)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_SCALES = (0.3, 0.45, 0.6)
-#: a region counts as inside the pasted box when at least this share of its area is inside
-INSIDE = 0.5
 
 
 @dataclass(frozen=True)
@@ -216,28 +216,6 @@ def query_average_precisions(query_vectors: np.ndarray, db_vectors: np.ndarray, 
 def clutter_map(query_vectors: np.ndarray, db_vectors: np.ndarray, cs: ClutterSet, qe: int = 0) -> float:
     """mAP (%) of the clutter queries; see :func:`query_average_precisions`."""
     return float(100 * query_average_precisions(query_vectors, db_vectors, cs, qe).mean())
-
-
-def inside_mask(region_boxes: np.ndarray, box: tuple[int, int, int, int], inside: float = INSIDE) -> np.ndarray:
-    """``(R,)`` bool: regions (``(R, 4)`` inclusive x1, y1, x2, y2, as the encoder's explain
-    outputs) with at least ``inside`` of their area in ``box`` (end-exclusive)."""
-    b = np.asarray(region_boxes, dtype=np.float64).reshape(-1, 4)
-    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2] + 1, b[:, 3] + 1
-    ix = np.clip(np.minimum(x2, box[2]) - np.maximum(x1, box[0]), 0, None)
-    iy = np.clip(np.minimum(y2, box[3]) - np.maximum(y1, box[1]), 0, None)
-    area = np.maximum((x2 - x1) * (y2 - y1), 1e-12)
-    return ix * iy / area >= inside
-
-
-def box_share(region_boxes: np.ndarray, weights: np.ndarray, box: tuple[int, int, int, int], inside: float = INSIDE) -> tuple[float, float]:
-    """``(attention share, uniform share)`` of the regions inside ``box``: the sum of their
-    weights over the sum of all weights, and their count over the number of regions. Both 0
-    when no region is inside."""
-    mask = inside_mask(region_boxes, box, inside)
-    w = np.maximum(np.asarray(weights, dtype=np.float64).reshape(-1), 0.0)
-    total = w.sum()
-    share = float(w[mask].sum() / total) if total > 0 else float(mask.mean())
-    return share, float(mask.mean())
 
 
 def load_clutter_set(out_dir: str | Path) -> ClutterSet:

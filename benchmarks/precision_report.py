@@ -53,6 +53,7 @@ def time_models(paths: dict[str, Path], height: int, width: int, threads: int, r
     import onnxruntime as ort
 
     from regatt_sdk.card import golden_image
+    from regatt_sdk.engines.ort import create_session
 
     sessions = {}
     for name, path in paths.items():
@@ -63,7 +64,7 @@ def time_models(paths: dict[str, Path], height: int, width: int, threads: int, r
         # interleaved runs: a session's idle threads must not spin on the cores the next one needs
         # (with spinning, whichever model ran second was 20-60 % slower on this 2-vCPU machine)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sessions[name] = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        sessions[name] = create_session(path, options=opts, providers=["CPUExecutionProvider"])
     image = golden_image(height, width, 3)[None]
     for s in sessions.values():
         s.run(None, {"image": image})

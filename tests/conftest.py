@@ -13,9 +13,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 from paths import SHARED  # noqa: E402
 
 
+#: a committed ONNX model for the runtime's tests where PyTorch is not installed (see
+#: tests/fixtures/README.md for the command that made it)
+TINY_ONNX = Path(__file__).parent / "fixtures" / "tiny.onnx"
+
+
+def have_torch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    """A random-weight ResNet-18 encoder (512-d, context attention) exported to ONNX."""
+    """A random-weight ResNet-18 encoder (512-d, context attention) exported to ONNX; without
+    PyTorch (the runtime-only test run) the committed 32-d ``tests/fixtures/tiny.onnx``."""
+    if not have_torch():
+        return TINY_ONNX
     from regatt_export.build import EncoderConfig, build_encoder
     from regatt_export.onnx_export import export_onnx
 
@@ -58,3 +72,24 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared is not present")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """The URL of a real PostgreSQL + pgvector server started for this test session."""
+    import shutil
+    import tempfile
+
+    from pgserver import start_postgres
+
+    # directly under the system temp dir: as root the server runs as another user, who must be
+    # able to reach its data directory (pytest's own tmp dirs are private to root)
+    data = Path(tempfile.mkdtemp(prefix="regatt-pg-"))
+    try:
+        server, url = start_postgres(data)
+    except RuntimeError as exc:
+        shutil.rmtree(data, ignore_errors=True)
+        pytest.skip(str(exc))
+    yield url
+    server.cleanup()
+    shutil.rmtree(data, ignore_errors=True)

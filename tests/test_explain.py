@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from regatt_sdk import explain as ex
+from regatt_sdk import grid as gr
 from regatt_sdk.datasets import Dataset, Query, Truth
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -83,18 +84,18 @@ def test_explain_refuses_model_without_region_outputs(tiny_model: Path, photo_di
 
 def test_labels_and_grid_frames(photos) -> None:
     truth = Truth(positives=frozenset({"a", "both"}), junk=frozenset({"j", "both"}))
-    assert [ex.truth_label(n, truth) for n in ("a", "j", "x", "both")] == [
+    assert [gr.truth_label(n, truth) for n in ("a", "j", "x", "both")] == [
         "correct", "junk", "wrong", "junk"]  # fmt: skip
-    assert ex.truth_label("both", Truth(frozenset({"both"}), frozenset({"both"}), junk_wins=False)) == "correct"
+    assert gr.truth_label("both", Truth(frozenset({"both"}), frozenset({"both"}), junk_wins=False)) == "correct"
     img = photos["coffee"]
-    grid = ex.labelled_grid(img, [("a", 0.9, img, "correct"), ("x", 0.5, img, "wrong"),
+    grid = gr.labelled_grid(img, [("a", 0.9, img, "correct"), ("x", 0.5, img, "wrong"),
                                   ("j", 0.4, None, "junk")], tile=100, columns=4)  # fmt: skip
     assert grid.shape == (134, 400, 3)
     # the result tiles' frames: green for correct, red for wrong (BGR)
-    assert tuple(grid[40, 101]) == ex.LABEL_COLOURS["correct"]
-    assert tuple(grid[40, 201]) == ex.LABEL_COLOURS["wrong"]
+    assert tuple(grid[40, 101]) == gr.LABEL_COLOURS["correct"]
+    assert tuple(grid[40, 201]) == gr.LABEL_COLOURS["wrong"]
     with pytest.raises(ValueError, match="unknown label"):
-        ex.labelled_grid(img, [("a", 1.0, img, "maybe")])
+        gr.labelled_grid(img, [("a", 1.0, img, "maybe")])
 
 
 def test_eval_show_writes_one_picture_per_query(tiny_model: Path, photos, tmp_path: Path, capsys) -> None:
@@ -122,8 +123,33 @@ def test_save_eval_grids_skips_excluded(photo_dir: Path, tmp_path: Path) -> None
                  {"all": [Truth(frozenset({"coffee"}), exclude=frozenset({"astronaut"}))]})  # fmt: skip
     db = np.eye(3, dtype=np.float32)
     q = np.array([[1.0, 0.6, 0.2]], np.float32)
-    out = ex.save_eval_grids(tmp_path, ds, q, db, count=5, top=2)
+    out = gr.save_eval_grids(tmp_path, ds, q, db, count=5, top=2)
     assert [p.name for p in out] == ["000_astronaut.png"]
     grid = cv2.imread(str(out[0]))
-    assert tuple(grid[100, 201]) == ex.LABEL_COLOURS["correct"]  # coffee first, astronaut excluded
-    assert tuple(grid[100, 401]) == ex.LABEL_COLOURS["wrong"]
+    assert tuple(grid[100, 201]) == gr.LABEL_COLOURS["correct"]  # coffee first, astronaut excluded
+    assert tuple(grid[100, 401]) == gr.LABEL_COLOURS["wrong"]
+
+
+def test_box_share_in_explain(tiny_model: Path, photo_dir: Path, tmp_path: Path, capsys) -> None:
+    """``regatt explain --box``: the printed share is the summed weight of the regions mostly
+    inside the box (original pixels scaled to the resized image), against the uniform share."""
+    from test_encode_cli import run_main
+
+    from regatt_sdk.encoder import Encoder
+
+    img = photo_dir / "coffee.jpg"
+    h0, w0 = cv2.imread(str(img)).shape[:2]
+    box = (0, 0, w0 // 2, h0)  # the left half, original pixels
+    expl = ex.explain(Encoder(tiny_model, device="cpu", max_side=96), img)
+    r = max(expl.image.shape[:2]) / max(h0, w0)
+    mask = ex.inside_mask(expl.boxes, tuple(v * r for v in box))
+    assert 0 < mask.sum() < mask.size
+    share, uniform = ex.box_share(expl.boxes, expl.weights, tuple(v * r for v in box))
+    assert share == pytest.approx(expl.weights[mask].sum() / expl.weights.sum(), rel=1e-6)
+    assert uniform == pytest.approx(mask.mean())
+    code = run_main(["explain", str(img), "-m", str(tiny_model), "-o", str(tmp_path / "b.png"), "--max-side", "96",
+                     "-q", "--box", ",".join(str(v) for v in box)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and f"{100 * share:.1f}% of the attention weight" in out and f"uniform weights: {100 * uniform:.1f}%" in out
+    assert run_main(["explain", str(img), "-m", str(tiny_model), "-o", str(tmp_path / "c.png"), "--roi", "0,0,50,50", "--box", "0,0,9,9"]) == 2
+    assert "without --roi" in capsys.readouterr().err

@@ -38,7 +38,7 @@ def photo_dir(tmp_path_factory) -> Path:
 
 
 def _card(path: Path):
-    from regatt_export.quantize import read_card_file
+    from regatt_sdk.card import read_card as read_card_file
 
     return read_card_file(path)
 
@@ -78,7 +78,7 @@ def test_int8_gate_refuses_impossible_threshold(fp32_model, photo_dir, tmp_path)
 def test_int8_keeps_head_and_first_conv_fp32(fp32_model):
     import onnx
 
-    from regatt_export.quantize import backbone_nodes, inline_constant_identities
+    from regatt_export.graph_edits import backbone_nodes, inline_constant_identities
 
     model = onnx.load(str(fp32_model))
     inline_constant_identities(model)
@@ -111,14 +111,15 @@ def test_fp16_structure_and_parity(fp32_model, tmp_path):
 
 
 def test_parity_images_must_be_disjoint(fp32_model, photo_dir, tmp_path):
-    from regatt_export.quantize import CalibrationError, Int8Options, quantize_int8
+    from regatt_export.calibration import CalibrationError
+    from regatt_export.quantize import Int8Options, quantize_int8
 
     with pytest.raises(CalibrationError, match="also calibration"):
         quantize_int8(fp32_model, tmp_path / "x.onnx", photo_dir, Int8Options(count=3, parity_dir=str(photo_dir)))
 
 
 def test_cosines_flags_non_finite():
-    from regatt_export.quantize import cosines
+    from regatt_export.parity import cosines
 
     a = np.ones((2, 4), np.float32)
     b = a.copy()
@@ -142,7 +143,8 @@ def test_run_bound_matches_plain_run(fp32_model):
 def test_resnet_stem_is_quantized_by_default_and_can_stay_fp32(fp32_model, photo_dir, tmp_path):
     import onnx
 
-    from regatt_export.quantize import Int8Options, backbone_nodes, inline_constant_identities, quantize_int8
+    from regatt_export.graph_edits import backbone_nodes, inline_constant_identities
+    from regatt_export.quantize import Int8Options, quantize_int8
 
     model = onnx.load(str(fp32_model))
     inline_constant_identities(model)
@@ -158,13 +160,13 @@ def test_fused_uint8_pads_give_the_same_bytes(tmp_path):
     import io
 
     import onnx
-    import onnxruntime as ort
     import torch
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     timm_layers = pytest.importorskip("timm.layers")
     from regatt_export.backbones.same_pad import replace_same_convs
-    from regatt_export.quantize import fuse_qdq_pads
+    from regatt_export.graph_edits import fuse_qdq_pads
+    from regatt_sdk.engines.ort import create_session
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(
@@ -199,8 +201,8 @@ def test_fused_uint8_pads_give_the_same_bytes(tmp_path):
     assert all(producer.get(n.input[0]) != "DequantizeLinear" for n in model.graph.node if n.op_type == "Shape")
     fused = tmp_path / "fused.onnx"
     onnx.save(model, str(fused))
-    a = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"])
-    b = ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"])
+    a = create_session(q, providers=["CPUExecutionProvider"])
+    b = create_session(fused, providers=["CPUExecutionProvider"])
     for h, w in [(32, 32), (31, 17), (9, 40)]:
         x = rng.standard_normal((1, 3, h, w)).astype(np.float32)
         np.testing.assert_array_equal(a.run(None, {"x": x})[0], b.run(None, {"x": x})[0])
@@ -209,7 +211,8 @@ def test_fused_uint8_pads_give_the_same_bytes(tmp_path):
 def test_keep_fp32_patterns_leave_those_nodes_unquantized(fp32_model, photo_dir, tmp_path):
     import onnx
 
-    from regatt_export.quantize import Int8Options, default_fp32_nodes, quantize_int8
+    from regatt_export.graph_edits import default_fp32_nodes
+    from regatt_export.quantize import Int8Options, quantize_int8
 
     assert default_fp32_nodes("efficientnet-lite0") == ("/blocks.0/",) and default_fp32_nodes("resnet18") == ()
     out = tmp_path / "k.onnx"

@@ -395,7 +395,9 @@ def test_cli_with_tiny_model(tiny_model, photo_dir, tmp_path, capsys):
     with FeatureStore.create(tmp_path / "s24", card_hash="x", dim=24) as st:
         st.append(["a"], np.ones((1, 24), np.float32))
     code, _, err = run(["search", tiny_model, tmp_path / "s24", query, *side])
-    assert code == 2 and "holds 24-d" in err and "512-d" in err
+    from regatt_sdk.card import read_card
+
+    assert code == 2 and "holds 24-d" in err and f"{read_card(tiny_model).dim}-d" in err
 
 
 def test_qe_exclude_keeps_the_query_out_of_its_own_expansion():

@@ -108,8 +108,9 @@ def export_backbone(encoder: RegionalAttentionEncoder, path: Path, atol: float =
 
     Returns the export time in seconds, or None when ``path`` already exists (cache).
     """
-    import onnxruntime as ort
+    from regatt_sdk.engines.ort import create_session, import_ort
 
+    ort = import_ort()
     if path.is_file():
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +134,7 @@ def export_backbone(encoder: RegionalAttentionEncoder, path: Path, atol: float =
         )
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(tmp), sess_options=opts, providers=["CPUExecutionProvider"])
+    sess = create_session(tmp, options=opts, providers=["CPUExecutionProvider"])
     for _, ch, cw in TIMING_CHECK_SIZES:
         image = np.random.default_rng(ch * cw).integers(0, 256, (1, ch, cw, 3), dtype=np.uint8)
         with torch.inference_mode():

@@ -16,21 +16,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from regatt_sdk.card import ModelCard, read_card
 
-from regatt_sdk.card import ModelCard
-
+from .calibration import ImageSet, parity_set
+from .graph_edits import _float_tensors, backbone_nodes, inline_constant_identities
 from .onnx_export import staged_file
-from .quantize import (
-    ImageSet,
-    VariantParity,
-    _float_tensors,
-    backbone_nodes,
-    finish_variant,
-    inline_constant_identities,
-    measure_parity,
-    parity_set,
-    read_card_file,
-)
+from .parity import VariantParity, finish_variant, measure_parity
 
 #: worst-image cosine to fp32 accepted by default: fp16 (10-bit mantissa) keeps descriptors at
 #: 0.9999+ on real photos; 0.999 leaves room for fp16 accumulation on GPUs and catches overflow.
@@ -112,13 +103,15 @@ def _quiet(ort):
 
 def _runnable_providers(path: Path) -> list[str] | None:
     """Providers able to run the fp16 graph here (CPU first, then CUDA), or None."""
-    import onnxruntime as ort
+    from regatt_sdk.engines.ort import create_session, import_ort
+
+    ort = import_ort()
 
     for providers in (["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]):
         if providers[0] not in ort.get_available_providers():
             continue
         try:
-            ort.InferenceSession(str(path), sess_options=_quiet(ort), providers=providers)
+            create_session(path, options=_quiet(ort), providers=providers)
         except Exception:  # noqa: BLE001 - a missing fp16 kernel is reported as a generic failure
             continue
         return providers
@@ -141,7 +134,7 @@ def convert_fp16(
     """
     import onnx
 
-    card = read_card_file(fp32_path)
+    card = read_card(fp32_path)
     model = onnx.load(str(fp32_path))
     converted = convert_backbone_fp16(model)
     with staged_file(out_path, ".fp16.onnx.tmp") as tmp:

@@ -87,11 +87,11 @@ def check_parity(
     providers: list[str] | None = None,
 ) -> list[ParityRow]:
     """Compare onnxruntime with PyTorch on seeded images at ``sizes`` (and a batch of 2)."""
-    import onnxruntime as ort
+    from regatt_sdk.engines.ort import create_session, import_ort
 
-    opts = ort.SessionOptions()
+    opts = import_ort().SessionOptions()
     opts.log_severity_level = 3  # no optimizer chatter on the console
-    sess = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+    sess = create_session(onnx_path, options=opts, providers=providers or ["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     rows = []
     cases = [(n, h, w, 1) for n, h, w in sizes] + [("batch of 2", sizes[0][1], sizes[0][2], 2)]

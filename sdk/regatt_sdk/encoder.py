@@ -9,7 +9,8 @@ from typing import Iterable, Sequence, Union
 import numpy as np
 
 from .card import ModelCard, golden_image, read_card
-from .engines import Device, Engine, open_engine
+from .engines import Device, Engine, parse_device
+from .engines.choose import EngineChoice, select
 from .errors import ImageError, ModelError
 from .imageio import read_image
 from .preprocess import Box, prepare
@@ -25,10 +26,16 @@ __all__ = ["Encoder", "ImageLike", "ModelCard", "as_bgr", "read_card"]
 class Encoder:
     """Encode images with an exported regatt model.
 
-    ``Encoder(model_path, device="auto", max_side=None, threads=None)``; ``device`` is any form
-    :func:`regatt_sdk.engines.parse_device` accepts (``cpu``, ``cuda:1``, ``openvino:GPU``...).
-    The encoder keeps the model card, the preprocessing and the batching; the graph runs on an
-    :class:`~regatt_sdk.engines.Engine` (``.engine``).
+    ``Encoder(model_path, device="auto", max_side=None, threads=None, engine=None,
+    precision="fp32")``; ``device`` is any form :func:`regatt_sdk.engines.parse_device` accepts
+    (``cpu``, ``cuda:1``, ``openvino:GPU``...). ``engine``: ``"onnxruntime"``, ``"openvino"``,
+    ``"auto"`` (the fastest engine that passes its gate here, probed once and cached; ``.choice``
+    says which and why), ``None`` (the device's engine), or any
+    :class:`~regatt_sdk.engines.Engine` object (used as given, ungated). ``precision``:
+    ``"fp32"`` or ``"bf16"`` (OpenVINO on CPUs with BF16; opt-in). A named engine and precision
+    are gated (:mod:`regatt_sdk.engines.gate`) before use and refused with the reason
+    (:class:`ModelError`) when they fail. The encoder keeps the model card, the preprocessing
+    and the batching; the graph runs on ``.engine``.
     ``max_side`` overrides the card's longest side S (default 1024). ``encode(image)`` takes a
     path or a BGR uint8 array ``(H, W, 3)`` and returns float32 ``(D,)``; ``encode(list)``
     returns ``(N, D)`` in input order. ``query_scales`` (e.g. ``(1.5,)`` or ``"1,1.5"``):
@@ -43,12 +50,19 @@ class Encoder:
         max_side: int | None = None,
         threads: int | None = None,
         *,
-        engine: Engine | None = None,
+        engine: str | Engine | None = None,
+        precision: str = "fp32",
         query_scales: ScaleSpec | None = None,
     ):
         self.model_path = Path(model_path)
-        self.engine: Engine = engine if engine is not None else open_engine(self.model_path, device, threads)
         self.card = read_card(self.model_path)
+        self.choice: EngineChoice | None = None
+        self.engine_asked = engine if isinstance(engine, str) else None
+        if engine is None or isinstance(engine, str):
+            name = engine or parse_device(device).engine
+            self.engine, self.choice = select(self.model_path, self.card, device, name, precision, threads)
+        else:
+            self.engine = engine
         self.max_side = int(max_side or self.card.max_side)
         if self.max_side < 16:
             raise ModelError(f"max_side {self.max_side} is too small: use at least 16")

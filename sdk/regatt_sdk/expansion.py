@@ -193,14 +193,17 @@ class DatabaseAugmentation:
 
     def apply(self, queries: np.ndarray, index: VectorIndex) -> tuple[np.ndarray, VectorIndex]:
         """``queries`` unchanged and a new index (same backend) over the augmented database;
-        needs an index that holds its rows as a matrix (``index.database``: exact, FAISS)."""
+        needs an index that gives its rows as a matrix (``index.database``: exact, FAISS, pgvector,
+        which reads its table once)."""
         if self.k <= 0:
             return as_queries(queries), index
         database = getattr(index, "database", None)
         if database is None:
             raise ValueError(f"database-side augmentation needs an in-memory index, not {index.backend}")
-        augmented = augment_database(database, k=self.k, alpha=self.alpha, backend=index.backend)
-        return as_queries(queries), build_index(augmented, index.backend)
+        # a database backend (pgvector) keeps the augmented rows in memory (``memory_backend``)
+        backend = getattr(index, "memory_backend", index.backend)
+        augmented = augment_database(database, k=self.k, alpha=self.alpha, backend=backend)
+        return as_queries(queries), build_index(augmented, backend)
 
 
 def apply_steps(

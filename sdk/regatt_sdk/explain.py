@@ -20,8 +20,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import RegattError
-from .imageio import read_image
 from .preprocess import Box
 
 _BG = (32, 32, 32)
@@ -29,7 +27,6 @@ _TEXT = (235, 235, 235)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _LEGEND = 44
 #: frame colours (BGR) of labelled results
-LABEL_COLOURS = {"correct": (60, 200, 60), "wrong": (50, 50, 230), "junk": (170, 170, 170)}
 
 
 @dataclass(frozen=True)
@@ -63,6 +60,32 @@ def explain(encoder, image: str | Path | np.ndarray, roi: Box | None = None) -> 
         weights=np.asarray(out["weights"], dtype=np.float32).reshape(-1),
         descriptor=np.asarray(out["descriptor"], dtype=np.float32),
     )
+
+
+#: a region counts as inside an object box when at least this share of its area is inside
+INSIDE = 0.5
+
+
+def inside_mask(boxes: np.ndarray, box: Sequence[float], inside: float = INSIDE) -> np.ndarray:
+    """``(R,)`` bool: regions (``boxes (R, 4)`` inclusive x1, y1, x2, y2, as the encoder's explain
+    output) with at least ``inside`` of their area in ``box`` (x1, y1, x2, y2, end-exclusive)."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2] + 1, b[:, 3] + 1
+    ix = np.clip(np.minimum(x2, box[2]) - np.maximum(x1, box[0]), 0, None)
+    iy = np.clip(np.minimum(y2, box[3]) - np.maximum(y1, box[1]), 0, None)
+    area = np.maximum((x2 - x1) * (y2 - y1), 1e-12)
+    return ix * iy / area >= inside
+
+
+def box_share(boxes: np.ndarray, weights: np.ndarray, box: Sequence[float], inside: float = INSIDE) -> tuple[float, float]:
+    """``(attention share, uniform share)`` of the regions inside ``box`` (:func:`inside_mask`):
+    their summed weight over the total, and their count over the number of regions (both 0 when
+    no region is inside). Attention looks at the object when the first is well above the second."""
+    mask = inside_mask(boxes, box, inside)
+    w = np.maximum(np.asarray(weights, dtype=np.float64).reshape(-1), 0.0)
+    total = w.sum()
+    share = float(w[mask].sum() / total) if total > 0 else float(mask.mean())
+    return share, float(mask.mean())
 
 
 def weight_map(shape: tuple[int, int], boxes: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -180,11 +203,13 @@ def _legend(width: int, text: str, colormap: int) -> np.ndarray:
 
 def explanation_figure(
     expl: Explanation, *, top: int = 8, size: int = 400, colormap: int = cv2.COLORMAP_TURBO,
-    title: str = "",
+    title: str = "", box: Sequence[float] | None = None,
 ) -> np.ndarray:  # fmt: skip
     """The figure as BGR uint8 ``(h' + 44, 2 w' + 8, 3)``: regions | heatmap, legend below.
 
-    Both panels show the prepared image scaled so its longer side is ``size`` pixels.
+    Both panels show the prepared image scaled so its longer side is ``size`` pixels. ``box``
+    (x1, y1, x2, y2 end-exclusive, prepared-image pixels): an object box, drawn dashed-white on
+    both panels, with its :func:`box_share` in the legend.
     """
     h, w = expl.image.shape[:2]
     scale = size / max(h, w)
@@ -193,139 +218,18 @@ def explanation_figure(
     boxes = (expl.boxes + 0.5) * scale - 0.5
     left = draw_regions(small, boxes, expl.weights, top=top, colormap=colormap)
     right = draw_heatmap(small, boxes, expl.weights, colormap=colormap)
+    if box is not None:
+        p1 = (int(round(box[0] * scale)), int(round(box[1] * scale)))
+        p2 = (int(round(box[2] * scale)) - 1, int(round(box[3] * scale)) - 1)
+        for panel in (left, right):
+            cv2.rectangle(panel, p1, p2, (255, 255, 255), 2)
     gap = np.full((small.shape[0], 8, 3), _BG, dtype=np.uint8)
     panels = np.hstack([left, gap, right])
     n = expl.weights.size
     shown = min(top, n)
     text = (f"{title + ': ' if title else ''}top {shown} of {n} regions by attention weight "
             f"(share of total); right: mean weight per pixel")  # fmt: skip
+    if box is not None:
+        share, uniform = box_share(expl.boxes, expl.weights, box)
+        text += f"; box: {100 * share:.0f}% of the weight (uniform {100 * uniform:.0f}%)"
     return np.vstack([panels, _legend(panels.shape[1], text, colormap)])
-
-
-def write_png(path: str | Path, image: np.ndarray) -> Path:
-    """Write ``image`` (BGR uint8) as PNG at ``path`` (folders made); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 9])
-    if not ok:
-        raise RegattError(f"{path}: could not encode the picture as PNG")
-    path.write_bytes(buf.tobytes())
-    return path
-
-
-# --------------------------------------------------------------------------- labelled results
-
-
-def frame(image: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
-    """A copy of ``image`` (H, W, 3) with a ``colour`` frame ~4 % of its longer side thick."""
-    out = image.copy()
-    t = max(2, round(max(image.shape[:2]) * 0.04))
-    cv2.rectangle(out, (0, 0), (out.shape[1] - 1, out.shape[0] - 1), colour, t)
-    return out
-
-
-def labelled_grid(
-    query: np.ndarray,
-    results: Sequence[tuple[str, float, np.ndarray | None, str | None]],
-    *,
-    query_label: str = "query",
-    roi: Box | None = None,
-    tile: int = 200,
-    columns: int = 6,
-) -> np.ndarray:
-    """:func:`regatt_sdk.grid.result_grid` with each result ``(name, score, image, label)``
-    framed in :data:`LABEL_COLOURS` and captioned ``LABEL name`` (label ``None``: as is)."""
-    from .grid import result_grid
-
-    shown = []
-    for name, score, image, label in results:
-        if label is not None:
-            if label not in LABEL_COLOURS:
-                raise ValueError(f"unknown label {label!r}: use one of {', '.join(LABEL_COLOURS)}")
-            image = frame(image, LABEL_COLOURS[label]) if image is not None else None
-            name = f"{label.upper()} {name}"
-        shown.append((name, score, image))
-    return result_grid(query, shown, query_label=query_label, roi=roi, tile=tile, columns=columns)
-
-
-def _read_or_none(path: str | Path | None) -> np.ndarray | None:
-    if path is None:
-        return None
-    try:
-        return read_image(path)
-    except RegattError:
-        return None
-
-
-def save_labelled_grid(
-    out: str | Path,
-    query_path: str | Path,
-    results: Sequence[tuple[str, float, str | Path | None, str | None]],
-    *,
-    roi: Box | None = None,
-    query_label: str | None = None,
-    tile: int = 200,
-    columns: int = 6,
-) -> Path:
-    """Read the query and the results' images (``(name, score, path, label)``; unreadable ->
-    blank tile) and write :func:`labelled_grid` as PNG at ``out``."""
-    loaded = [(n, s, _read_or_none(p), lab) for n, s, p, lab in results]
-    grid = labelled_grid(read_image(query_path), loaded, roi=roi, tile=tile, columns=columns,
-                         query_label=query_label or Path(query_path).name)  # fmt: skip
-    return write_png(out, grid)
-
-
-def truth_label(name: str, truth) -> str:
-    """``correct``, ``junk`` or ``wrong`` for a result ``name`` under a
-    :class:`~regatt_sdk.datasets.Truth` (``junk_wins``: a name in both lists is junk)."""
-    pos, junk = name in truth.positives, name in truth.junk
-    if pos and junk:
-        return "junk" if truth.junk_wins else "correct"
-    return "correct" if pos else "junk" if junk else "wrong"
-
-
-def save_eval_grids(
-    out_dir: str | Path,
-    dataset,
-    queries: np.ndarray,
-    database: np.ndarray,
-    *,
-    count: int = 10,
-    top: int = 10,
-    setting: str | None = None,
-    backend: str = "exact",
-) -> list[Path]:
-    """One labelled grid PNG per query (the first ``count``) of a
-    :class:`~regatt_sdk.datasets.Dataset`: the query (its box drawn) and its ``top`` results.
-
-    ``queries`` ``(Q, D)`` and ``database`` ``(N, D)`` are the dataset's descriptors in its order;
-    names the query excludes (e.g. itself) are skipped. Labels use ``setting`` (default:
-    ``medium`` when the dataset has it, else its first). Files: ``OUT/NNN_<query>.png``.
-    """
-    from .expansion import retrieve
-
-    settings = list(dataset.truth)
-    setting = setting or ("medium" if "medium" in settings else settings[0] if settings else None)
-    truths = dataset.truth.get(setting) if setting else None
-    n = min(max(0, count), len(dataset.queries))
-    if n == 0:
-        return []
-    extra = max((len(t.exclude) for t in truths[:n]), default=0) if truths else 0
-    scores, ids = retrieve(queries[:n], database, top=top + extra, backend=backend)
-    written = []
-    for qi in range(n):
-        q = dataset.queries[qi]
-        truth = truths[qi] if truths else None
-        results = []
-        for s, i in zip(scores[qi], ids[qi]):
-            name = dataset.names[int(i)]
-            if truth is not None and name in truth.exclude:
-                continue
-            label = truth_label(name, truth) if truth is not None else None
-            results.append((name, float(s), dataset.paths[int(i)], label))
-            if len(results) == top:
-                break
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in q.name)[:80]
-        out = Path(out_dir) / f"{qi:03d}_{safe}.png"
-        written.append(save_labelled_grid(out, q.path, results, roi=q.box, query_label=q.name))
-    return written

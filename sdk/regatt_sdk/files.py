@@ -64,3 +64,26 @@ def write_text_atomic(out_path: str | os.PathLike, text: str, *, fsync: bool = F
     with atomic_write(out_path, "w", fsync=fsync) as fh:
         fh.write(text)
     return Path(out_path)
+
+
+# -- image files -------------------------------------------------------------------------------
+def image_suffixes() -> frozenset[str]:
+    """File suffixes (lower case, with the dot) of every format :mod:`regatt_sdk.imageio` reads:
+    the one list that folder listings, datasets, calibration and training use."""
+    from .imageio import IMAGE_EXTENSIONS
+
+    return frozenset(f".{e}" for e in IMAGE_EXTENSIONS)
+
+
+def is_image_name(name: str | os.PathLike) -> bool:
+    """True when the file name ends in one of :func:`image_suffixes` (any case)."""
+    return Path(name).suffix.lower() in image_suffixes()
+
+
+def list_images(folder: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
+    """Image files (by suffix) under ``folder``, sorted by path; sub-folders too when
+    ``recursive``. (Streaming, symlink-loop-safe walks for encoding: :mod:`regatt_sdk.sources`.)"""
+    root = Path(folder)
+    suffixes = image_suffixes()
+    found = root.rglob("*") if recursive else root.iterdir()
+    return sorted(p for p in found if p.suffix.lower() in suffixes and p.is_file())

@@ -10,6 +10,7 @@ from .errors import MissingExtraError
 #: import name -> (pip package, what needs it) for the messages
 PACKAGES: dict[str, tuple[str, str]] = {
     "onnxruntime": ("onnxruntime", "running a model"),
+    "openvino": ("openvino", "the OpenVINO engine"),
     "faiss": ("faiss-cpu", "the FAISS search backend"),
     "ray": ("ray[data]", "distributed encoding (--ray)"),
     "matplotlib": ("matplotlib", "plots"),

@@ -8,7 +8,6 @@ file only onnxruntime runs (no torch), and the backbone's share comes from profi
 from __future__ import annotations
 
 import gc
-import importlib
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -98,12 +97,11 @@ def resolve_engines(cfg: BenchConfig, torch_ok: bool, notes: list[str]) -> list[
 
 
 def _torch_side():
-    try:
-        return importlib.import_module("regatt_export.bench_models")
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] in ("torch", "torchvision", "onnx", "regatt_export"):
-            return None
-        raise
+    """The PyTorch model builder registered by the export package (``regatt.providers``
+    entry point ``bench_models``), or None without it or without torch."""
+    from ..plugins import provider
+
+    return provider("bench_models")
 
 
 def load_models(cfg: BenchConfig, workdir: Path, tick: Tick, notes: list[str]) -> Models:

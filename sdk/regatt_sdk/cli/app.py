@@ -12,17 +12,17 @@ import typer
 
 from .. import __version__
 
-#: command modules under ``regatt_sdk.cli``; each defines ``register(app: typer.Typer)``.
+#: command modules under ``regatt_sdk.cli``; each defines ``register(app: typer.Typer)``. Commands
+#: that need PyTorch (export, train, whiten) come from the export package through the
+#: ``regatt.commands`` entry points (:mod:`regatt_sdk.plugins`).
 COMMAND_MODULES: tuple[str, ...] = (
-    "export_cmd",
     "encode_cmd",
     "doctor_cmd",
     "search_cmd",
     "eval_cmd",
     "bench_cmd",
-    "train_cmd",
-    "whiten_cmd",
     "explain_cmd",
+    "serve_cmd",
 )
 
 app = typer.Typer(
@@ -31,6 +31,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # help texts are plain text: with rich markup, "pip install 'regatt[ray]'" lost its "[ray]"
+    rich_markup_mode=None,
 )
 
 
@@ -50,8 +52,12 @@ def _root(
 
 
 def build() -> typer.Typer:
+    from ..plugins import command_registrars
+
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__package__}.{name}").register(app)
+    for _, register in command_registrars():
+        register(app)
     return app
 
 

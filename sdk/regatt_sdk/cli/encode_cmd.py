@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from .engine_opts import engine_kwargs, engine_option, precision_option, say_choice
+
 from ..engines.device import HELP as DEVICE_HELP
 from ..engines.device import parse_device
 from ..imageio import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
@@ -53,6 +55,8 @@ def encode(
         None, "--max-side", min=1, help="Resize the longest side to this (default: the model's)."
     ),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
+    engine: str = engine_option(),
+    precision: str = precision_option(),
     threads: int = typer.Option(None, "--threads", min=1, help="Inference threads (CPU)."),
     chunk_rows: int = typer.Option(256, "--chunk-rows", min=1, help="Rows per store commit."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
@@ -71,6 +75,12 @@ def encode(
     faiss_kind: str = typer.Option(
         "auto", "--faiss-kind", help="auto (by size), flat, hnsw or ivfpq, for --faiss."
     ),
+    db: str = typer.Option(
+        None, "--db", metavar="URL", help="Then copy the store into PostgreSQL + pgvector (postgresql://...): "
+        "only the rows the table lacks, then an HNSW index; with --resume and no sources, only copy. "
+        "Needs pip install 'regatt[postgres]'.",
+    ),  # fmt: skip
+    table: str = typer.Option("regatt", "--table", help="Table name for --db."),
 ) -> None:
     """Encode images into a feature store (crash-safe; resumable with --resume)."""
     sources = list(sources or [])
@@ -79,10 +89,13 @@ def encode(
         from ..ann import check_kind
 
         check_kind(faiss_kind)
-    if faiss and resume and not sources and not list_files:
-        from ..ann import build_store_index, describe
+    if (faiss or db) and resume and not sources and not list_files:
+        if faiss:
+            from ..ann import build_store_index, describe
 
-        typer.echo(describe(build_store_index(output, faiss_kind), output))
+            typer.echo(describe(build_store_index(output, faiss_kind), output))
+        if db:
+            _to_db(output, db, table)
         raise typer.Exit(0)
     if not sources and not list_files:
         raise fail("give at least one image, folder, @LIST or - (stdin), or --list FILE")
@@ -108,8 +121,10 @@ def encode(
             extensions=ext, list_files=list_files,
         )  # fmt: skip
     else:
+        encoder = Encoder(model, device=device, max_side=max_side, threads=threads, **engine_kwargs(engine, precision))
+        say_choice(encoder)
         report = encode_to_store(
-            Encoder(model, device=device, max_side=max_side, threads=threads),
+            encoder,
             sources,
             output,
             resume=resume,
@@ -132,7 +147,18 @@ def encode(
         from ..ann import build_store_index, describe
 
         typer.echo(describe(build_store_index(output, faiss_kind), output))
+    if db:
+        _to_db(output, db, table)
     raise typer.Exit(report.exit_code)
+
+
+def _to_db(store: Path, url: str, table: str) -> None:
+    """Copy ``store`` into ``table`` at ``url`` (idempotent) and say what was done."""
+    from ..index.pgvector import load_store, redact
+
+    r = load_store(store, url, table=table)
+    hnsw = f", HNSW index built in {r['hnsw_s']:.1f} s" if r["hnsw_s"] else ""
+    typer.echo(f"database {redact(url)} table {table}: {r['added']} rows added, {r['rows']} in all{hnsw}")
 
 
 def register(app: typer.Typer) -> None:

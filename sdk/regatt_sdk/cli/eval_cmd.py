@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import typer
 
+from .engine_opts import engine_kwargs, engine_option, precision_option, say_choice
+
 from ..engines.device import HELP as DEVICE_HELP
 from ..errors import RegattError
 from ..scales import format_scales
@@ -193,6 +195,8 @@ def evaluate_cmd(
     ),
     backend: str = typer.Option("exact", "--backend", help="exact (numpy) or faiss."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
+    engine: str = engine_option(),
+    precision: str = precision_option(),
     max_side: int = typer.Option(None, "--max-side", min=1, help="Resize the longest side to this."),
     query_scales: str = typer.Option(
         None, "--query-scales", help="Also score queries described at these multiples of S (summed; both results are reported), e.g. 1.5 or 1,1.5: larger than the database when objects are small in queries."
@@ -219,7 +223,8 @@ def evaluate_cmd(
     from ..encoder import Encoder
 
     extra = {"query_scales": query_scales} if query_scales is not None else {}
-    encoder = Encoder(model, device=device, max_side=max_side, **extra)
+    encoder = Encoder(model, device=device, max_side=max_side, **engine_kwargs(engine, precision), **extra)
+    say_choice(encoder)
     card_hash = str(encoder.card.hash)
     store_path = store or default_store(key, root, card_hash, int(encoder.max_side))
     t0 = time.monotonic()
@@ -243,7 +248,7 @@ def evaluate_cmd(
         typer.echo(f"queries at scales {format_scales(encoder.query_scales)} of S={encoder.max_side}:")
         print_table(key, model, scaled, scaled_qe, label)
     if show is not None:
-        from ..explain import save_eval_grids
+        from ..grid import save_eval_grids
 
         pictures = save_eval_grids(show, ds, queries, db, count=show_count, top=show_top,
                                    backend=backend)  # fmt: skip

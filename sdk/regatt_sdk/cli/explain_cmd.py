@@ -4,6 +4,8 @@ Left panel: the ``--top`` heaviest regions, outlined in a colormap by weight, la
 rank and share of the total weight. Right panel: the summed weights of the regions covering each
 pixel, over the photo. The model must be exported with ``regatt export --explain``. The regions
 and weights are also printed (rank, share, weight, box in the resized image's pixels).
+``--box`` outlines an object box and prints the share of the attention weight on the regions
+mostly (>= half their area) inside it, against the share uniform weights would give.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ def explain_cmd(
     ),  # fmt: skip
     output: Path = typer.Option(..., "--output", "-o", help="PNG to write."),
     roi: str = typer.Option(None, "--roi", help="Crop to x1,y1,x2,y2 (original pixels) first."),
+    object_box: str = typer.Option(
+        None, "--box", help="Object box x1,y1,x2,y2 (original pixels): print the attention share inside it vs uniform.",
+    ),  # fmt: skip
     top: int = typer.Option(8, "--top", "-k", min=0, help="Regions drawn on the left panel."),
     size: int = typer.Option(400, "--size", min=64, help="Longer side of each panel, pixels."),
     max_side: int = typer.Option(None, "--max-side", min=16, help="Resize the longest side to this."),
@@ -34,6 +39,9 @@ def explain_cmd(
     from .search_cmd import parse_roi
 
     box = parse_roi(roi)
+    obj = parse_roi(object_box) if object_box else None
+    if obj is not None and box is not None:
+        raise RegattError("--box is in the original photo's pixels: give it without --roi")
     if model is None:
         raise RegattError("give the model with --model M (or set REGATT_MODEL)")
     if not model.is_file():
@@ -42,11 +50,18 @@ def explain_cmd(
         raise RegattError(f"{image}: image not found")
 
     from ..encoder import Encoder
-    from ..explain import explain, explanation_figure, write_png
+    from ..explain import box_share, explain, explanation_figure
+    from ..grid import write_png
 
     encoder = Encoder(model, device=device, max_side=max_side)
     expl = explain(encoder, image, roi=box)
-    figure = explanation_figure(expl, top=top, size=size, title="/".join(image.parts[-2:]))
+    scaled = None
+    if obj is not None:
+        from ..imageio import read_image
+
+        ratio = max(expl.image.shape[:2]) / max(read_image(image).shape[:2])
+        scaled = tuple(v * ratio for v in obj)
+    figure = explanation_figure(expl, top=top, size=size, title="/".join(image.parts[-2:]), box=scaled)
     out = write_png(output, figure)
     if not quiet:
         shares = expl.shares()
@@ -56,6 +71,11 @@ def explain_cmd(
             x1, y1, x2, y2 = (int(round(v)) for v in expl.boxes[r])
             typer.echo(f"{rank:4d}  {100 * shares[r]:5.1f}%  {expl.weights[r]:.5f}  "
                        f"{x1},{y1},{x2},{y2}")  # fmt: skip
+    if scaled is not None:
+        share, uniform = box_share(expl.boxes, expl.weights, scaled)
+        ratio_text = f", {share / uniform:.2f}x" if uniform > 0 else ""
+        typer.echo(f"box {object_box}: {100 * share:.1f}% of the attention weight on the regions inside "
+                   f"(uniform weights: {100 * uniform:.1f}%{ratio_text})")  # fmt: skip
     typer.echo(f"wrote {out}", err=True)
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import typer
+
+from .engine_opts import engine_kwargs, engine_option, precision_option, say_choice
 
 from ..engines.device import HELP as DEVICE_HELP
 from ..errors import RegattError
@@ -59,8 +62,8 @@ def resolve_image(name: str, images: Path | None) -> Path | None:
 
 def search(
     model: Path = typer.Argument(..., help="Exported .onnx model (the one that made the store)."),
-    store: Path = typer.Argument(..., help="Feature store directory (from 'regatt index')."),
-    query: Path = typer.Argument(..., help="Query image."),
+    store: Path = typer.Argument(..., help="Feature store directory (from 'regatt index'); with --db, the query image."),
+    query: Path = typer.Argument(None, help="Query image.", show_default=False),
     roi: str = typer.Option(None, "--roi", help="Query box x1,y1,x2,y2 in original pixels."),
     top: int = typer.Option(10, "--top", "-k", min=1, help="Number of results to print."),
     qe: int = typer.Option(0, "--qe", min=0, help="Average query expansion over the top K (0: off)."),
@@ -70,6 +73,8 @@ def search(
     ),
     backend: str = typer.Option("exact", "--backend", help="exact (numpy) or faiss."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
+    engine: str = engine_option(),
+    precision: str = precision_option(),
     max_side: int = typer.Option(None, "--max-side", min=1, help="Resize the longest side to this."),
     query_scales: str = typer.Option(
         None, "--query-scales", help="Describe the query at these multiples of S (summed), e.g. 1.5 or 1,1.5: larger than the database when objects are small in queries."
@@ -78,8 +83,21 @@ def search(
         True, "--ann/--no-ann", help="Use the store's FAISS ANN index when it has one (regatt index --faiss)."
     ),
     nprobe: int = typer.Option(None, "--nprobe", min=1, help="Inverted lists visited (IVF ANN index)."),
+    db: str = typer.Option(
+        None, "--db", metavar="URL", help="Search a PostgreSQL table loaded by 'regatt index ... --db URL' "
+        "instead of a store: regatt search MODEL --db URL QUERY (needs pip install 'regatt[postgres]').",
+    ),  # fmt: skip
+    table: str = typer.Option("regatt", "--table", help="Table name in the --db database."),
+    ef_search: int = typer.Option(None, "--ef-search", min=1, help="HNSW candidates per query with --db (default 100)."),
+    dba: int = typer.Option(0, "--dba", min=0, help="Database-side augmentation over K neighbours (0: off)."),
 ) -> None:
-    """Rank the images of a feature store by similarity to a query image."""
+    """Rank the images of a feature store (or a --db table) by similarity to a query image."""
+    if db is not None:
+        if query is not None:
+            raise RegattError("with --db give MODEL and QUERY only: regatt search MODEL --db URL QUERY")
+        store, query = None, store
+    elif query is None:
+        raise RegattError("give MODEL STORE QUERY (or MODEL --db URL QUERY)")
     box = parse_roi(roi)
     if not model.is_file():
         raise RegattError(f"{model}: model file not found")
@@ -93,19 +111,29 @@ def search(
     from ..index.searcher import Searcher
 
     extra = {"query_scales": query_scales} if query_scales is not None else {}
-    encoder = Encoder(model, device=device, max_side=max_side, **extra)
-    st, _, _ = open_store(store, encoder.dim, model)
-    if st.card_hash != str(encoder.card.hash):
-        typer.secho(
-            f"warning: {store} was made with another model card ({st.card_hash}); "
-            "scores may be meaningless", err=True, fg=typer.colors.YELLOW,
-        )
+    encoder = Encoder(model, device=device, max_side=max_side, **engine_kwargs(engine, precision), **extra)
+    say_choice(encoder)
     steps = [QueryExpansion(k=qe)] if qe > 0 else []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeWarning)
-        searcher = Searcher.for_store(store, encoder, backend=backend, ann=ann, nprobe=nprobe, steps=steps)
-    for w in caught:
-        typer.secho(f"warning: {w.message}", err=True, fg=typer.colors.YELLOW)
+    if db is not None:
+        searcher = Searcher.for_db(db, encoder, table=table, ef_search=ef_search)
+    else:
+        st, _, _ = open_store(store, encoder.dim, model)
+        if st.card_hash != str(encoder.card.hash):
+            typer.secho(
+                f"warning: {store} was made with another model card ({st.card_hash}); "
+                "scores may be meaningless", err=True, fg=typer.colors.YELLOW,
+            )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            searcher = Searcher.for_store(store, encoder, backend=backend, ann=ann, nprobe=nprobe)
+        for w in caught:
+            typer.secho(f"warning: {w.message}", err=True, fg=typer.colors.YELLOW)
+    index = searcher.index
+    if dba > 0:
+        from ..expansion import DatabaseAugmentation
+
+        _, index = DatabaseAugmentation(k=dba).apply(np.zeros((1, encoder.dim), np.float32), index)
+    searcher = Searcher(index, searcher.names, encoder, steps=steps)
     hits = searcher.search(query, roi=box, top=top)
     results = [(h.name, h.score) for h in hits]
     for h in hits:

@@ -2,8 +2,10 @@
 save/load, size, dim) and the :class:`~.searcher.Searcher` (encoder + index + query expansion)
 that ``regatt search``, ``regatt eval`` and other front ends share.
 
-Backends: ``exact`` (:class:`~.exact.ExactIndex`, chunked numpy over a memmap) and ``faiss``
-(:class:`~.faiss_index.FaissIndex`: flat, HNSW or IVF-PQ). A new backend (e.g. a database) is a
+Backends: ``exact`` (:class:`~.exact.ExactIndex`, chunked numpy over a memmap), ``faiss``
+(:class:`~.faiss_index.FaissIndex`: flat, HNSW or IVF-PQ) and ``pgvector``
+(:class:`~.pgvector.PgVectorIndex`: a PostgreSQL table with an HNSW index; options ``url``,
+``table``, ``card_hash``). A new backend (e.g. a database) is a
 class with the :class:`VectorIndex` methods, added with :func:`register_backend`.
 """
 
@@ -39,12 +41,23 @@ def _faiss(database: np.ndarray, **options: Any) -> VectorIndex:
     return FaissIndex.build(database, options.pop("kind", "flat"), **options)
 
 
+def _pgvector(database: np.ndarray, **options: Any) -> VectorIndex:
+    from .pgvector import PgVectorIndex
+
+    options.pop("chunk_rows", None)
+    url, table = options.pop("url"), options.pop("table", "regatt")
+    index = PgVectorIndex.create(url, database.shape[1], options.pop("card_hash", ""), table, **options)
+    index.add(np.asarray(database, dtype=np.float32))
+    index.build_hnsw()
+    return index
+
+
 def _exact(database: np.ndarray, **options: Any) -> VectorIndex:
     return ExactIndex(database, **options)
 
 
 #: backend name -> ``builder(database (N, D), **options) -> VectorIndex``
-_BUILDERS: dict[str, Callable[..., VectorIndex]] = {"exact": _exact, "faiss": _faiss}
+_BUILDERS: dict[str, Callable[..., VectorIndex]] = {"exact": _exact, "faiss": _faiss, "pgvector": _pgvector}
 BACKENDS = tuple(_BUILDERS)
 
 
@@ -59,7 +72,8 @@ def build_index(
     database: np.ndarray, backend: str = "exact", *, chunk_rows: int = DEFAULT_CHUNK_ROWS, **options: Any
 ) -> VectorIndex:
     """An index over ``database`` (N, D): ``backend`` ``"exact"`` or ``"faiss"`` (options for
-    FAISS: ``kind="flat"|"hnsw"|"ivfpq"|"auto"``, ``nlist``, ``pq_bytes``, ``nprobe``...)."""
+    FAISS: ``kind="flat"|"hnsw"|"ivfpq"|"auto"``, ``nlist``, ``pq_bytes``, ``nprobe``...; for
+    ``"pgvector"``: ``url``, ``table``, ``card_hash``, ``ef_search``)."""
     builder = _BUILDERS.get(backend)
     if builder is None:
         raise RegattError(f"unknown search backend '{backend}': use one of {', '.join(_BUILDERS)}")

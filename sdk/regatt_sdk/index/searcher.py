@@ -81,6 +81,30 @@ class Searcher:
             index = build_index(st.vectors, backend)
         return cls(index, st.names, encoder, steps=steps)
 
+    @classmethod
+    def for_db(
+        cls,
+        url: str,
+        encoder: Any = None,
+        *,
+        table: str = "regatt",
+        ef_search: int | None = None,
+        steps: Sequence[Any] = (),
+    ) -> "Searcher":
+        """A searcher over a pgvector table (:class:`~regatt_sdk.index.pgvector.PgVectorIndex`)
+        loaded by ``regatt index ... --db URL``; refuses a table made by another model than
+        ``encoder``'s."""
+        from .pgvector import DEFAULT_EF_SEARCH, DatabaseError, PgVectorIndex, redact
+
+        index = PgVectorIndex(url, table, ef_search=ef_search or DEFAULT_EF_SEARCH)
+        if encoder is not None and index.card_hash != str(encoder.card.hash):
+            index.close()
+            raise DatabaseError(
+                f"table {table} at {redact(url)} was filled by another model (card {index.card_hash}), "
+                f"not {encoder.model_path} (card {encoder.card.hash}): search with the model that made it"
+            )
+        return cls(index, index.names(), encoder, steps=steps)
+
     def search_vectors(self, queries: np.ndarray, top: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(scores (Q, k), rows (Q, k))`` for query descriptors (Q, D) (or one (D,)) after the
         steps; ``k = top`` or every row (a full ranking) when ``top`` is None."""

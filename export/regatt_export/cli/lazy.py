@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import MissingExtraError
+from regatt_sdk.errors import MissingExtraError
 
 
 def export_side(module: str, what: str):

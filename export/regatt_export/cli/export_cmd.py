@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from ..errors import RegattError
-from ..scales import check_aggregation, format_scales, parse_scales
+from regatt_sdk.errors import RegattError
+from regatt_sdk.scales import check_aggregation, format_scales, parse_scales
 from .lazy import export_side
 
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import RegattError
+from regatt_sdk.errors import RegattError
 from .lazy import export_side
 from .train_cmd import _Bar, _default_cache
 

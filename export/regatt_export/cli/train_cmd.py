@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import RegattError
+from regatt_sdk.errors import RegattError
 from .lazy import export_side
 
 

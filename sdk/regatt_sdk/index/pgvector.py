@@ -1,0 +1,385 @@
+"""PostgreSQL + pgvector as a vector index (``pip install 'regatt[postgres]'``).
+
+Layout in the database, for a table name ``T`` (default ``regatt``)::
+
+    T_meta  (key text primary key, value text)   card_hash, dim, model, format
+    T       (row bigint primary key, name text unique not null, embedding vector(D))
+
+``row`` is the feature store's row number (0 .. N-1, the order added), so a search answers the
+same row ids as every other :class:`~regatt_sdk.index.VectorIndex`. Vectors are stored in full
+float32 (``vector`` holds up to 16,000 dimensions). The HNSW index (inner product) is built on
+``embedding`` itself when ``D <= 2000`` (pgvector's limit for indexing ``vector``) and on the
+expression ``embedding::halfvec(D)`` above (``halfvec`` indexes up to 4,000 dimensions); either
+way the candidates it returns are re-scored with the stored float32 vectors, so scores are the
+exact inner products.
+
+Loading (:func:`load_store`) copies a feature store with ``COPY ... FROM STDIN (FORMAT BINARY)``
+in batches, one transaction each: a killed load leaves whole batches, and a re-run adds only the
+rows the table lacks (rows already there are checked against the store by name). The model card
+hash is recorded in ``T_meta``; a store made by another model is refused.
+
+Shapes: queries ``(Q, D)`` float32; results ``(scores (Q, k) float32, rows (Q, k) int64)``, best
+first, ``-1`` rows (score ``-inf``) when fewer than ``k`` were found.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import RegattError
+from ..optional import require
+from .exact import as_queries
+
+#: pgvector indexes ``vector`` up to this many dimensions; above, the index is on ``halfvec``
+MAX_VECTOR_INDEX_DIM = 2000
+#: pgvector indexes ``halfvec`` up to this many dimensions
+MAX_HALFVEC_INDEX_DIM = 4000
+#: rows per COPY transaction when loading
+DEFAULT_BATCH_ROWS = 5000
+#: HNSW candidates visited per query (``hnsw.ef_search``); raised to ``k`` when ``k`` is larger
+DEFAULT_EF_SEARCH = 100
+DB_FORMAT = "1"
+_TABLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+
+
+class DatabaseError(RegattError):
+    """The database cannot be reached, or holds a table that does not match."""
+
+
+def import_psycopg():
+    """``psycopg`` (with pgvector's adapters importable) or a ``MissingExtraError`` naming ``regatt[postgres]``."""
+    psycopg = require("psycopg", extra="postgres", package="psycopg[binary]", what="PostgreSQL search (--db)")
+    require("pgvector.psycopg", extra="postgres", package="pgvector", what="PostgreSQL search (--db)")
+    return psycopg
+
+
+def check_table(name: str) -> str:
+    """``name`` if it is a plain lower-case SQL identifier (it is put into SQL text), else an error."""
+    if not _TABLE_RE.match(name):
+        raise DatabaseError(f"table name {name!r}: use lower-case letters, digits and _ (at most 41)")
+    return name
+
+
+def index_type(dim: int) -> str:
+    """``vector`` for ``dim <= 2000``, ``halfvec`` up to 4000; above, :class:`DatabaseError`."""
+    if dim <= MAX_VECTOR_INDEX_DIM:
+        return "vector"
+    if dim <= MAX_HALFVEC_INDEX_DIM:
+        return "halfvec"
+    raise DatabaseError(f"pgvector cannot index {dim}-d vectors (at most {MAX_HALFVEC_INDEX_DIM})")
+
+
+def connect(url: str):
+    """An autocommit psycopg connection to ``url`` with pgvector's types registered."""
+    psycopg = import_psycopg()
+    from pgvector.psycopg import register_vector
+
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise DatabaseError(f"cannot connect to {redact(url)}: {str(exc).strip().splitlines()[0]}") from None
+    try:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except psycopg.Error as exc:
+        conn.close()
+        raise DatabaseError(
+            f"{redact(url)}: the pgvector extension is not available ({str(exc).strip().splitlines()[0]}); "
+            "install pgvector on the server"
+        ) from None
+    register_vector(conn)
+    return conn
+
+
+def _array(value: Any) -> np.ndarray:
+    """A fetched ``vector`` value (pgvector's ``Vector`` or a sequence) as (D,) float32."""
+    value = value.to_numpy() if hasattr(value, "to_numpy") else value
+    return np.asarray(value, dtype=np.float32)
+
+
+def redact(url: str) -> str:
+    """``url`` without its password."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+class PgVectorIndex:
+    """A pgvector table as a :class:`~regatt_sdk.index.VectorIndex` (see the module docstring).
+
+    ``PgVectorIndex(url, table="regatt", ef_search=100, exact=False)`` opens an existing table;
+    :meth:`create` makes one. ``exact=True`` searches with a sequential scan (no HNSW), for
+    recall checks. Thread-safe: one connection, calls serialised by a lock.
+    """
+
+    backend = "pgvector"
+    #: query-side steps that need a matrix (database augmentation) build this backend in memory
+    memory_backend = "exact"
+
+    def __init__(self, url: str, table: str = "regatt", *, ef_search: int = DEFAULT_EF_SEARCH, exact: bool = False):
+        self.url = url
+        self.table = check_table(table)
+        self.ef_search = int(ef_search)
+        self.exact = exact
+        self._lock = threading.Lock()
+        self.conn = connect(url)
+        meta = read_meta(self.conn, self.table)
+        if meta is None:
+            self.conn.close()
+            raise DatabaseError(
+                f"{redact(url)} has no regatt table '{self.table}': load a store into it with  "
+                f"regatt index MODEL --resume -o STORE --db URL"
+            )
+        self.meta = meta
+        self._dim = int(meta["dim"])
+        self.kind = index_type(self._dim)
+
+    @classmethod
+    def create(cls, url: str, dim: int, card_hash: str, table: str = "regatt", model: str = "", **kw: Any) -> "PgVectorIndex":
+        """Make (or reuse, when it is for the same model) the tables for ``dim``-d vectors."""
+        conn = connect(url)
+        try:
+            ensure_tables(conn, check_table(table), dim, card_hash, model)
+        finally:
+            conn.close()
+        return cls(url, table, **kw)
+
+    # -- the VectorIndex interface --------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        with self._lock:
+            return int(self.conn.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0])
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def card_hash(self) -> str:
+        return str(self.meta.get("card_hash", ""))
+
+    def names(self) -> list[str]:
+        """The name of every row, in row order (row ``i`` -> ``names()[i]``)."""
+        with self._lock:
+            rows = self.conn.execute(f"SELECT row, name FROM {self.table} ORDER BY row").fetchall()
+        for i, (row, _) in enumerate(rows):
+            if row != i:
+                raise DatabaseError(f"table {self.table} has a gap at row {i}: reload it from its store")
+        return [name for _, name in rows]
+
+    def add(self, vectors: np.ndarray, names: Sequence[str] | None = None) -> None:
+        """Append ``vectors`` (M, D) as rows ``N .. N+M-1`` (named ``names``, default ``row<i>``)."""
+        v = as_queries(vectors)
+        if v.shape[1] != self.dim:
+            raise DatabaseError(f"cannot add {v.shape[1]}-d vectors to a table of {self.dim}-d ones")
+        start = self.size
+        names = list(names) if names is not None else [f"row{start + i}" for i in range(v.shape[0])]
+        with self._lock:
+            copy_rows(self.conn, self.table, start, names, v)
+
+    def _search_one(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.exact:
+            sql = f"SELECT row, embedding <#> %s AS d FROM {self.table} ORDER BY d LIMIT %s"
+            params: tuple = (q, k)
+        else:
+            if self.kind == "halfvec":
+                from pgvector import HalfVector
+
+                order, qq = f"embedding::halfvec({self.dim}) <#> %s", HalfVector(q)
+            else:
+                order, qq = "embedding <#> %s", q
+            # HNSW finds candidates; the stored float32 vectors give the exact scores
+            sql = (
+                f"SELECT row, embedding <#> %s AS d FROM (SELECT row, embedding FROM {self.table} "
+                f"ORDER BY {order} LIMIT %s) c ORDER BY d, row"
+            )
+            params = (q, qq, k)
+        with self.conn.transaction():
+            if self.exact:
+                self.conn.execute("SET LOCAL enable_indexscan = off")
+            else:
+                self.conn.execute(f"SET LOCAL hnsw.ef_search = {max(self.ef_search, k)}")
+            rows = self.conn.execute(sql, params).fetchall()
+        ids = np.full(k, -1, dtype=np.int64)
+        scores = np.full(k, -np.inf, dtype=np.float32)
+        for j, (row, d) in enumerate(rows):
+            ids[j], scores[j] = row, -d
+        return scores, ids
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` by inner product: ``(scores (Q, k), rows (Q, k))`` (HNSW unless ``exact``)."""
+        q = as_queries(queries)
+        if q.shape[1] != self.dim:
+            raise RegattError(
+                f"table {self.table} holds {self.dim}-d descriptors but the queries are {q.shape[1]}-d: "
+                "use the model that filled it"
+            )
+        k = int(k)
+        if k <= 0:
+            raise ValueError(f"k must be at least 1, got {k}")
+        with self._lock:
+            out = [self._search_one(row, k) for row in q]
+        return np.stack([s for s, _ in out]), np.stack([i for _, i in out])
+
+    def rank(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every row ranked (an exact scan): ``(scores (Q, N), rows (Q, N))``."""
+        exact, self.exact = self.exact, True
+        try:
+            return self.search(queries, max(self.size, 1))
+        finally:
+            self.exact = exact
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Stored rows ``ids`` (K,) -> (K, D) float32 (in the order of ``ids``)."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        with self._lock:
+            got = dict(
+                self.conn.execute(
+                    f"SELECT row, embedding FROM {self.table} WHERE row = ANY(%s)", (ids.tolist(),)
+                ).fetchall()
+            )
+        missing = [int(i) for i in ids if int(i) not in got]
+        if missing:
+            raise DatabaseError(f"table {self.table} has no row {missing[0]}")
+        return np.stack([_array(got[int(i)]) for i in ids])
+
+    @property
+    def database(self) -> np.ndarray:
+        """Every stored vector (N, D) float32, in row order (read once, for database augmentation)."""
+        with self._lock:
+            rows = self.conn.execute(f"SELECT embedding FROM {self.table} ORDER BY row").fetchall()
+        return np.stack([_array(r[0]) for r in rows]) if rows else np.zeros((0, self.dim), np.float32)
+
+    def save(self, path: str | os.PathLike):
+        """The table lives in the database: nothing to write (``path`` is not used)."""
+        raise RegattError("a pgvector index lives in its database: there is no file to save")
+
+    @classmethod
+    def load(cls, url: str, table: str = "regatt", **kw: Any) -> "PgVectorIndex":
+        return cls(url, table, **kw)
+
+    def build_hnsw(self, *, m: int = 16, ef_construction: int = 64) -> float:
+        """Create the HNSW index if missing; returns the seconds it took (0 when it existed)."""
+        with self._lock:
+            return build_hnsw(self.conn, self.table, self.dim, m=m, ef_construction=ef_construction)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __repr__(self) -> str:
+        return f"PgVectorIndex({redact(self.url)!r}, table={self.table!r}, dim={self.dim}, index={self.kind})"
+
+
+# -- schema and loading (pure functions over a connection) -------------------------------------
+
+
+def read_meta(conn, table: str) -> dict[str, str] | None:
+    """The ``T_meta`` key/values, or None when the table does not exist."""
+    exists = conn.execute("SELECT to_regclass(%s)", (f"{table}_meta",)).fetchone()[0]
+    if exists is None:
+        return None
+    return dict(conn.execute(f"SELECT key, value FROM {table}_meta").fetchall())
+
+
+def ensure_tables(conn, table: str, dim: int, card_hash: str, model: str = "") -> dict[str, str]:
+    """Create ``T`` and ``T_meta`` for one model, or check the existing ones belong to it."""
+    index_type(dim)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+        meta = read_meta(conn, table)
+        if meta is None:
+            conn.execute(f"CREATE TABLE {table}_meta (key text PRIMARY KEY, value text NOT NULL)")
+            conn.execute(
+                f"CREATE TABLE {table} (row bigint PRIMARY KEY, name text UNIQUE NOT NULL, "
+                f"embedding vector({int(dim)}) NOT NULL)"
+            )
+            meta = {"format": DB_FORMAT, "card_hash": str(card_hash), "dim": str(int(dim)), "model": model}
+            with conn.cursor() as cur:
+                cur.executemany(f"INSERT INTO {table}_meta VALUES (%s, %s)", list(meta.items()))
+            return meta
+    if meta.get("card_hash") != str(card_hash) or int(meta.get("dim", -1)) != int(dim):
+        raise DatabaseError(
+            f"table {table} holds vectors of another model (card {meta.get('card_hash')}, dim "
+            f"{meta.get('dim')}), not this one (card {card_hash}, dim {dim}): use another --table "
+            "or another database"
+        )
+    return meta
+
+
+def copy_rows(conn, table: str, start: int, names: Sequence[str], vectors: np.ndarray) -> None:
+    """Rows ``start ..`` of ``names`` / ``vectors`` (M, D) in one ``COPY (FORMAT BINARY)`` transaction."""
+    with conn.transaction():
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY {table} (row, name, embedding) FROM STDIN WITH (FORMAT BINARY)") as cp:
+                cp.set_types(["int8", "text", "vector"])
+                for i, (name, vec) in enumerate(zip(names, vectors)):
+                    cp.write_row((start + i, name, vec))
+
+
+def build_hnsw(conn, table: str, dim: int, *, m: int = 16, ef_construction: int = 64) -> float:
+    """``CREATE INDEX IF NOT EXISTS T_hnsw`` (inner product; on ``halfvec`` above 2000-d); seconds."""
+    if conn.execute("SELECT to_regclass(%s)", (f"{table}_hnsw",)).fetchone()[0] is not None:
+        return 0.0
+    kind = index_type(dim)
+    column = "embedding vector_ip_ops" if kind == "vector" else f"(embedding::halfvec({dim})) halfvec_ip_ops"
+    t = time.perf_counter()
+    conn.execute("SET maintenance_work_mem = '1GB'")
+    conn.execute(
+        f"CREATE INDEX IF NOT EXISTS {table}_hnsw ON {table} USING hnsw ({column}) "
+        f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)})"
+    )
+    return time.perf_counter() - t
+
+
+def load_store(
+    store_path: str | os.PathLike,
+    url: str,
+    *,
+    table: str = "regatt",
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    hnsw: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Copy the feature store at ``store_path`` into ``table`` at ``url``, idempotently.
+
+    Adds only the store rows the table lacks (``COPY`` in transactions of ``batch_rows``), after
+    checking the model card hash and that the rows already there carry the store's names; then
+    builds the HNSW index (when ``hnsw``). Returns ``{"rows", "added", "seconds", "hnsw_s"}``.
+    """
+    from ..store import FeatureStore
+
+    store = FeatureStore.open(store_path)
+    if store.count == 0:
+        raise DatabaseError(f"feature store {store_path} is empty: nothing to load")
+    names, vectors = store.names, store.vectors
+    conn = connect(url)
+    t0 = time.perf_counter()
+    try:
+        ensure_tables(conn, check_table(table), store.dim, store.card_hash, model=str(store.manifest.get("model", "")))
+        have = int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        if have > store.count:
+            raise DatabaseError(
+                f"table {table} has {have} rows but {store_path} only {store.count}: it was loaded from "
+                "another store; use another --table"
+            )
+        if have:
+            last = conn.execute(f"SELECT row, name FROM {table} ORDER BY row DESC LIMIT 1").fetchone()
+            if last[0] != have - 1 or last[1] != names[have - 1]:
+                raise DatabaseError(
+                    f"table {table} does not hold the first {have} rows of {store_path} (row {last[0]} is "
+                    f"{last[1]!r}): it was loaded from another store; use another --table"
+                )
+        for start in range(have, store.count, batch_rows):
+            stop = min(start + batch_rows, store.count)
+            copy_rows(conn, table, start, names[start:stop], np.asarray(vectors[start:stop], dtype=np.float32))
+            if progress is not None:
+                progress(stop, store.count)
+        hnsw_s = build_hnsw(conn, table, store.dim) if hnsw else 0.0
+        conn.execute(f"ANALYZE {table}")
+    finally:
+        conn.close()
+    return {"rows": store.count, "added": store.count - have, "seconds": time.perf_counter() - t0, "hnsw_s": hnsw_s}

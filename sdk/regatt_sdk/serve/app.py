@@ -1,0 +1,380 @@
+"""The HTTP application of ``regatt serve`` (FastAPI; ``pip install 'regatt[serve]'``).
+
+Endpoints: ``POST /v1/encode`` and ``POST /v1/search`` (image bytes as the raw body or a
+multipart ``image`` field; ``roi``, ``top``, ``qe`` as query parameters or form fields),
+``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (Prometheus text), ``/openapi.json``.
+
+A request's path: the body is read up to ``max_bytes`` (413 past it), a place in the bounded
+queue is taken (503 + ``Retry-After`` when full), the image is decoded and prepared in a worker
+thread (the header checks of :mod:`regatt_sdk.imageio` first: 422 with the reason for a
+non-image, truncated file, bomb or pixel limit), then the :class:`~.batcher.MicroBatcher` runs
+it with other same-size images; the whole wait is bounded by ``timeout_s`` (503 past it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.requests import Request as StarletteRequest
+
+from ..errors import ImageError, RegattError
+from ..imageio import DEFAULT_MAX_PIXELS, decode_image
+from ..preprocess import prepare
+from .batcher import MicroBatcher, QueueFull
+from .metrics import Metrics, resident_bytes
+
+#: default upload limit (bytes)
+DEFAULT_MAX_BYTES = 32 * 2**20
+#: the largest ``top`` a search may ask for
+MAX_TOP = 1000
+_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "roi": {"type": "string", "description": "x1,y1,x2,y2 in original pixels"},
+                        "top": {"type": "integer"},
+                        "qe": {"type": "integer"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``regatt serve`` runs: the model, an optional store / database, and the limits."""
+
+    model: Path
+    store: Path | None = None
+    db: str | None = None
+    table: str = "regatt"
+    device: str = "auto"
+    max_side: int | None = None
+    threads: int | None = None
+    max_batch: int = 8
+    window_ms: float = 5.0
+    max_queue: int = 64
+    timeout_s: float = 30.0
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    decode_workers: int = 2
+    dba: int = 0
+    ann: bool = True
+    ef_search: int | None = None
+    retry_after_s: int = 1
+
+
+class ApiError(Exception):
+    """An HTTP error answer: ``status``, a one-line ``message``, extra ``headers``."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def parse_roi(text: str | None) -> tuple[float, float, float, float] | None:
+    """``"x1,y1,x2,y2"`` -> a box, else :class:`ApiError` 422."""
+    if text is None or text == "":
+        return None
+    parts = [p for p in str(text).replace(" ", ",").split(",") if p]
+    try:
+        x1, y1, x2, y2 = (float(p) for p in parts)
+    except ValueError:
+        raise ApiError(422, f"roi {text!r}: expected four numbers x1,y1,x2,y2 in original pixels") from None
+    if not (x2 > x1 and y2 > y1):
+        raise ApiError(422, f"roi {text!r}: need x1 < x2 and y1 < y2")
+    return (x1, y1, x2, y2)
+
+
+def parse_int(text: Any, name: str, default: int, low: int, high: int) -> int:
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise ApiError(422, f"{name} {text!r}: expected an integer") from None
+    if not low <= value <= high:
+        raise ApiError(422, f"{name} {value}: expected {low} .. {high}")
+    return value
+
+
+def decode_and_prepare(data: bytes, max_side: int, roi, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Upload bytes -> (prepared BGR uint8 (h, w, 3), original (width, height)); 422 on bad input."""
+    try:
+        bgr = decode_image(data, "upload", max_pixels=max_pixels)
+        return prepare(bgr, max_side, roi), (int(bgr.shape[1]), int(bgr.shape[0]))
+    except ImageError as exc:
+        raise ApiError(422, f"not a usable image: {exc.reason}") from None
+    except ValueError as exc:
+        raise ApiError(422, f"cannot use this image: {exc}") from None
+
+
+class Service:
+    """The loaded model, the searcher, the batcher and the metrics of one server."""
+
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self.metrics = Metrics()
+        self.ready = False
+        self.encoder: Any = None
+        self.searcher: Any = None
+        self.batcher: MicroBatcher | None = None
+        self.golden_diff: float | None = None
+        self.decode_pool = ThreadPoolExecutor(max(1, config.decode_workers), thread_name_prefix="regatt-decode")
+        self.search_pool = ThreadPoolExecutor(1, thread_name_prefix="regatt-search")
+
+    def load(self) -> None:
+        """Open the model (golden check), the store or database, and apply DBA once."""
+        from ..encoder import Encoder
+        from ..index.searcher import Searcher
+
+        c = self.config
+        self.encoder = Encoder(c.model, device=c.device, max_side=c.max_side, threads=c.threads)
+        self.golden_diff = self.encoder.verify()
+        if c.store is not None:
+            from ..store import FeatureStore
+
+            st = FeatureStore.open(c.store)
+            if st.count == 0:
+                raise RegattError(f"feature store {c.store} is empty")
+            if st.card_hash != str(self.encoder.card.hash):
+                raise RegattError(f"{c.store} was made with another model card ({st.card_hash}): serve the model that made it")
+            self.searcher = Searcher.for_store(c.store, self.encoder, ann=c.ann)
+        elif c.db is not None:
+            self.searcher = Searcher.for_db(c.db, self.encoder, table=c.table, ef_search=c.ef_search)
+        if self.searcher is not None and c.dba > 0:
+            from ..expansion import DatabaseAugmentation
+
+            _, index = DatabaseAugmentation(k=c.dba).apply(np.zeros((1, self.encoder.dim), np.float32), self.searcher.index)
+            self.searcher = Searcher(index, self.searcher.names, self.encoder)
+        self.metrics.gauge("regatt_queue_depth", "Images admitted and not yet answered.", lambda: self.batcher.depth if self.batcher else 0)
+        self.metrics.gauge("regatt_process_resident_bytes", "Resident memory of the server process.", resident_bytes)
+        self.metrics.gauge("regatt_ready", "1 when the model is loaded and its golden check passed.", lambda: float(self.ready))
+
+    async def start(self) -> None:
+        c = self.config
+        self.batcher = MicroBatcher(
+            self.encoder.encode_prepared, max_batch=c.max_batch, window_s=c.window_ms / 1000.0,
+            max_queue=c.max_queue, on_batch=self.metrics.batch,
+        )  # fmt: skip
+        self.batcher.start()
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self.batcher is not None:
+            await self.batcher.stop()
+        self.decode_pool.shutdown(wait=True)
+        self.search_pool.shutdown(wait=True)
+        close = getattr(getattr(self.searcher, "index", None), "close", None)
+        if close is not None:
+            close()
+
+    async def describe(self, data: bytes, roi) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        """``(descriptor (D,), original (w, h), used (w, h))`` of one upload, through the queue."""
+        assert self.batcher is not None
+        try:
+            self.batcher.admit()
+        except QueueFull as exc:
+            raise ApiError(503, f"server busy: {exc}; retry later", {"Retry-After": str(self.config.retry_after_s)}) from None
+        c = self.config
+
+        async def work():
+            loop = asyncio.get_running_loop()
+            prepared, size = await loop.run_in_executor(
+                self.decode_pool, decode_and_prepare, data, self.encoder.max_side, roi, c.max_pixels
+            )
+            vec = await self.batcher.encode(prepared)
+            return vec, size, (int(prepared.shape[1]), int(prepared.shape[0]))
+
+        try:
+            return await asyncio.wait_for(work(), c.timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(
+                503, f"timed out after {c.timeout_s:g} s waiting for the encoder; retry later",
+                {"Retry-After": str(c.retry_after_s)},
+            ) from None  # fmt: skip
+        finally:
+            self.batcher.release()
+
+    def search(self, vec: np.ndarray, top: int, qe: int) -> list[dict[str, Any]]:
+        from ..expansion import QueryExpansion
+        from ..index.searcher import Searcher
+
+        s = self.searcher
+        searcher = Searcher(s.index, s.names, steps=[QueryExpansion(k=qe)] if qe > 0 else [])
+        scores, rows = searcher.search_vectors(vec, top)
+        return [{"rank": h.rank, "name": h.name, "score": h.score, "row": h.row} for h in searcher.hits(scores[0], rows[0])]
+
+
+async def read_body(receive, headers: dict[str, str], max_bytes: int) -> bytes:
+    """The request body, refused with 413 from ``Content-Length`` or once it grows past ``max_bytes``."""
+    length = headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise ApiError(413, f"upload of {int(length)} bytes is over the limit of {max_bytes} bytes (--max-bytes)")
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ApiError(400, "client disconnected")
+        chunk = message.get("body", b"")
+        total += len(chunk)
+        if total > max_bytes:
+            raise ApiError(413, f"upload is over the limit of {max_bytes} bytes (--max-bytes)")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def create_app(config: ServeConfig, service: Service | None = None):
+    """The FastAPI application for ``config`` (the model loads in the lifespan, before serving)."""
+    from .. import __version__
+
+    svc = service or Service(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await asyncio.get_running_loop().run_in_executor(None, svc.load)
+        await svc.start()
+        yield
+        await svc.stop()
+
+    app = FastAPI(
+        title="regatt", version=__version__, lifespan=lifespan,
+        description="Image descriptors (Kim & Yoon, BMVC 2018) and similarity search over HTTP.",
+    )  # fmt: skip
+    app.state.service = svc
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        return JSONResponse({"error": exc.message, "status": exc.status}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, exc: Exception):
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}", "status": 500}, status_code=500)
+
+    @app.middleware("http")
+    async def _measure(request, call_next):
+        t = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "other")
+        svc.metrics.request(endpoint, response.status_code, time.perf_counter() - t)
+        return response
+
+    async def upload(request: Request) -> tuple[bytes, dict[str, Any]]:
+        """``(image bytes, fields)`` from a raw or multipart body; query parameters are fields too."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
+        body = await read_body(request.receive, headers, config.max_bytes)
+        fields: dict[str, Any] = dict(request.query_params)
+        if headers.get("content-type", "").startswith("multipart/form-data"):
+            sent = False
+
+            async def replay():
+                nonlocal sent
+                if sent:
+                    return {"type": "http.disconnect"}
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            try:
+                form = await StarletteRequest(request.scope, replay).form(max_part_size=config.max_bytes)
+            except Exception as exc:  # noqa: BLE001 - malformed multipart is the client's error
+                raise ApiError(422, f"malformed multipart body: {exc}") from None
+            image = form.get("image")
+            if image is None or isinstance(image, str):
+                raise ApiError(422, "multipart upload without an 'image' file field")
+            data = await image.read()
+            fields.update({k: v for k, v in form.items() if isinstance(v, str)})
+        else:
+            data = body
+        if not data:
+            raise ApiError(422, "empty upload: send the image bytes as the body or a multipart 'image' field")
+        return data, fields
+
+    @app.post("/v1/encode", openapi_extra=_IMAGE_BODY, summary="Descriptor of one image")
+    async def encode(request: Request):
+        """The image's descriptor (JSON floats, or raw little-endian float32 with
+        ``Accept: application/octet-stream``), the model card hash and the image sizes."""
+        data, fields = await upload(request)
+        vec, size, used = await svc.describe(data, parse_roi(fields.get("roi")))
+        card = str(svc.encoder.card.hash)
+        if "application/octet-stream" in request.headers.get("accept", ""):
+            return Response(
+                np.ascontiguousarray(vec, dtype="<f4").tobytes(), media_type="application/octet-stream",
+                headers={"X-Regatt-Card-Hash": card, "X-Regatt-Dim": str(vec.shape[0]),
+                         "X-Regatt-Image-Size": f"{size[0]}x{size[1]}", "X-Regatt-Used-Size": f"{used[0]}x{used[1]}"},
+            )  # fmt: skip
+        return {"descriptor": vec.tolist(), "dim": int(vec.shape[0]), "card_hash": card,
+                "image_size": list(size), "used_size": list(used)}  # fmt: skip
+
+    @app.post("/v1/search", openapi_extra=_IMAGE_BODY, summary="Top-k matches of one image")
+    async def search(request: Request):
+        """Top ``top`` (default 10) names and scores from the store, FAISS index or database,
+        with average query expansion over ``qe`` neighbours (0: off)."""
+        if svc.searcher is None:
+            raise ApiError(404, "this server has no database: start it with --store STORE or --db URL")
+        data, fields = await upload(request)
+        top = parse_int(fields.get("top"), "top", 10, 1, MAX_TOP)
+        qe = parse_int(fields.get("qe"), "qe", 0, 0, 100)
+        vec, size, used = await svc.describe(data, parse_roi(fields.get("roi")))
+        hits = await asyncio.get_running_loop().run_in_executor(svc.search_pool, svc.search, vec, top, qe)
+        return {"hits": hits, "card_hash": str(svc.encoder.card.hash), "image_size": list(size), "used_size": list(used)}
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Model loaded and its golden check passed")
+    async def readyz():
+        if not svc.ready:
+            return JSONResponse({"ready": False}, status_code=503)
+        c = svc.encoder.card
+        return {
+            "ready": True, "model": str(config.model), "card_hash": str(c.hash), "dim": c.dim,
+            "max_side": svc.encoder.max_side, "providers": svc.encoder.providers, "golden_max_diff": svc.golden_diff,
+            "index": None if svc.searcher is None else {"backend": svc.searcher.index.backend, "rows": len(svc.searcher.names)},
+        }  # fmt: skip
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics():
+        return PlainTextResponse(svc.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def run(config: ServeConfig, host: str = "127.0.0.1", port: int = 8080, *, log_level: str = "info",
+        graceful_s: float = 30.0) -> None:  # fmt: skip
+    """Serve ``config`` with uvicorn until SIGINT/SIGTERM (requests in flight are finished)."""
+    import uvicorn
+
+    uvicorn.run(
+        create_app(config), host=host, port=port, log_level=log_level, access_log=False,
+        timeout_graceful_shutdown=graceful_s,
+    )  # fmt: skip
+
+
+__all__: Sequence[str] = ("ApiError", "ServeConfig", "Service", "create_app", "run")

