@@ -108,7 +108,8 @@ def bench_model(path: Path, h: int, w: int, rounds: int, threads: int, variants,
                 "input": f"{h}x{w}", "p50_ms": ms, "min_ms": float(np.min(times[key])), "first_call_ms": first[key],
                 "runs": len(times[key]), "cosine_to_ort_fp32": float(vec @ ref),
                 "max_diff_to_ort_fp32": float(np.abs(vec - ref).max()),
-                "gflops_per_s": 2.0 * macs / (ms * 1e6) if macs and card.precision == "fp32" else None,
+                # an fp32 peak says nothing about bf16 or int8 compute: GFLOP/s and shares for fp32 only
+                "gflops_per_s": 2.0 * macs / (ms * 1e6) if macs and card.precision == "fp32" and precision == "fp32" else None,
                 "gate": gate[key],
             }
         )  # fmt: skip
@@ -154,7 +155,7 @@ def write_markdown(result: dict, out: Path) -> None:
             )
         for key, why in block["refused"].items():
             lines.append(f"| {block['model']} | | {key} | refused | | | | | | | | | |")
-    lines += ["", "Refused engines (gate reasons):", ""]
+    lines += ["", "Refused (gate reasons) and notes:", ""]
     for block in result["models"]:
         for key, why in block["refused"].items():
             lines.append(f"- {block['model']}, {key}: {why}")
@@ -162,6 +163,18 @@ def write_markdown(result: dict, out: Path) -> None:
         lines.append(f"- {n}")
     lines += ["", f"Command: `{result['command']}`", ""]
     out.with_suffix(".md").write_text("\n".join(lines))
+
+
+def regenerate(json_path: Path) -> None:
+    """Rewrite the Markdown of a recorded JSON (fp32 rows only carry GFLOP/s and peak shares)."""
+    result = json.loads(json_path.read_text())
+    result["notes"] = [n for n in result["notes"] if " bf16: " not in n]
+    for block in result["models"]:
+        for r in block["rows"]:
+            if r["precision"] != "fp32":
+                r["gflops_per_s"] = r["pct_measured_peak"] = r["pct_theoretical_peak"] = None
+    json_path.write_text(json.dumps(result, indent=1, default=str))
+    write_markdown(result, json_path)
 
 
 def main() -> None:

@@ -60,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/regatt-cache"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--bank", type=Path, help="Folder to keep the pooled regional vectors in (.npy), reused by a rerun on the same photos")
     ap.add_argument("--save-whitening", type=Path, help="Folder to write the chosen landmark whitenings (.npz) into")
     return ap.parse_args(argv)
 
@@ -69,7 +70,38 @@ class PhotoBank:
     ``gmean (N, C)``, the classic global poolings ``(N, C)``, each photo's region boxes
     ``(R, 4)`` (inclusive, resized-image pixels) and its rows ``seg (M,)``."""
 
-    def __init__(self, encoder, cache, paths: list[str], log):
+    FIELDS = ("rmax", "rmean", "gmean", "counts", "boxes_flat")
+
+    def __init__(self, encoder, cache, paths: list[str], log, store: Path | None = None):
+        if store is not None and (store / "paths.json").is_file() and json.loads((store / "paths.json").read_text()) == paths:
+            self._load(store, paths)
+            log(f"  regional vectors read back from {store}")
+            return
+        self._pool(encoder, cache, paths, log)
+        if store is not None:
+            store.mkdir(parents=True, exist_ok=True)
+            arrays = {"rmax": self.rmax.numpy(), "rmean": self.rmean.numpy(), "gmean": self.gmean.numpy(),
+                      "counts": self.counts.numpy(), "boxes_flat": np.concatenate(self.boxes)}
+            arrays.update({f"classic_{k}": v for k, v in self.classic.items()})
+            for k, v in arrays.items():
+                np.save(store / f"{k}.npy", v, allow_pickle=False)
+            (store / "paths.json").write_text(json.dumps(paths))
+
+    def _load(self, store: Path, paths: list[str]) -> None:
+        ld = lambda k: np.load(store / f"{k}.npy", allow_pickle=False)  # noqa: E731
+        self.index = {p: i for i, p in enumerate(paths)}
+        self.rmax, self.rmean = torch.from_numpy(ld("rmax")), torch.from_numpy(ld("rmean"))
+        self.gmean, self.counts = torch.from_numpy(ld("gmean")), torch.from_numpy(ld("counts"))
+        self._index_rows()
+        flat = ld("boxes_flat")
+        self.boxes = [flat[int(s) : int(s) + int(n)] for s, n in zip(self.starts, self.counts)]
+        self.classic = {k: ld(f"classic_{k}") for k in ("MAC", "SPoC", "GeM")}
+
+    def _index_rows(self) -> None:
+        self.seg = torch.repeat_interleave(torch.arange(len(self.counts)), self.counts)
+        self.starts = torch.cumsum(self.counts, 0) - self.counts
+
+    def _pool(self, encoder, cache, paths: list[str], log) -> None:
         from regatt_export.datasets import Item
         from regatt_export.featcache import pool_regions
         from regatt_export.pooling_baselines import POOLINGS
@@ -95,10 +127,22 @@ class PhotoBank:
                     log(f"  {k + 1}/{len(paths)} photos ({time.perf_counter() - t0:.0f} s)")
         self.rmax, self.rmean, self.gmean = torch.cat(rmax), torch.cat(rmean), torch.stack(gmean)
         self.counts = torch.tensor(counts)
-        self.seg = torch.repeat_interleave(torch.arange(len(counts)), self.counts)
-        self.starts = torch.cumsum(self.counts, 0) - self.counts
+        self._index_rows()
         self.boxes = boxes
         self.classic = {k: torch.stack(v).numpy() for k, v in classic.items()}
+
+    def subset(self, paths: list[str]) -> "PhotoBank":
+        """A bank of only ``paths`` (same order), sharing nothing mutable with this one."""
+        sub = object.__new__(PhotoBank)
+        rows = [self.index[p] for p in paths]
+        sub.index = {p: i for i, p in enumerate(paths)}
+        keep = torch.cat([torch.arange(int(self.starts[i]), int(self.starts[i]) + int(self.counts[i])) for i in rows])
+        sub.rmax, sub.rmean = self.rmax[keep], self.rmean[keep]
+        sub.gmean, sub.counts = self.gmean[rows], self.counts[rows]
+        sub._index_rows()
+        sub.boxes = [self.boxes[i] for i in rows]
+        sub.classic = {k: v[rows] for k, v in self.classic.items()}
+        return sub
 
     def rows(self, paths: list[str]) -> torch.Tensor:
         return torch.tensor([self.index[p] for p in paths])
@@ -164,7 +208,7 @@ def main(argv=None) -> int:
     from regatt_export.head import Attention
     from regatt_export.official import load_whitening_arrays, load_whitening_file
     from regatt_export.splits import landmark_split
-    from regatt_export.whiten import full_image_cache, learn_lw, learn_whitening
+    from regatt_export.whiten import full_image_cache, learn_lw, whitening_from_moments
 
     t_start = time.perf_counter()
     name = "efficientnet-lite0"
@@ -186,7 +230,7 @@ def main(argv=None) -> int:
     train_paths, train_labels = landmark_photos(args.landmarks, split["train"])
     all_paths = sorted({q for s in sets.values() for q in s["paths"]} | set(train_paths))
     log(f"{len(all_paths)} photos at S={args.max_side} (train landmarks {len(split['train'])}: {len(train_paths)} photos)")
-    bank = PhotoBank(encoder, cache, all_paths, log)
+    bank = PhotoBank(encoder, cache, all_paths, log, args.bank)
 
     # -- whitenings: packaged, PCA Landmark and Lw on the train landmarks ------------------
     t0 = time.perf_counter()
@@ -207,10 +251,16 @@ def main(argv=None) -> int:
         whitenings[label] = (load_whitening_file(path, spec.channels), path)
     candidates: dict[str, dict[float, object]] = {"PCA landmark": {}, "Lw landmark": {}}
     timings = {}
+    t0 = time.perf_counter()
+    tmu = tvec.mean(axis=0)
+    xc = (tvec - tmu).astype(np.float32)
+    tcov = (xc.T @ xc).astype(np.float64) / max(len(xc) - 1, 1)
+    del xc
+    cov_s = time.perf_counter() - t0
     for s in SHRINK_GRID:
         t0 = time.perf_counter()
-        mean, comps, _ = learn_whitening(tvec, None, s, 0.5)
-        timings[f"PCA landmark {s}"] = time.perf_counter() - t0 + learn_s
+        mean, comps, _ = whitening_from_moments(tmu, tcov, tvec.shape[1], s, 0.5)
+        timings[f"PCA landmark {s}"] = time.perf_counter() - t0 + learn_s + cov_s
         candidates["PCA landmark"][s] = load_whitening_arrays(mean, comps, f"pca {s}")
         t0 = time.perf_counter()
         mean, comps, _ = learn_lw(tvec, tseg, tlabels, None, s)
@@ -219,9 +269,9 @@ def main(argv=None) -> int:
     log(f"whitenings learned on {len(train_paths)} photos / {tvec.shape[0]} regions ({max(timings.values()):.0f} s the slowest)")
 
     # -- scoring ----------------------------------------------------------------------------
-    def score(desc: np.ndarray, check: str, qe: int) -> float:
+    def score(desc: np.ndarray, check: str, qe: int, b=None) -> float:
         s = sets[check]
-        rows = bank.rows(s["paths"]).numpy()
+        rows = (b or bank).rows(s["paths"]).numpy()
         d = desc[rows]
         if check.startswith("clutter"):
             cs: ClutterSet = s["clutter"]
@@ -244,11 +294,11 @@ def main(argv=None) -> int:
     checks = CHOICE_CHECKS + REPORT_CHECKS
     rows: dict[str, dict] = {}
 
-    def evaluate(label: str, desc: np.ndarray, kind: str, phi=None, only=None) -> dict:
+    def evaluate(label: str, desc: np.ndarray, kind: str, phi=None, only=None, b=None) -> dict:
         r = {"kind": kind}
         for c in only or checks:
-            r[c] = score(desc, c, 0)
-            r[c + " +QE"] = score(desc, c, 5)
+            r[c] = score(desc, c, 0, b)
+            r[c + " +QE"] = score(desc, c, 5, b)
         if phi is not None:
             for c in ("clutter-val", "clutter-test"):
                 r[c + " share"] = shares(phi, c)
@@ -270,11 +320,13 @@ def main(argv=None) -> int:
 
     # choose the shrinkage of each landmark whitening on the val checks (no attention)
     chosen: dict[str, float] = {}
+    val_bank = bank.subset(sorted({p for c in CHOICE_CHECKS for p in sets[c]["paths"]}))
+    val_ones = val_bank.weights(None)
     for fam, grid in candidates.items():
         best = None
         for s, wh in grid.items():
-            v = bank.regional(wh)
-            r = evaluate(f"{fam} {s}", bank.descriptors(v, ones), "choice", only=CHOICE_CHECKS)
+            v = val_bank.regional(wh)
+            r = evaluate(f"{fam} {s}", val_bank.descriptors(v, val_ones), "choice", only=CHOICE_CHECKS, b=val_bank)
             log(f"  {fam} shrinkage {s}: val choice {r['choice']:.2f}")
             rows.setdefault("_grid", {})[f"{fam} shrinkage {s}"] = r
             if best is None or r["choice"] > best[1]:

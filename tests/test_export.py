@@ -40,7 +40,7 @@ def test_card_roundtrip_and_golden(tiny_model):
     assert ModelCard.from_json(card.to_json()) == card
     assert card.golden is not None and len(card.golden.vector) == card.dim == 512
     assert enc.verify() <= 1e-5
-    assert card.outputs == ("descriptor", "boxes", "valid", "weights")
+    assert card.outputs == ("descriptor", "boxes", "valid", "weights", "regions")
     assert card.versions["torch"] == torch.__version__
 
 

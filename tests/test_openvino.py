@@ -54,12 +54,13 @@ def test_openvino_matches_onnxruntime_at_untraced_sizes(tiny_model, ov, shapes):
     from regatt_sdk.engines.openvino import OpenVinoEngine
     from regatt_sdk.engines.ort import OrtEngine
 
+    dim = read_card(tiny_model).dim
     ref = OrtEngine(tiny_model, "cpu", threads=1)
     eng = OpenVinoEngine(tiny_model, threads=1, shapes=shapes)
     for k, (h, w) in enumerate(UNTRACED + UNTRACED[:1]):  # the first size twice: auto compiles it static
         x = golden_image(h, w, 40 + k)[None]
         got, want = eng.run(x, ["descriptor"])["descriptor"], ref.run(x, ["descriptor"])["descriptor"]
-        assert got.shape == want.shape == (1, 512)
+        assert got.shape == want.shape == (1, dim)
         assert np.abs(got - want).max() <= 1e-5
     assert eng.providers == ["openvino:CPU"] and eng.describe()["precision"] == "fp32"
 

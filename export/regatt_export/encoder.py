@@ -97,24 +97,26 @@ class RegionalAttentionEncoder(nn.Module):
         gmean = feat.mean(dim=(2, 3)) if need_mean else None
         return rmax, rmean, gmean, torch.ones_like(y0, dtype=torch.bool)
 
+    def region_vectors(self, rmax: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``rmax (N, R, C)`` -> whitened, normalised regional vectors ``(N, R, D)`` (invalid: 0)."""
+        v = self.whitening(rmax) if self.whitening is not None else rmax
+        v = release_normalize(v)
+        return torch.where(valid[None, :, None], v, torch.zeros_like(v))
+
+    def terms(self, rmax, rmean, gmean, valid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(v (N, R, D) normalised regional vectors, phi (N, R) weights, count ())``."""
+        v = self.region_vectors(rmax, valid)
+        if self.attention.variant == "none":
+            phi = valid.to(v.dtype)[None, :].expand(v.shape[0], -1)
+        else:
+            phi = self.attention(rmean, gmean) * valid.to(v.dtype)[None, :]
+        return v, phi, valid.to(v.dtype).sum()
+
     def head(self, rmax, rmean, gmean, valid) -> tuple[torch.Tensor, torch.Tensor]:
         """Regional vectors -> ``(descriptor (N, D), weights (N, R))``; invalid slots weigh 0."""
         v, phi, count = self.terms(rmax, rmean, gmean, valid)
         g = (phi[..., None] * v).sum(dim=1) / count
         return release_normalize(g), phi
-
-    def terms(self, rmax, rmean, gmean, valid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(v (N, R, D) normalised regional vectors, phi (N, R) weights, count ())``."""
-        v = self.whitening(rmax) if self.whitening is not None else rmax
-        v = release_normalize(v)
-        mask = valid[None, :, None]
-        v = torch.where(mask, v, torch.zeros_like(v))
-        if self.attention.variant == "none":
-            phi = valid.to(v.dtype)[None, :].expand(v.shape[0], -1)
-        else:
-            phi = self.attention(rmean, gmean) * valid.to(v.dtype)[None, :]
-        count = valid.to(v.dtype).sum()
-        return v, phi, count
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         feat = self.backbone(self.normalize_input(image))
@@ -128,14 +130,22 @@ class RegionalAttentionEncoder(nn.Module):
         g, phi = self.head(*parts)
         return g, self.boxes(image), parts[3], phi
 
+    def explain_regions(self, image: torch.Tensor):
+        """:meth:`explain` plus the regional vectors ``regions (N, R, D)`` the descriptor averages."""
+        feat = self.backbone(self.normalize_input(image))
+        parts = self.regional(image, feat)
+        g, phi = self.head(*parts)
+        return g, self.boxes(image), parts[3], phi, self.region_vectors(parts[0], parts[3])
+
 
 class ExplainEncoder(nn.Module):
-    """Export wrapper with the extra outputs ``boxes``, ``valid`` and ``weights``."""
+    """Export wrapper with the extra outputs ``boxes``, ``valid``, ``weights`` and ``regions``
+    (the whitened, normalised regional vectors, e.g. for region-to-region matching in dedup)."""
 
     def __init__(self, encoder: RegionalAttentionEncoder):
         super().__init__()
         self.encoder = encoder
 
     def forward(self, image: torch.Tensor):
-        g, boxes, valid, phi = self.encoder.explain(image)
-        return g, boxes.to(torch.float32), valid.to(torch.uint8), phi
+        g, boxes, valid, phi, regions = self.encoder.explain_regions(image)
+        return g, boxes.to(torch.float32), valid.to(torch.uint8), phi, regions

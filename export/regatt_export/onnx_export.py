@@ -1,8 +1,8 @@
 """Export an encoder to one self-contained ONNX file, then prove it matches PyTorch.
 
 The graph's input is the resized image ``(N, H, W, 3)`` BGR (uint8 or float32, any N, H, W);
-its output ``descriptor (N, D)``; with ``explain=True`` also ``boxes (R, 4)``, ``valid (R,)``
-and ``weights (N, R)``. The model card (with a golden vector) goes into ``metadata_props``.
+its output ``descriptor (N, D)``; with ``explain=True`` also ``boxes (R, 4)``, ``valid (R,)``,
+``weights (N, R)`` and ``regions (N, R, D)`` (the regional vectors, checked like the descriptor). The model card (with a golden vector) goes into ``metadata_props``.
 Nothing is written at the destination unless onnxruntime agrees with PyTorch at every check
 size, none of which is the traced size.
 """
@@ -98,7 +98,13 @@ def check_parity(
     for i, (label, h, w, batch) in enumerate(cases):
         image = _check_image(batch, h, w, 100 + i, input_dtype)
         want = torch_descriptor(encoder, image)
-        got = sess.run(None, {name: image})[0]
+        outs = sess.run(None, {name: image})
+        got = outs[0]
+        if len(outs) == 5 and hasattr(encoder, "explain_regions"):  # the regional vectors too
+            with torch.no_grad():
+                ref = encoder.explain_regions(torch.from_numpy(np.ascontiguousarray(image)))[4].numpy()
+            if ref.shape != outs[4].shape or not np.allclose(ref, outs[4], rtol=0, atol=atol):
+                got = np.full_like(got, np.inf)  # counts as a failed check
         diff = float(np.abs(want - got).max()) if np.isfinite(got).all() else float("inf")
         cos = float(np.min(np.sum(want * got, axis=1) / (np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1))))
         rows.append(ParityRow(label, h, w, batch, diff, cos, diff <= atol))
@@ -165,10 +171,13 @@ def export_onnx(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     n, h, w = TRACE_SIZE
     example = torch.from_numpy(_check_image(n, h, w, 7, input_dtype))
-    outputs = ["descriptor", "boxes", "valid", "weights"] if explain else ["descriptor"]
+    outputs = ["descriptor", "boxes", "valid", "weights", "regions"] if explain else ["descriptor"]
     dynamic = {"image": {0: "batch", 1: "height", 2: "width"}, "descriptor": {0: "batch"}}
     if explain:
-        dynamic["weights"] = {0: "batch"}
+        dynamic["weights"] = {0: "batch", 1: "regions"}
+        dynamic["regions"] = {0: "batch", 1: "regions"}
+        dynamic["boxes"] = {0: "regions"}
+        dynamic["valid"] = {0: "regions"}
     with staged_file(out_path, ".onnx.tmp") as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -165,6 +165,15 @@ def learn_whitening(
     mu = x.mean(axis=0)
     xc = x - mu
     cov = xc.T @ xc / max(m - 1, 1)
+    return whitening_from_moments(mu, cov, dim, shrinkage, power)
+
+
+def whitening_from_moments(
+    mu: np.ndarray, cov: np.ndarray, dim: int, shrinkage: float = 0.0, power: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`learn_whitening` from the mean ``(C,)`` and covariance ``(C, C)`` (computed once
+    when several shrinkages or powers are compared)."""
+    c = cov.shape[0]
     lam, u = np.linalg.eigh(cov)
     order = np.argsort(lam)[::-1]
     lam, u = np.maximum(lam[order], 0.0), u[:, order]

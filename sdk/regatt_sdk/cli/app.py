@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bench_cmd",
     "explain_cmd",
     "serve_cmd",
+    "dedup_cmd",
 )
 
 app = typer.Typer(
