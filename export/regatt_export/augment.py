@@ -63,3 +63,39 @@ def make_view(image: np.ndarray, spec: ViewSpec, seed: int, index: int, view: in
     if view == 0:
         return centre_view(image, spec)
     return random_view(image, spec, np.random.default_rng([seed, index, view]))
+
+
+@dataclass(frozen=True)
+class ClutterSpec:
+    """A landmark photo pasted small into another photo: the canvas is the background resized to
+    longest side ``max_side``; the photo is scaled to ``scale`` (a random value in
+    ``[scale_min, scale_max]``) of the largest size that fits, placed at a random position,
+    optionally flipped. Teaches the attention which regions belong to the object."""
+
+    max_side: int = 512
+    scale_min: float = 0.35
+    scale_max: float = 0.65
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.05 <= self.scale_min <= self.scale_max <= 1.0:
+            raise ValueError(f"need 0.05 <= scale_min <= scale_max <= 1, got {self.scale_min}, {self.scale_max}")
+
+
+def paste_view(photo: np.ndarray, background: np.ndarray, spec: ClutterSpec, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """``photo`` pasted into ``background`` (both BGR uint8 ``(H, W, 3)``) ->
+    ``(canvas (H', W', 3), box (x1, y1, x2, y2) inclusive)`` of the pasted photo."""
+    from regatt_sdk.preprocess import prepare
+
+    canvas = np.ascontiguousarray(prepare(background, spec.max_side)).copy()
+    ch, cw = canvas.shape[:2]
+    h, w = photo.shape[:2]
+    s = float(rng.uniform(spec.scale_min, spec.scale_max)) * min(ch / h, cw / w)
+    nh, nw = max(8, min(ch, int(round(h * s)))), max(8, min(cw, int(round(w * s))))
+    small = cv2.resize(photo, (nw, nh), interpolation=cv2.INTER_AREA)
+    if spec.flip and rng.random() < 0.5:
+        small = small[:, ::-1]
+    y = int(rng.integers(0, ch - nh + 1))
+    x = int(rng.integers(0, cw - nw + 1))
+    canvas[y : y + nh, x : x + nw] = small
+    return canvas, (x, y, x + nw - 1, y + nh - 1)

@@ -9,6 +9,10 @@ Two objectives over cached feature maps (the backbone never changes, see :mod:`f
   normalisation, attention-weighted mean, L2) of two augmented views of one photo must be
   nearer to each other than to the other photos of the batch (InfoNCE, temperature ``tau``).
   Any folder of photos is training data.
+* ``landmark`` (retrieval on landmark labels, :mod:`landmark_train`): the inference descriptor
+  of full photos at longest side ``max_side`` and of photos pasted into ImageNet backgrounds,
+  supervised contrastive loss over ``P`` landmarks x ``K`` photos, validation = retrieval mAP
+  on landmarks the training never saw.
 
 Optional prior towards uniform weights: ``uniform_prior * KL(p || uniform)`` with
 ``p = phi / sum(phi)`` over the real regions. Held-out split, validation every epoch, early
@@ -38,7 +42,8 @@ from .featcache import FeatureCache, backbone_features, cache_key, pool_regions,
 from .head import Attention, Whitening, release_normalize
 from .official import attention_state, load_whitening_file
 
-OBJECTIVES = ("classify", "contrastive")
+OBJECTIVES = ("classify", "contrastive", "landmark")
+OPTIMIZERS = ("sgd", "adam")
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -72,6 +77,16 @@ class TrainConfig:
     cache_dir: str | None = None
     checkpoint_dir: str | None = None
     threads: int = 1
+    extra_data: tuple[str, ...] = ()  # more folders of labelled photos (classify / contrastive)
+    optimizer: str = "sgd"
+    # landmark objective
+    max_side: int = 512  # the default model's S
+    backgrounds: str | None = None
+    clutter_min: float = 0.35
+    clutter_max: float = 0.65
+    per_landmark: int = 4
+    train_landmarks: tuple[str, ...] | None = None
+    val_landmarks: tuple[str, ...] | None = None
 
     def fingerprint(self) -> str:
         d = asdict(self)
@@ -95,6 +110,7 @@ class TrainResult:
     views_loaded: int
     epoch_head_s: float
     total_s: float
+    baseline_detail: dict | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -111,6 +127,12 @@ def _check(cfg: TrainConfig) -> None:
         raise DataError("epochs, batch and accumulate must be >= 1")
     if cfg.objective == "contrastive" and cfg.batch < 2:
         raise DataError("the contrastive objective needs --batch >= 2 (other photos are the negatives)")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise DataError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
+    if cfg.objective == "landmark" and (cfg.per_landmark < 2 or cfg.batch < 2 * cfg.per_landmark):
+        raise DataError("the landmark objective needs --per-landmark >= 2 and --batch >= 2 x per-landmark (two landmarks per batch)")
+    if cfg.objective != "landmark" and (cfg.backgrounds or cfg.train_landmarks or cfg.val_landmarks):
+        raise DataError("--backgrounds / --train-landmarks / --val-landmarks are options of --objective landmark")
 
 
 class _Views:
@@ -169,10 +191,19 @@ class Trainer:
             p.requires_grad_(False)
         self.attention = Attention(spec.channels, cfg.variant)  # seeded init
         whitening: Whitening | None = None
-        if cfg.whitening:
-            if cfg.objective != "contrastive":
-                raise DataError("--whitening is used by the contrastive objective only (the paper's loss has no PCA)")
-            whitening = load_whitening_file(cfg.whitening, spec.channels)
+        wh_file = cfg.whitening
+        if cfg.whitening and cfg.objective == "classify":
+            raise DataError("--whitening is used by the contrastive and landmark objectives only (the paper's loss has no PCA)")
+        if cfg.objective == "landmark" and wh_file is None:
+            from .build import EncoderConfig, default_assets
+
+            wh_file = default_assets(EncoderConfig(backbone=cfg.backbone, weights=cfg.weights)).get("whitening")
+            if wh_file is not None and cfg.weights is None:
+                self.log(f"whitening: the default's {Path(wh_file).name} (as at inference)")
+            else:
+                wh_file = None
+        if wh_file:
+            whitening = load_whitening_file(wh_file, spec.channels)
         self.encoder = RegionalAttentionEncoder(backbone, spec, self.attention, whitening, cfg.levels).eval()
         self.fc = None
         if cfg.objective == "classify":
@@ -180,9 +211,13 @@ class Trainer:
             if fc is None:
                 raise DataError(f"backbone {cfg.backbone} has no ImageNet classifier to train against")
             self.fc = fc
-            items = labelled_images(cfg.data, fc.out_features)
-        else:
-            items = list_images(cfg.data)
+            items = [it for folder in (cfg.data, *cfg.extra_data) for it in _prefixed(labelled_images(folder, fc.out_features), folder, cfg.extra_data)]
+        elif cfg.objective == "contrastive":
+            items = [it for folder in (cfg.data, *cfg.extra_data) for it in _prefixed(list_images(folder), folder, cfg.extra_data)]
+        self.metric_name = {"classify": "val_top1", "contrastive": "val_instance_top1", "landmark": "val_map"}[cfg.objective]
+        if cfg.objective == "landmark":
+            self.cache = None
+            return
         self.train_items, self.val_items = split_items(items, cfg.val_fraction, cfg.seed)
         if cfg.objective == "contrastive" and len(self.val_items) == 1:
             raise DataError("a contrastive validation split needs >= 2 photos (raise --val-fraction or add photos)")
@@ -199,6 +234,14 @@ class Trainer:
 
     def load_views(self) -> None:
         cfg = self.cfg
+        if cfg.objective == "landmark":
+            from .landmark_train import LandmarkData
+
+            self.landmark = LandmarkData(cfg, self.encoder, _stable_index, self.log, self._bar)
+            self.train_items, self.val_items = self.landmark.train_items, self.landmark.val_items
+            self.val_views = self.landmark.val
+            self.feature_s = self.landmark.feature_s
+            return
         t0 = time.perf_counter()
         with torch.no_grad():
             self.train_views = _Views(self.cache, self.encoder, self.train_items, cfg.views, cfg.crop, self._bar("features (train)"))
@@ -246,6 +289,8 @@ class Trainer:
 
     def _loss(self, idx: torch.Tensor, gen: torch.Tensor | torch.Generator) -> torch.Tensor:
         cfg = self.cfg
+        if cfg.objective == "landmark":
+            return self.landmark.loss(self.attention, idx, gen, cfg.temperature, cfg.uniform_prior)
         if cfg.objective == "classify":
             views = torch.randint(0, cfg.views, (len(idx),), generator=gen)
             logits, phi = self.logits(self.train_views.batch(idx, views))
@@ -268,6 +313,8 @@ class Trainer:
     def validate(self, uniform: bool = False) -> dict[str, float]:
         """Held-out metric: top-1 accuracy (classify) or instance top-1 between two views
         (contrastive); plus the weights' spread (max/mean of phi)."""
+        if self.cfg.objective == "landmark":
+            return self.landmark.validate(self.attention, self.cfg.temperature, uniform)
         if self.val_views is None:
             return {"val": float("nan"), "loss": float("nan"), "peak": float("nan")}
         n = len(self.val_items)
@@ -296,15 +343,19 @@ class Trainer:
         torch.set_num_threads(cfg.threads)
         self.load_views()
         params = list(self.attention.parameters())
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else Path(cfg.output).with_suffix(".ckpt")
         ckpt_path = ckpt_dir / CHECKPOINT
         start_epoch, history = 1, []
-        baseline = self.validate(uniform=True)["val"]
+        uniform_val = self.validate(uniform=True)
+        baseline = uniform_val["val"]
         initial = self.validate()
         best = {"epoch": 0, "metric": initial["val"], "loss": initial["loss"], "state": attention_state(self.attention)}
-        metric_name = "val_top1" if cfg.objective == "classify" else "val_instance_top1"
-        self.log(f"{metric_name}: uniform weights {baseline:.4f}, initial attention {best['metric']:.4f}")
+        metric_name = self.metric_name
+        self.log(f"{metric_name}: uniform weights {baseline:.4f}, initial attention {best['metric']:.4f}{_extras(uniform_val)}")
         if resume:
             start_epoch, history, best = self._restore(ckpt_path, opt)
         n = len(self.train_items)
@@ -317,13 +368,16 @@ class Trainer:
                 break
             t0 = time.perf_counter()
             gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-            order = torch.randperm(n, generator=gen)
-            steps = math.ceil(n / step_batch)
+            if cfg.objective == "landmark":
+                batches = self.landmark.batches(gen, cfg.batch, cfg.per_landmark)
+            else:
+                order = torch.randperm(n, generator=gen)
+                batches = [order[s * step_batch : (s + 1) * step_batch] for s in range(math.ceil(n / step_batch))]
+            steps = len(batches)
             total, opt_steps = 0.0, 0
             opt.zero_grad(set_to_none=True)
             self.attention.train()
-            for s in range(steps):
-                idx = order[s * step_batch : (s + 1) * step_batch]
+            for s, idx in enumerate(batches):
                 if cfg.objective == "contrastive" and len(idx) < 2:
                     continue
                 loss = self._loss(idx, gen)
@@ -339,6 +393,7 @@ class Trainer:
             head_times.append(time.perf_counter() - t0)
             val = self.validate()
             row = {"epoch": epoch, "loss": total / steps, metric_name: val["val"], "val_loss": val["loss"], "peak": val["peak"], "s": head_times[-1]}
+            row.update({k: v for k, v in val.items() if k.endswith("_map")})
             history.append(row)
             # better = higher metric, ties broken by a lower validation loss
             better = (val["val"], -val["loss"]) > (best["metric"], -best["loss"])
@@ -348,7 +403,7 @@ class Trainer:
             else:
                 stale += 1
             self.log(
-                f"epoch {epoch}: loss {row['loss']:.4f}  {metric_name} {val['val']:.4f}  val loss {val['loss']:.4f}  weight peak/mean {val['peak']:.2f}  "
+                f"epoch {epoch}: loss {row['loss']:.4f}  {metric_name} {val['val']:.4f}{_extras(val)}  val loss {val['loss']:.4f}  weight peak/mean {val['peak']:.2f}  "
                 f"({head_times[-1]:.1f} s){'  *best' if best['epoch'] == epoch else ''}"
             )
             self._save(ckpt_path, opt, epoch, history, best)
@@ -357,7 +412,7 @@ class Trainer:
         out = Path(cfg.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.save(best["state"], out)
-        st = self.cache.stats
+        st = self.cache.stats if self.cache is not None else _merged_stats(self.landmark)
         result = TrainResult(
             output=str(out),
             best_epoch=best["epoch"],
@@ -370,6 +425,7 @@ class Trainer:
             views_loaded=st.loaded,
             epoch_head_s=float(np.mean(head_times)) if head_times else float("nan"),
             total_s=time.perf_counter() - t_start,
+            baseline_detail={k: v for k, v in uniform_val.items() if k.endswith("_map")},
         )
         out.with_suffix(".json").write_text(json.dumps({"config": asdict(cfg), "result": result.to_json()}, indent=1))
         return result
@@ -406,6 +462,27 @@ class Trainer:
         best = {"epoch": int(blob["best_epoch"]), "metric": float(blob["best_metric"]), "loss": float(blob["best_loss"]), "state": blob["best_state"]}
         self.log(f"resumed from {path} after epoch {blob['epoch']}")
         return int(blob["epoch"]) + 1, history, best
+
+
+def _extras(val: dict) -> str:
+    """``  (clean_map 0.81, clutter_map 0.55)`` for the landmark objective, else empty."""
+    parts = [f"{k} {v:.4f}" for k, v in val.items() if k.endswith("_map")]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _merged_stats(data) -> object:
+    from .featcache import CacheStats
+
+    a, b = data.clean.stats, data.clutter.stats
+    return CacheStats(a.computed + b.computed, a.loaded + b.loaded, a.compute_s + b.compute_s, a.load_s + b.load_s)
+
+
+def _prefixed(items: list[Item], folder: str, extra: tuple[str, ...]) -> list[Item]:
+    """With several data folders, names carry the folder's name so that they stay unique."""
+    if not extra:
+        return items
+    tag = Path(folder).name
+    return [Item(it.path, f"{tag}/{it.name}", it.label) for it in items]
 
 
 def _stable_index(item: Item) -> int:
