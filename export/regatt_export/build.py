@@ -10,11 +10,13 @@ from pathlib import Path
 import torch
 
 from regatt_sdk.card import ModelCard
+from regatt_sdk.scales import check_aggregation, parse_scales
 
 from . import __version__
 from .backbones import build_backbone, get_spec
 from .encoder import RegionalAttentionEncoder
 from .head import Attention
+from .scales import MultiScaleEncoder
 from .official import load_attention_file, load_npy, load_whitening_arrays, load_whitening_file, release_files
 from .weights import WeightsError, assign_strict, load_state_dict  # noqa: F401
 
@@ -24,6 +26,8 @@ DEFAULT_BACKBONE = "efficientnet-lite0"
 #: S=384 and the check holds at S=512, the default model's longest side.
 DEFAULT_ATTENTION = "none"
 DEFAULT_MAX_SIDE = 512
+#: scales of the built-in default (benchmarks/results/scales.md); other models default to (1,)
+DEFAULT_SCALES: tuple[float, ...] = (1.0,)
 PAPER_MAX_SIDE = 1024
 
 
@@ -42,6 +46,8 @@ class EncoderConfig:
     max_side: int | None = None  # None: 512 for the default model, 1024 (the paper's) otherwise
     seed: int = 0
     use_default_assets: bool = True  # the packaged learned files for the default backbone
+    scales: tuple[float, ...] | None = None  # None: DEFAULT_SCALES for the default model, else (1,)
+    scale_aggregation: str = "sum"
 
 
 def _versions() -> dict[str, str]:
@@ -67,11 +73,18 @@ def resolve(cfg: EncoderConfig) -> EncoderConfig:
         else:
             attention = "none"
     max_side = cfg.max_side or (DEFAULT_MAX_SIDE if is_default_preset(cfg) else PAPER_MAX_SIDE)
-    return replace(cfg, attention=attention, max_side=max_side)
+    scales = cfg.scales if cfg.scales is not None else (DEFAULT_SCALES if is_default_preset(cfg) else (1.0,))
+    scales = parse_scales(list(scales), max_side)
+    check_aggregation(cfg.scale_aggregation)
+    return replace(cfg, attention=attention, max_side=max_side, scales=scales)
 
 
-def build_encoder(cfg: EncoderConfig) -> tuple[RegionalAttentionEncoder, ModelCard]:
-    """Build the encoder (eval mode) and the card describing it (without a golden vector)."""
+def build_encoder(cfg: EncoderConfig) -> tuple[RegionalAttentionEncoder | MultiScaleEncoder, ModelCard]:
+    """Build the encoder (eval mode) and the card describing it (without a golden vector).
+
+    With scales other than ``(1,)`` the module is a :class:`MultiScaleEncoder` around the
+    single-scale one (its ``.base``).
+    """
     cfg = resolve(cfg)
     torch.manual_seed(cfg.seed)
     if cfg.levels < 1 or cfg.levels > 10:
@@ -112,6 +125,9 @@ def build_encoder(cfg: EncoderConfig) -> tuple[RegionalAttentionEncoder, ModelCa
         elif cfg.backbone == DEFAULT_BACKBONE and not cfg.weights:
             preset = "default"
     encoder = RegionalAttentionEncoder(backbone, spec, attention, whitening, cfg.levels, cfg.pooling).eval()
+    aggregation = cfg.scale_aggregation if cfg.scales != (1.0,) else "sum"
+    if cfg.scales != (1.0,):
+        encoder = MultiScaleEncoder(encoder, cfg.scales, aggregation).eval()
     card = ModelCard(
         backbone=spec.name,
         dim=encoder.dim,
@@ -126,6 +142,8 @@ def build_encoder(cfg: EncoderConfig) -> tuple[RegionalAttentionEncoder, ModelCa
         attention=attention.variant,
         whitening=whitening.source if whitening is not None else "none",
         preset=preset,
+        scales=tuple(cfg.scales),
+        scale_aggregation=aggregation,
         versions=_versions(),
         provenance={
             "official": cfg.official,

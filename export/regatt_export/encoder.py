@@ -68,6 +68,10 @@ class RegionalAttentionEncoder(nn.Module):
         """The real R-MAC regions of ``image (N, H, W, 3)``: ``(R, 4)`` float64 inclusive boxes."""
         height = torch.scalar_tensor(image.shape[1], dtype=torch.float64)
         width = torch.scalar_tensor(image.shape[2], dtype=torch.float64)
+        return self.boxes_hw(height, width)
+
+    def boxes_hw(self, height: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+        """The real R-MAC regions of a ``height`` x ``width`` image (0-d float64): ``(R, 4)``."""
         boxes, valid = rmac_boxes(height, width, self.levels)
         return boxes.index_select(0, torch.nonzero(valid)[:, 0])
 
@@ -77,7 +81,10 @@ class RegionalAttentionEncoder(nn.Module):
         Returns ``rmax (N, R, C)``, ``rmean (N, R, C)`` or None, ``gmean (N, C)`` or None and
         ``valid (R,)`` (all true: only real regions are kept; the head accepts a mask).
         """
-        boxes = self.boxes(image)
+        return self.regional_boxes(self.boxes(image), feat)
+
+    def regional_boxes(self, boxes: torch.Tensor, feat: torch.Tensor):
+        """:meth:`regional` for given ``boxes (R, 4)`` float64 pixel boxes."""
         fh = torch.scalar_tensor(feat.shape[2], dtype=torch.int64)
         fw = torch.scalar_tensor(feat.shape[3], dtype=torch.int64)
         y0, y1, x0, x1 = box_cells(boxes, self.spec.stride, fh, fw)
@@ -96,14 +103,18 @@ class RegionalAttentionEncoder(nn.Module):
         v = release_normalize(v)
         return torch.where(valid[None, :, None], v, torch.zeros_like(v))
 
-    def head(self, rmax, rmean, gmean, valid) -> tuple[torch.Tensor, torch.Tensor]:
-        """Regional vectors -> ``(descriptor (N, D), weights (N, R))``; invalid slots weigh 0."""
+    def terms(self, rmax, rmean, gmean, valid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(v (N, R, D) normalised regional vectors, phi (N, R) weights, count ())``."""
         v = self.region_vectors(rmax, valid)
         if self.attention.variant == "none":
             phi = valid.to(v.dtype)[None, :].expand(v.shape[0], -1)
         else:
             phi = self.attention(rmean, gmean) * valid.to(v.dtype)[None, :]
-        count = valid.to(v.dtype).sum()
+        return v, phi, valid.to(v.dtype).sum()
+
+    def head(self, rmax, rmean, gmean, valid) -> tuple[torch.Tensor, torch.Tensor]:
+        """Regional vectors -> ``(descriptor (N, D), weights (N, R))``; invalid slots weigh 0."""
+        v, phi, count = self.terms(rmax, rmean, gmean, valid)
         g = (phi[..., None] * v).sum(dim=1) / count
         return release_normalize(g), phi
 

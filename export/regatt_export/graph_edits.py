@@ -24,8 +24,9 @@ def _float_tensors(model) -> set[str]:
 
 
 def backbone_nodes(model) -> list:
-    """The backbone's float data path: nodes reachable from the first ``Conv``'s data input through
-    float tensors, that also lead to the last ``Conv`` (in graph order).
+    """The backbone's float data path: nodes reachable from a ``Conv`` through float tensors that
+    also lead to a ``Conv`` (in graph order). A multi-scale graph holds one backbone per scale
+    (sharing weights): the result is all of them, and none of the resizes between them.
 
     Shape arithmetic (``Shape``/``Gather``/``Cast`` chains of same-padding) is not on it: it starts
     from integer tensors. Everything after the last convolution (pooling, whitening, attention)
@@ -42,10 +43,10 @@ def backbone_nodes(model) -> list:
             consumers.setdefault(t, []).append(i)
     producers = {t: i for i, n in enumerate(g.node) for t in n.output}
     index = {id(n): i for i, n in enumerate(g.node)}
-    first, last = index[id(convs[0])], index[id(convs[-1])]
-    # forward: from the first conv along float outputs
-    forward = {first}
-    stack = [first]
+    conv_ids = [index[id(c)] for c in convs]
+    # forward: from every conv along float outputs
+    forward = set(conv_ids)
+    stack = list(conv_ids)
     while stack:
         i = stack.pop()
         for t in g.node[i].output:
@@ -55,9 +56,9 @@ def backbone_nodes(model) -> list:
                 if j not in forward and g.node[j].op_type != "Shape":
                     forward.add(j)
                     stack.append(j)
-    # backward: ancestors of the last conv
-    backward = {last}
-    stack = [last]
+    # backward: ancestors of every conv
+    backward = set(conv_ids)
+    stack = list(conv_ids)
     while stack:
         i = stack.pop()
         for t in g.node[i].input:

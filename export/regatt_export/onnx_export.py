@@ -130,7 +130,7 @@ def write_card(onnx_path: str | Path, card: ModelCard) -> None:
 
 
 def export_onnx(
-    encoder: RegionalAttentionEncoder,
+    encoder: nn.Module,
     card: ModelCard,
     out_path: str | Path,
     *,
@@ -141,10 +141,15 @@ def export_onnx(
 ) -> tuple[ModelCard, list[ParityRow]]:
     """Export, embed the card, check parity; write ``out_path`` only if every check passes.
 
+    ``encoder`` is a :class:`RegionalAttentionEncoder` or a multi-scale one
+    (:class:`regatt_export.scales.MultiScaleEncoder`, which resizes inside the graph).
+
     Raises :class:`ParityError` (with the table) when onnxruntime and PyTorch disagree.
     """
     if input_dtype not in ("uint8", "float32"):
         raise ValueError(f"input dtype must be uint8 or float32, got {input_dtype!r}")
+    if explain and not isinstance(encoder, RegionalAttentionEncoder):
+        raise ValueError("--explain shows one scale's regions: export the explain model with --scales 1")
     encoder = encoder.eval()
     wrapped = _Wrapped(encoder, explain).eval()
     out_path = Path(out_path)

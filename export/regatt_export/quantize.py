@@ -128,9 +128,11 @@ def quantize_int8(
     keep_first = options.exclude_first_conv
     if keep_first is None:
         keep_first = not first_conv_quantized_by_default(card.backbone)
-    exclude = [convs[0].name] if keep_first else []
-    if options.exclude_last_conv and convs[-1].name not in exclude:
-        exclude.append(convs[-1].name)
+    # one backbone per scale in a multi-scale graph: the stem / last convolution of each copy
+    # are the convolutions sharing the first / last one's weight
+    exclude = [c.name for c in convs if c.input[1] == convs[0].input[1]] if keep_first else []
+    if options.exclude_last_conv:
+        exclude += [c.name for c in convs if c.input[1] == convs[-1].input[1] and c.name not in exclude]
     keep = options.keep_fp32
     if keep is None:
         keep = default_fp32_nodes(card.backbone)

@@ -64,6 +64,11 @@ class ModelCard:
     provenance: dict[str, Any] = field(default_factory=dict)
     golden: Golden | None = None
     outputs: tuple[str, ...] = ("descriptor",)
+    #: multiples of the prepared input's size the graph describes (1.0: the input as given) and
+    #: how their descriptors combine: sum (per-scale descriptors summed, then L2) or regions (the
+    #: regional vectors of all scales in one attention-weighted mean)
+    scales: tuple[float, ...] = (1.0,)
+    scale_aggregation: str = "sum"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -84,7 +89,7 @@ class ModelCard:
             raise ValueError(f"model card lacks {missing}")
         if data.get("golden") is not None:
             data["golden"] = Golden(**data["golden"])
-        for key in ("mean", "std", "outputs"):
+        for key in ("mean", "std", "outputs", "scales"):
             if key in data:
                 data[key] = tuple(data[key])
         return cls(**data)

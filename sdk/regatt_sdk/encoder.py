@@ -15,6 +15,7 @@ from .errors import ImageError, ModelError
 from .imageio import read_image
 from .preprocess import Box, prepare
 from .progress import Progress
+from .scales import ScaleSpec, parse_scales, scaled_longest
 
 ImageLike = Union[str, Path, np.ndarray]
 MIN_SIDE = 1
@@ -37,7 +38,9 @@ class Encoder:
     and the batching; the graph runs on ``.engine``.
     ``max_side`` overrides the card's longest side S (default 1024). ``encode(image)`` takes a
     path or a BGR uint8 array ``(H, W, 3)`` and returns float32 ``(D,)``; ``encode(list)``
-    returns ``(N, D)`` in input order.
+    returns ``(N, D)`` in input order. ``query_scales`` (e.g. ``(1.5,)`` or ``"1,1.5"``):
+    :meth:`encode_query` prepares queries at longest side ``round(q * S)`` for each ``q`` and
+    sums the descriptors (then L2), so small objects in queries meet the database's scale.
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class Encoder:
         *,
         engine: str | Engine | None = None,
         precision: str = "fp32",
+        query_scales: ScaleSpec | None = None,
     ):
         self.model_path = Path(model_path)
         self.card = read_card(self.model_path)
@@ -63,6 +67,8 @@ class Encoder:
         if self.max_side < 16:
             raise ModelError(f"max_side {self.max_side} is too small: use at least 16")
         self.device = device
+        #: multiples of S at which :meth:`encode_query` describes queries (None: as the database)
+        self.query_scales = None if query_scales is None else parse_scales(query_scales, self.max_side, "query_scales")
         self._dtype = np.uint8 if self.card.input_dtype == "uint8" else np.float32
 
     @property
@@ -81,7 +87,7 @@ class Encoder:
         )
 
     # -- single steps -----------------------------------------------------------------------
-    def load(self, image: ImageLike, roi: Box | None = None) -> np.ndarray:
+    def load(self, image: ImageLike, roi: Box | None = None, max_side: int | None = None) -> np.ndarray:
         """Decode (if a path) and prepare one image: resized BGR uint8 ``(h, w, 3)``."""
         if isinstance(image, (str, Path)):
             bgr = read_image(image)
@@ -92,7 +98,7 @@ class Encoder:
         else:
             raise TypeError(f"expected a path or a numpy array, got {type(image).__name__}")
         try:
-            return prepare(bgr, self.max_side, roi)
+            return prepare(bgr, max_side or self.max_side, roi)
         except ValueError as exc:
             raise ImageError(source, str(exc)) from None
 
@@ -128,12 +134,16 @@ class Encoder:
         rois: Sequence[Box | None] | None = None,
         batch_size: int = 8,
         progress: bool = False,
+        max_side: int | None = None,
     ) -> np.ndarray:
-        """One image -> ``(D,)``; a list -> ``(N, D)`` (same-size images batched together)."""
+        """One image -> ``(D,)``; a list -> ``(N, D)`` (same-size images batched together).
+
+        ``max_side`` overrides the encoder's S for this call.
+        """
         if isinstance(images, (str, Path, np.ndarray)):
             if isinstance(images, np.ndarray) and images.ndim == 4:
                 raise ValueError("pass a list of (H, W, 3) arrays, or use encode_prepared for a batch")
-            return self.encode_prepared(self.load(images, roi)[None])[0]
+            return self.encode_prepared(self.load(images, roi, max_side)[None])[0]
         items = list(images)
         if rois is not None and len(rois) != len(items):
             raise ValueError(f"{len(rois)} rois for {len(items)} images")
@@ -150,7 +160,7 @@ class Encoder:
                 bar.advance(len(members))
 
         for i, item in enumerate(items):
-            prepared = self.load(item, rois[i] if rois is not None else roi)
+            prepared = self.load(item, rois[i] if rois is not None else roi, max_side)
             shape = prepared.shape[:2]
             groups[shape].append((i, prepared))
             if len(groups[shape]) >= batch_size:
@@ -160,6 +170,28 @@ class Encoder:
         if bar is not None:
             bar.close()
         return out
+
+    def encode_query(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        roi: Box | None = None,
+        *,
+        rois: Sequence[Box | None] | None = None,
+        batch_size: int = 8,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """:meth:`encode` for queries: at each of ``query_scales`` (summed, then L2) if set.
+
+        One image -> ``(D,)``; a list -> ``(N, D)``. Without ``query_scales``, same as ``encode``.
+        """
+        if not self.query_scales:
+            return self.encode(images, roi, rois=rois, batch_size=batch_size, progress=progress)
+        parts = [
+            self.encode(images, roi, rois=rois, batch_size=batch_size, progress=progress, max_side=scaled_longest(self.max_side, q))
+            for q in self.query_scales
+        ]
+        g = np.sum(parts, axis=0, dtype=np.float32)
+        return (g / np.linalg.norm(g, axis=-1, keepdims=True)).astype(np.float32)
 
     # -- checks ---------------------------------------------------------------------------------
     def verify(self) -> float:

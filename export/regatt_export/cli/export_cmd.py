@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from regatt_sdk.errors import RegattError
+from regatt_sdk.scales import check_aggregation, format_scales, parse_scales
 from .lazy import export_side
 
 
@@ -27,6 +28,10 @@ def export(
     max_side: Optional[int] = typer.Option(None, "--max-side", "-S", help="Default longest side S stored in the card (512 for the built-in default, else 1024 as in the paper)."),
     pooling: str = typer.Option("roi", "--pooling", help="Regional max: roi (ONNX MaxRoiPool, fastest on CPU) | table (plain ops, runs on every provider: use for CUDA/TensorRT)."),
     input_dtype: str = typer.Option("uint8", "--input-dtype", help="uint8 | float32 graph input."),
+    scales: Optional[str] = typer.Option(
+        None, "--scales", help="Describe each image at these multiples of S inside the graph, e.g. 1,1.5 or 1/sqrt2,1,sqrt2 (default: the built-in default's scales, 1 for other models)."
+    ),
+    scale_aggregation: str = typer.Option("sum", "--scale-aggregation", help="sum (per-scale descriptors summed, then L2) | regions (the regions of all scales in one attention-weighted mean)."),
     explain: bool = typer.Option(False, "--explain", help="Also output regions and attention weights."),
     no_default_assets: bool = typer.Option(False, "--no-default-assets", help="Ignore the packaged learned files of the default model."),
     atol: float = typer.Option(1e-5, "--atol", help="Largest |ONNX - PyTorch| accepted."),
@@ -79,12 +84,15 @@ def export(
         max_side=max_side,
         seed=seed,
         use_default_assets=not no_default_assets,
+        scales=_scales_option(scales, max_side),
+        scale_aggregation=check_aggregation(scale_aggregation),
     )
     try:
         encoder, card = build.build_encoder(cfg)
     except (ValueError, RuntimeError) as exc:
         raise RegattError(str(exc)) from None
-    typer.echo(f"exporting {card.backbone} ({card.attention} attention, whitening: {card.whitening}, L={levels}) ...")
+    multi = f", scales {format_scales(card.scales)} ({card.scale_aggregation})" if card.scales != (1.0,) else ""
+    typer.echo(f"exporting {card.backbone} ({card.attention} attention, whitening: {card.whitening}, L={levels}{multi}) ...")
     fp32_path = output if not (int8 or fp16) else output.with_name(output.name + ".fp32.tmp")
     try:
         try:
@@ -102,6 +110,13 @@ def export(
             fp32_path.unlink()
     size = output.stat().st_size / 1e6
     typer.echo(f"wrote {output} ({size:.1f} MB, {card.precision}, {card.dim}-d descriptors, checked at {len(rows)} sizes)")
+
+
+def _scales_option(text: Optional[str], max_side: Optional[int]) -> Optional[tuple[float, ...]]:
+    """``--scales`` checked early (at ``--max-side``, or the smallest S any model defaults to)."""
+    if text is None:
+        return None
+    return parse_scales(text, max_side or 512, "--scales")
 
 
 def _reduced_precision(

@@ -23,6 +23,7 @@ from .engine_opts import engine_kwargs, engine_option, precision_option, say_cho
 
 from ..engines.device import HELP as DEVICE_HELP
 from ..errors import RegattError
+from ..scales import format_scales
 
 _TITLES = {
     "oxford5k": "Oxford5k", "paris6k": "Paris6k", "oxford105k": "Oxford105k",
@@ -83,12 +84,14 @@ def database_features(dataset, encoder, store_path: Path, model: Path, *, progre
     return kept, db, report
 
 
-def query_features(dataset, encoder) -> np.ndarray:
-    """(Q, D) descriptors of the queries, each cropped to its box when it has one."""
+def query_features(dataset, encoder, query_scales: bool = False) -> np.ndarray:
+    """(Q, D) descriptors of the queries, each cropped to its box when it has one
+    (``query_scales``: at the encoder's query-side scales)."""
+    encode = encoder.encode_query if query_scales else encoder.encode
     out = []
     for q in dataset.queries:
         try:
-            out.append(encoder.encode(str(q.path), roi=q.box))
+            out.append(encode(str(q.path), roi=q.box))
         except ValueError as exc:  # a box outside the image
             raise RegattError(f"query '{q.name}' ({q.path}): {exc}") from None
     return np.stack(out).astype(np.float32)
@@ -195,6 +198,9 @@ def evaluate_cmd(
     engine: str = engine_option(),
     precision: str = precision_option(),
     max_side: int = typer.Option(None, "--max-side", min=1, help="Resize the longest side to this."),
+    query_scales: str = typer.Option(
+        None, "--query-scales", help="Also score queries described at these multiples of S (summed; both results are reported), e.g. 1.5 or 1,1.5: larger than the database when objects are small in queries."
+    ),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per inference batch."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
     show: Path = typer.Option(
@@ -216,7 +222,8 @@ def evaluate_cmd(
 
     from ..encoder import Encoder
 
-    encoder = Encoder(model, device=device, max_side=max_side, **engine_kwargs(engine, precision))
+    extra = {"query_scales": query_scales} if query_scales is not None else {}
+    encoder = Encoder(model, device=device, max_side=max_side, **engine_kwargs(engine, precision), **extra)
     say_choice(encoder)
     card_hash = str(encoder.card.hash)
     store_path = store or default_store(key, root, card_hash, int(encoder.max_side))
@@ -234,6 +241,12 @@ def evaluate_cmd(
     plain, with_qe = score(ds, queries, db, steps=steps, backend=backend)
     t3 = time.monotonic()
     print_table(key, model, plain, with_qe, label)
+    scaled = None
+    if getattr(encoder, "query_scales", None):
+        scaled_queries = query_features(ds, encoder, query_scales=True)
+        scaled, scaled_qe = score(ds, scaled_queries, db, steps=steps, backend=backend)
+        typer.echo(f"queries at scales {format_scales(encoder.query_scales)} of S={encoder.max_side}:")
+        print_table(key, model, scaled, scaled_qe, label)
     if show is not None:
         from ..grid import save_eval_grids
 
@@ -260,6 +273,13 @@ def evaluate_cmd(
                 map_qe=round(with_qe.map, 4), qe_k=qe, qe_alpha=alpha, dba_k=dba,
                 dba_alpha=dba_alpha, expansion=label, results_qe=with_qe.to_dict(),
             )  # fmt: skip
+        if scaled is not None:
+            out.update(
+                query_scales=list(encoder.query_scales), map_query_scales=round(scaled.map, 4),
+                results_query_scales=scaled.to_dict(),
+            )  # fmt: skip
+            if scaled_qe is not None:
+                out["map_qe_query_scales"] = round(scaled_qe.map, 4)
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
         typer.echo(f"wrote {json_path}", err=True)

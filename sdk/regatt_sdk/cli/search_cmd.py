@@ -76,6 +76,9 @@ def search(
     engine: str = engine_option(),
     precision: str = precision_option(),
     max_side: int = typer.Option(None, "--max-side", min=1, help="Resize the longest side to this."),
+    query_scales: str = typer.Option(
+        None, "--query-scales", help="Describe the query at these multiples of S (summed), e.g. 1.5 or 1,1.5: larger than the database when objects are small in queries."
+    ),
     ann: bool = typer.Option(
         True, "--ann/--no-ann", help="Use the store's FAISS ANN index when it has one (regatt index --faiss)."
     ),
@@ -107,7 +110,8 @@ def search(
     from ..expansion import QueryExpansion
     from ..index.searcher import Searcher
 
-    encoder = Encoder(model, device=device, max_side=max_side, **engine_kwargs(engine, precision))
+    extra = {"query_scales": query_scales} if query_scales is not None else {}
+    encoder = Encoder(model, device=device, max_side=max_side, **engine_kwargs(engine, precision), **extra)
     say_choice(encoder)
     steps = [QueryExpansion(k=qe)] if qe > 0 else []
     if db is not None:

@@ -129,6 +129,7 @@ class Searcher:
         """Encode ``image`` (a path or a BGR array; cropped to ``roi``) and return the ``top`` hits."""
         if self.encoder is None:
             raise RegattError("this searcher has no encoder: search with descriptors (search_vectors)")
-        vec = self.encoder.encode(str(image) if isinstance(image, Path) else image, roi=roi)
+        encode = getattr(self.encoder, "encode_query", self.encoder.encode)  # query-side scales if set
+        vec = encode(str(image) if isinstance(image, Path) else image, roi=roi)
         scores, rows = self.search_vectors(vec, top)
         return self.hits(scores[0], rows[0])

@@ -1,0 +1,106 @@
+"""Scale lists for multi-scale descriptors: parsing, checking and the per-scale size rule.
+
+A scale ``s`` describes an image prepared at longest side ``L`` (``preprocess.prepare``) at
+longest side ``round(s * L)``; both sides follow the preprocessing rule
+``h' = round(h * T / max(h, w))`` (NumPy rounding, half to even), never below 1 pixel. The
+export side (``regatt_export.scales``) computes the same sizes with tensor ops inside the graph.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+
+from .errors import RegattError
+
+#: the smallest longest side a scale may give at the model's S (the encoder's own minimum S)
+MIN_SCALED_SIDE = 16
+AGGREGATIONS = ("sum", "regions")
+ScaleSpec = Union[str, float, Sequence[Union[str, float]]]
+
+_NAMED = {"sqrt2": math.sqrt(2.0), "1/sqrt2": 1.0 / math.sqrt(2.0)}
+
+
+class ScaleError(RegattError, ValueError):
+    """A scale list that cannot be used; the message names the input and the fix."""
+
+
+def _one(token: object, source: str) -> float:
+    text = str(token).strip()
+    if text.lower() in _NAMED:
+        return _NAMED[text.lower()]
+    try:
+        value = float(text)
+    except ValueError:
+        raise ScaleError(
+            f"{source}: {text!r} is not a number; give positive numbers separated by commas, e.g. {source} 1,1.5"
+        ) from None
+    if not math.isfinite(value):
+        raise ScaleError(f"{source}: {text!r} is not a finite number; give e.g. {source} 1,1.5")
+    if value <= 0:
+        raise ScaleError(f"{source}: scale {text} must be > 0 (1 is the model's own size S); e.g. {source} 1,1.5")
+    return value
+
+
+def parse_scales(spec: ScaleSpec, max_side: int, source: str = "--scales") -> tuple[float, ...]:
+    """``"1,1.5"`` / ``[1, 1.5]`` -> ``(1.0, 1.5)``, checked against the longest side ``max_side``.
+
+    Accepts numbers and the names ``sqrt2`` and ``1/sqrt2``. Refuses an empty list, duplicates,
+    zero, negative, non-finite or non-numeric entries, and any scale whose longest side
+    ``round(s * max_side)`` is below :data:`MIN_SCALED_SIDE` (naming the smallest usable one).
+    """
+    if isinstance(spec, str):
+        tokens: Iterable[object] = [t for t in spec.split(",")]
+        if not spec.strip() or all(not t.strip() for t in tokens):
+            raise ScaleError(f"{source}: the scale list is empty; give at least one scale, e.g. {source} 1 or {source} 1,1.5")
+    elif isinstance(spec, (int, float)):
+        tokens = [spec]
+    else:
+        tokens = list(spec)
+        if not tokens:
+            raise ScaleError(f"{source}: the scale list is empty; give at least one scale, e.g. {source} 1 or {source} 1,1.5")
+    values = []
+    for token in tokens:
+        if isinstance(spec, str) and not str(token).strip():
+            raise ScaleError(f"{source}: empty entry in {spec!r}; give numbers separated by commas, e.g. {source} 1,1.5")
+        values.append(_one(token, source))
+    for v in values:
+        side = scaled_longest(max_side, v)
+        if side < MIN_SCALED_SIDE:
+            smallest = MIN_SCALED_SIDE / max_side
+            raise ScaleError(
+                f"{source}: scale {v:g} makes the longest side {side} px at S={max_side}, below the network's "
+                f"minimum of {MIN_SCALED_SIDE} px; use scales >= {smallest:.3g} (or a larger --max-side)"
+            )
+    if len(set(values)) != len(values):
+        raise ScaleError(f"{source}: scale list {format_scales(values)} repeats a scale; list each scale once")
+    return tuple(values)
+
+
+def check_aggregation(name: str, source: str = "--scale-aggregation") -> str:
+    if name not in AGGREGATIONS:
+        raise ScaleError(f"{source} {name!r}: use one of {', '.join(AGGREGATIONS)}")
+    return name
+
+
+def scaled_longest(longest: int, scale: float) -> int:
+    """``round(scale * longest)`` half to even, at least 1."""
+    return max(int(np.round(np.float64(scale) * longest)), 1)
+
+
+def scaled_shape(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The size an ``(height, width)`` prepared image is described at for ``scale``."""
+    if scale == 1.0:
+        return height, width
+    longest = max(height, width)
+    target = scaled_longest(longest, scale)
+    new_h = int(np.round(np.float64(height) * target / longest))
+    new_w = int(np.round(np.float64(width) * target / longest))
+    return max(new_h, 1), max(new_w, 1)
+
+
+def format_scales(scales: Iterable[float]) -> str:
+    """``(1.0, 1.5)`` -> ``"1,1.5"`` (short, parseable back)."""
+    return ",".join(f"{s:.6g}" for s in scales)
