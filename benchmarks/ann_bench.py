@@ -35,8 +35,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sdk"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from regatt_sdk.index.faiss_index import FaissIndex  # noqa: E402
 from regatt_sdk.index import topk  # noqa: E402
+from regatt_sdk.index.faiss_index import FaissIndex  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

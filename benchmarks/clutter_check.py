@@ -97,7 +97,9 @@ def _read(path: Path) -> np.ndarray:
     return image
 
 
-def paste(background: np.ndarray, photo: np.ndarray, scale: float, side: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def paste(
+    background: np.ndarray, photo: np.ndarray, scale: float, side: int, rng: np.random.Generator
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Resize ``background`` to longest side ``side``, paste ``photo`` scaled to fit in
     ``scale`` of its width and height (aspect kept) at a uniformly random position.
 
@@ -142,7 +144,9 @@ def build_clutter_set(
     backgrounds = _images(backgrounds_root)
     n_queries = len(names) * per_landmark * len(scales)
     if len(backgrounds) < n_queries + distractors:
-        raise ValueError(f"{backgrounds_root}: {len(backgrounds)} photos, need {n_queries} backgrounds + {distractors} distractors")
+        raise ValueError(
+            f"{backgrounds_root}: {len(backgrounds)} photos, need {n_queries} backgrounds + {distractors} distractors"
+        )
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(backgrounds))
     bg_pick = [backgrounds[i] for i in order[:n_queries]]
@@ -154,7 +158,9 @@ def build_clutter_set(
     for lm in names:
         photos = _images(landmarks_root / lm)
         if len(photos) < 2:
-            raise ValueError(f"{landmarks_root / lm}: {len(photos)} photo(s); a landmark needs at least 2 (a query and a positive)")
+            raise ValueError(
+                f"{landmarks_root / lm}: {len(photos)} photo(s); a landmark needs at least 2 (a query and a positive)"
+            )
         database += [(str(p), lm) for p in photos]
         take = min(per_landmark, len(photos))
         sources = [photos[int(i)] for i in np.linspace(0, len(photos) - 1, take).round().astype(int)]
@@ -184,7 +190,9 @@ def build_clutter_set(
     return cs
 
 
-def query_average_precisions(query_vectors: np.ndarray, db_vectors: np.ndarray, cs: ClutterSet, qe: int = 0) -> np.ndarray:
+def query_average_precisions(
+    query_vectors: np.ndarray, db_vectors: np.ndarray, cs: ClutterSet, qe: int = 0
+) -> np.ndarray:
     """AP (0..1) of each query ``(Q, D)`` against the database ``(N, D)`` (rows unit length);
     ``qe > 0``: average query expansion with the top ``qe`` (the source photo excluded)."""
     from regatt_sdk.evaluation import compute_ap
@@ -221,7 +229,10 @@ def clutter_map(query_vectors: np.ndarray, db_vectors: np.ndarray, cs: ClutterSe
 def load_clutter_set(out_dir: str | Path) -> ClutterSet:
     """Read back ``out_dir/clutter.json`` written by :func:`build_clutter_set`."""
     blob = json.loads((Path(out_dir) / "clutter.json").read_text())
-    qs = [ClutterQuery(q["path"], q["landmark"], q["source"], q["background"], tuple(q["box"]), q["scale"]) for q in blob["queries"]]
+    qs = [
+        ClutterQuery(q["path"], q["landmark"], q["source"], q["background"], tuple(q["box"]), q["scale"])
+        for q in blob["queries"]
+    ]
     return ClutterSet(qs, [tuple(d) for d in blob["database"]], blob["facts"])
 
 
@@ -237,8 +248,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--side", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    cs = build_clutter_set(args.landmarks, args.backgrounds, args.out, args.part, args.per_landmark, tuple(args.scales), args.distractors, args.side, args.seed)
-    print(f"{len(cs.queries)} queries of {len(cs.facts['landmarks'])} landmarks, database {len(cs.database)} photos; wrote {args.out / 'clutter.json'}")
+    cs = build_clutter_set(
+        args.landmarks,
+        args.backgrounds,
+        args.out,
+        args.part,
+        args.per_landmark,
+        tuple(args.scales),
+        args.distractors,
+        args.side,
+        args.seed,
+    )
+    print(
+        f"{len(cs.queries)} queries of {len(cs.facts['landmarks'])} landmarks, database {len(cs.database)} photos; wrote {args.out / 'clutter.json'}"
+    )
     return 0
 
 

@@ -91,7 +91,11 @@ def sweep(n, i, j, values, thresholds, truth, level="edges"):
     best = None
     for t in thresholds:
         keep = values >= t
-        res = evaluate(n, i[keep], j[keep], truth) if level == "groups" else {"edges": prf(edge_set(i[keep], j[keep]), truth)}
+        res = (
+            evaluate(n, i[keep], j[keep], truth)
+            if level == "groups"
+            else {"edges": prf(edge_set(i[keep], j[keep]), truth)}
+        )
         f = res[level]["f1"]
         if best is None or f > best[1]:
             best = (float(t), f, res)
@@ -182,7 +186,6 @@ def calibrate(work: Path) -> dict:
 def report(work: Path) -> dict:
     model, presets, prov = load_presets()
     val, test = load(work, "val"), load(work, "test")
-    rows = []
     res = {"provenance": prov, "splits": {}}
     for split, d in (("val", val), ("test", test)):
         n = len(d["items"])
@@ -209,11 +212,17 @@ def report(work: Path) -> dict:
             grid = grid[grid >= 0.5] if name != "descriptor" else grid
             best = sweep(n, ai, aj, vals, grid, copy_truth, "edges")
             keep = vals >= best[0]
-            s["methods"][f"{name} (best on {split})"] = {"threshold": best[0], **evaluate(n, ai[keep], aj[keep], copy_truth)}
+            s["methods"][f"{name} (best on {split})"] = {
+                "threshold": best[0],
+                **evaluate(n, ai[keep], aj[keep], copy_truth),
+            }
             if split == "test":
                 vt = res["splits"]["val"]["methods"][f"{name} (best on val)"]["threshold"]
                 keep = vals >= vt
-                s["methods"][f"{name} (val threshold)"] = {"threshold": vt, **evaluate(n, ai[keep], aj[keep], copy_truth)}
+                s["methods"][f"{name} (val threshold)"] = {
+                    "threshold": vt,
+                    **evaluate(n, ai[keep], aj[keep], copy_truth),
+                }
         # recall of the near preset by edit kind (copy pairs that involve the original)
         keep = p >= presets["near"].threshold
         found = group_set(n, i[keep], j[keep])

@@ -63,7 +63,9 @@ def build(split: str, work: Path, originals: int, copies: int, seed: int) -> lis
                 items.append({"path": str(dst), "group": group, "landmark": landmark, "edit": name})
     imagenet = sorted(p for p in (SHARED / "imagenet-sample").iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
     for p in imagenet[(0 if split == "val" else 1) :: 2][:250]:
-        items.append({"path": str(p), "group": f"imagenet/{p.stem}", "landmark": f"imagenet/{p.stem}", "edit": "original"})
+        items.append(
+            {"path": str(p), "group": f"imagenet/{p.stem}", "landmark": f"imagenet/{p.stem}", "edit": "original"}
+        )
     return items
 
 

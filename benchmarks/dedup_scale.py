@@ -59,7 +59,9 @@ def make(work: Path, n: int, seed: int = 0) -> Path:
     del out
     (work / "tmp.npy").unlink()
     np.save(work / f"copies_{n}.npy", np.sort(copies, axis=1))
-    hashes = rng.integers(0, 2**63, size=n, dtype=np.int64).astype(np.uint64) * np.uint64(2) + rng.integers(0, 2, n).astype(np.uint64)
+    hashes = rng.integers(0, 2**63, size=n, dtype=np.int64).astype(np.uint64) * np.uint64(2) + rng.integers(
+        0, 2, n
+    ).astype(np.uint64)
     for a, b in copies:
         flips = rng.choice(64, size=int(rng.integers(0, 7)), replace=False)
         mask = np.uint64(sum(1 << int(f) for f in flips))

@@ -99,9 +99,7 @@ def measure(n: int, paths: list[str], work: Path, args: argparse.Namespace, mode
     spec = {"model": model, "dim": args.dim, "list": str(listing), "store": str(store),
             "batch_size": args.batch_size, "workers": args.workers,
             "max_side": args.max_side}  # fmt: skip
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["store_bytes"] = sum(f.stat().st_size for f in store.iterdir())
     print(
@@ -162,10 +160,7 @@ def main() -> None:
         sections.append(section(f"numpy fake encoder with the Encoder interface, dim {args.dim}", runs))
         if args.model:
             runs = [measure(n, paths, work, args, args.model) for n in args.model_sizes]
-            title = (
-                f"{Path(args.model).name} via onnxruntime on CPU, "
-                f"max side {args.max_side or 'from the card'}"
-            )
+            title = f"{Path(args.model).name} via onnxruntime on CPU, max side {args.max_side or 'from the card'}"
             sections.append(section(title, runs))
     result = {
         "images": "synthetic PNG, 64x48 and 96x72 alternating",
@@ -184,7 +179,7 @@ def main() -> None:
         f"Images: {result['images']}. Batch {args.batch_size}, {args.workers} decode workers, "
         f"{os.cpu_count()} CPUs. Each size runs in a fresh process; peak RSS is VmHWM.",
         "Descriptors are committed to the store every 256 rows, so memory stays flat once the",
-        "first chunk buffer is full, whatever the number of images. \"Before encoding\" is after",
+        'first chunk buffer is full, whatever the number of images. "Before encoding" is after',
         "imports and model load; with an ONNX model the step up to the peak is onnxruntime's",
         "working memory for the first batches, which does not grow with the image count.",
         "Seconds are wall time on a shared, busy machine: not a speed measurement.",

@@ -80,7 +80,12 @@ def bench_model(path: Path, h: int, w: int, rounds: int, threads: int, variants,
             continue
         opened[key] = enc
         g = enc.choice.gates[0]
-        gate[key] = {"passed": g.passed, "max_diff": g.max_diff, "min_cosine": g.min_cosine, "open_and_gate_s": time.perf_counter() - t}
+        gate[key] = {
+            "passed": g.passed,
+            "max_diff": g.max_diff,
+            "min_cosine": g.min_cosine,
+            "open_and_gate_s": time.perf_counter() - t,
+        }
     first: dict[str, float] = {}
     for key, enc in opened.items():
         t = time.perf_counter()
@@ -144,12 +149,17 @@ def write_markdown(result: dict, out: Path) -> None:
             g = r["gflops_per_s"]
             pm = f"{r['pct_measured_peak']:.0f} %" if r.get("pct_measured_peak") else ""
             pt = f"{r['pct_theoretical_peak']:.0f} %" if r.get("pct_theoretical_peak") else ""
-            paper = f"{PAPER_MS[block['attention']]:.0f} ms" if block["backbone"] == "resnet101-caffe" and block["attention"] in PAPER_MS else ""
+            paper = (
+                f"{PAPER_MS[block['attention']]:.0f} ms"
+                if block["backbone"] == "resnet101-caffe" and block["attention"] in PAPER_MS
+                else ""
+            )
             lines.append(
                 f"| {block['model']} | {r['input']} | {r['engine']} | {r['precision']}{' (int8 file)' if r['file_precision'] == 'int8' else ''} | "
                 f"{r['p50_ms']:.1f} | {r['speedup_vs_ort_fp32']:.2f}x | {r['cosine_to_ort_fp32']:.6f} | {r['first_call_ms']:.0f} | "
-                f"{r['peak_rss_mb'] or float('nan'):.0f} | {g:.0f} | {pm} | {pt} | {paper} |" if g else
-                f"| {block['model']} | {r['input']} | {r['engine']} | {r['precision']}{' (int8 file)' if r['file_precision'] == 'int8' else ''} | "
+                f"{r['peak_rss_mb'] or float('nan'):.0f} | {g:.0f} | {pm} | {pt} | {paper} |"
+                if g
+                else f"| {block['model']} | {r['input']} | {r['engine']} | {r['precision']}{' (int8 file)' if r['file_precision'] == 'int8' else ''} | "
                 f"{r['p50_ms']:.1f} | {r['speedup_vs_ort_fp32']:.2f}x | {r['cosine_to_ort_fp32']:.6f} | {r['first_call_ms']:.0f} | "
                 f"{r['peak_rss_mb'] or float('nan'):.0f} | | | | {paper} |"
             )
@@ -180,7 +190,9 @@ def regenerate(json_path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", default=[], help="PATH:HxW (fp32 file)")
-    ap.add_argument("--int8", action="append", default=[], help="PATH:HxW (an INT8 file: onnxruntime and openvino fp32 engines)")
+    ap.add_argument(
+        "--int8", action="append", default=[], help="PATH:HxW (an INT8 file: onnxruntime and openvino fp32 engines)"
+    )
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peak-sizes", default="2048,3072")
@@ -195,7 +207,11 @@ def main() -> None:
         models.append(bench_model(path, h, w, args.rounds, args.threads, VARIANTS, path.stem))
     for spec in args.int8:
         path, h, w = parse_spec(spec)
-        models.append(bench_model(path, h, w, args.rounds, args.threads, (("onnxruntime", "fp32"), ("openvino", "fp32")), path.stem))
+        models.append(
+            bench_model(
+                path, h, w, args.rounds, args.threads, (("onnxruntime", "fp32"), ("openvino", "fp32")), path.stem
+            )
+        )
     peak_end = machine_peak(args.threads, sizes=sizes, runs=5)
     measured = max(peak_start.measured_gflops, peak_end.measured_gflops)
     theoretical = max(p.theoretical_gflops or 0 for p in (peak_start, peak_end)) or None

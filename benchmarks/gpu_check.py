@@ -42,7 +42,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--min-cosine", type=float, default=0.9999)
-    ap.add_argument("--json", type=Path, default=Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else None)
+    ap.add_argument(
+        "--json", type=Path, default=Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else None
+    )
     args = ap.parse_args()
 
     import onnxruntime as ort
@@ -74,8 +76,12 @@ def main() -> int:
         a = cpu.run([out], {name: image})[0]
         b = gpu.run([out], {name: image})[0]
         cos = float(np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b)))
-        parity.append({"size": label, "cosine": cos, "max_abs_diff": float(np.abs(a - b).max()), "ok": cos >= args.min_cosine})
-        print(f"parity {label:>9}: cosine {cos:.7f}  max|diff| {parity[-1]['max_abs_diff']:.2e}  {'ok' if parity[-1]['ok'] else 'FAIL'}")
+        parity.append(
+            {"size": label, "cosine": cos, "max_abs_diff": float(np.abs(a - b).max()), "ok": cos >= args.min_cosine}
+        )
+        print(
+            f"parity {label:>9}: cosine {cos:.7f}  max|diff| {parity[-1]['max_abs_diff']:.2e}  {'ok' if parity[-1]['ok'] else 'FAIL'}"
+        )
     report["parity"] = parity
     image = rng.integers(0, 256, (1, 768, 1024, 3), dtype=np.uint8)
     t0 = time.perf_counter()

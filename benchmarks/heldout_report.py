@@ -52,15 +52,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--landmarks", type=Path, default=SHARED / "landmarks-train")
     ap.add_argument("--paris", type=Path, default=SHARED / "paris6k-subset")
     ap.add_argument("--backgrounds", type=Path, default=SHARED / "imagenet-extra")
-    ap.add_argument("--clutter-dir", type=Path, default=Path("/tmp/regatt-clutter"), help="Where the clutter queries are written")
+    ap.add_argument(
+        "--clutter-dir", type=Path, default=Path("/tmp/regatt-clutter"), help="Where the clutter queries are written"
+    )
     ap.add_argument("-S", "--max-side", type=int, default=512)
     ap.add_argument("-L", "--levels", type=int, default=5)
-    ap.add_argument("--attention", action="append", default=[], help="NAME=FILE (release format; context or regional, read from the shapes)")
+    ap.add_argument(
+        "--attention",
+        action="append",
+        default=[],
+        help="NAME=FILE (release format; context or regional, read from the shapes)",
+    )
     ap.add_argument("--whitening", action="append", default=[], help="NAME=FILE: extra whitening files to compare")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/regatt-cache"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=HERE / "results")
-    ap.add_argument("--bank", type=Path, help="Folder to keep the pooled regional vectors in (.npy), reused by a rerun on the same photos")
+    ap.add_argument(
+        "--bank",
+        type=Path,
+        help="Folder to keep the pooled regional vectors in (.npy), reused by a rerun on the same photos",
+    )
     ap.add_argument("--save-whitening", type=Path, help="Folder to write the chosen landmark whitenings (.npz) into")
     return ap.parse_args(argv)
 
@@ -73,15 +84,24 @@ class PhotoBank:
     FIELDS = ("rmax", "rmean", "gmean", "counts", "boxes_flat")
 
     def __init__(self, encoder, cache, paths: list[str], log, store: Path | None = None):
-        if store is not None and (store / "paths.json").is_file() and json.loads((store / "paths.json").read_text()) == paths:
+        if (
+            store is not None
+            and (store / "paths.json").is_file()
+            and json.loads((store / "paths.json").read_text()) == paths
+        ):
             self._load(store, paths)
             log(f"  regional vectors read back from {store}")
             return
         self._pool(encoder, cache, paths, log)
         if store is not None:
             store.mkdir(parents=True, exist_ok=True)
-            arrays = {"rmax": self.rmax.numpy(), "rmean": self.rmean.numpy(), "gmean": self.gmean.numpy(),
-                      "counts": self.counts.numpy(), "boxes_flat": np.concatenate(self.boxes)}
+            arrays = {
+                "rmax": self.rmax.numpy(),
+                "rmean": self.rmean.numpy(),
+                "gmean": self.gmean.numpy(),
+                "counts": self.counts.numpy(),
+                "boxes_flat": np.concatenate(self.boxes),
+            }
             arrays.update({f"classic_{k}": v for k, v in self.classic.items()})
             for k, v in arrays.items():
                 np.save(store / f"{k}.npy", v, allow_pickle=False)
@@ -131,7 +151,7 @@ class PhotoBank:
         self.boxes = boxes
         self.classic = {k: torch.stack(v).numpy() for k, v in classic.items()}
 
-    def subset(self, paths: list[str]) -> "PhotoBank":
+    def subset(self, paths: list[str]) -> PhotoBank:
         """A bank of only ``paths`` (same order), sharing nothing mutable with this one."""
         sub = object.__new__(PhotoBank)
         rows = [self.index[p] for p in paths]
@@ -213,7 +233,9 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     name = "efficientnet-lite0"
     spec = get_spec(name)
-    encoder = RegionalAttentionEncoder(build_backbone(name), spec, Attention(spec.channels, "none"), None, args.levels).eval()
+    encoder = RegionalAttentionEncoder(
+        build_backbone(name), spec, Attention(spec.channels, "none"), None, args.levels
+    ).eval()
     cache = full_image_cache(encoder, name, None, args.max_side, str(args.cache), dtype="float16")
     split = landmark_split(args.landmarks)
 
@@ -223,13 +245,19 @@ def main(argv=None) -> int:
         p, lab = landmark_photos(args.landmarks, split[part])
         sets[f"lm-{part}"] = {"paths": p, "labels": lab}
         cdir = args.clutter_dir / part
-        cs = load_clutter_set(cdir) if (cdir / "clutter.json").is_file() else build_clutter_set(args.landmarks, args.backgrounds, cdir, part=part)
+        cs = (
+            load_clutter_set(cdir)
+            if (cdir / "clutter.json").is_file()
+            else build_clutter_set(args.landmarks, args.backgrounds, cdir, part=part)
+        )
         sets[f"clutter-{part}"] = {"clutter": cs, "paths": [q.path for q in cs.queries] + [d for d, _ in cs.database]}
     p, lab = landmark_photos(args.paris, sorted(x.name for x in args.paris.iterdir() if x.is_dir()))
     sets["paris"] = {"paths": p, "labels": lab}
     train_paths, train_labels = landmark_photos(args.landmarks, split["train"])
     all_paths = sorted({q for s in sets.values() for q in s["paths"]} | set(train_paths))
-    log(f"{len(all_paths)} photos at S={args.max_side} (train landmarks {len(split['train'])}: {len(train_paths)} photos)")
+    log(
+        f"{len(all_paths)} photos at S={args.max_side} (train landmarks {len(split['train'])}: {len(train_paths)} photos)"
+    )
     bank = PhotoBank(encoder, cache, all_paths, log, args.bank)
 
     # -- whitenings: packaged, PCA Landmark and Lw on the train landmarks ------------------
@@ -245,7 +273,10 @@ def main(argv=None) -> int:
     whitenings: dict[str, tuple] = {}
     packaged = ASSETS / f"{name}-whitening.npz"
     if packaged.is_file():
-        whitenings["ImageNet-sample (packaged)"] = (load_whitening_file(packaged, spec.channels), "packaged file, 1000 ImageNet-sample photos, S=384")
+        whitenings["ImageNet-sample (packaged)"] = (
+            load_whitening_file(packaged, spec.channels),
+            "packaged file, 1000 ImageNet-sample photos, S=384",
+        )
     for extra in args.whitening:
         label, path = extra.split("=", 1)
         whitenings[label] = (load_whitening_file(path, spec.channels), path)
@@ -266,7 +297,9 @@ def main(argv=None) -> int:
         mean, comps, _ = learn_lw(tvec, tseg, tlabels, None, s)
         timings[f"Lw landmark {s}"] = time.perf_counter() - t0 + learn_s
         candidates["Lw landmark"][s] = load_whitening_arrays(mean, comps, f"lw {s}")
-    log(f"whitenings learned on {len(train_paths)} photos / {tvec.shape[0]} regions ({max(timings.values()):.0f} s the slowest)")
+    log(
+        f"whitenings learned on {len(train_paths)} photos / {tvec.shape[0]} regions ({max(timings.values()):.0f} s the slowest)"
+    )
 
     # -- scoring ----------------------------------------------------------------------------
     def score(desc: np.ndarray, check: str, qe: int, b=None) -> float:
@@ -289,7 +322,11 @@ def main(argv=None) -> int:
             a.append(sh)
             u.append(un)
         a, u = np.array(a), np.array(u)
-        return {"box_share": float(a.mean()), "uniform_share": float(u.mean()), "ratio": float(a.mean() / max(u.mean(), 1e-12))}
+        return {
+            "box_share": float(a.mean()),
+            "uniform_share": float(u.mean()),
+            "ratio": float(a.mean() / max(u.mean(), 1e-12)),
+        }
 
     checks = CHOICE_CHECKS + REPORT_CHECKS
     rows: dict[str, dict] = {}
@@ -332,13 +369,18 @@ def main(argv=None) -> int:
             if best is None or r["choice"] > best[1]:
                 best = (s, r["choice"])
         chosen[fam] = best[0]
-        whitenings[f"{fam} (shrinkage {best[0]})"] = (grid[best[0]], f"train landmarks, {len(train_paths)} photos, shrinkage chosen on val")
+        whitenings[f"{fam} (shrinkage {best[0]})"] = (
+            grid[best[0]],
+            f"train landmarks, {len(train_paths)} photos, shrinkage chosen on val",
+        )
     grid_rows = rows.pop("_grid")
 
     for wlabel, (wh, wnote) in [("none", (None, ""))] + list(whitenings.items()):
         v = bank.regional(wh)
         for alabel, phi in phis.items():
-            label = ("R-MAC" if wlabel == "none" else f"R-MAC + {wlabel} whitening") + ("" if alabel == "none" else f" + {alabel} attention")
+            label = ("R-MAC" if wlabel == "none" else f"R-MAC + {wlabel} whitening") + (
+                "" if alabel == "none" else f" + {alabel} attention"
+            )
             rows[label] = evaluate(label, bank.descriptors(v, phi), "R-MAC", phi if alabel != "none" else None)
             rows[label].update({"whitening": wlabel, "attention": alabel})
             log(f"{label}: " + "  ".join(f"{c} {rows[label][c]:.2f}" for c in checks))
@@ -349,7 +391,12 @@ def main(argv=None) -> int:
         args.save_whitening.mkdir(parents=True, exist_ok=True)
         for fam, s in chosen.items():
             wh = candidates[fam][s]
-            save_whitening(args.save_whitening / f"{fam.split()[0].lower()}-landmark.npz", wh.mean.numpy(), wh.components.numpy(), shrinkage=s)
+            save_whitening(
+                args.save_whitening / f"{fam.split()[0].lower()}-landmark.npz",
+                wh.mean.numpy(),
+                wh.components.numpy(),
+                shrinkage=s,
+            )
 
     # -- the default, chosen on val ---------------------------------------------------------
     rmac = {k: r for k, r in rows.items() if r["kind"] == "R-MAC" and r.get("whitening") != "none"}
@@ -395,19 +442,39 @@ def write_markdown(result: dict, path: Path) -> None:
         "`lm-val` / `lm-test` (the val / test landmarks of landmarks-train, 10 each, every photo a query),",
         "`clutter-val` / `clutter-test` (150 photos of those landmarks pasted into ImageNet photos at 30/45/60 % of the",
         "sides, against their clean photos + 300 ImageNet distractors; the pasted photo is junk). Whitenings `PCA landmark`",
-        "and `Lw landmark` are learned on the 30 train landmarks only. **Choices use only " + result["choice_rule"] + "**",
+        "and `Lw landmark` are learned on the 30 train landmarks only. **Choices use only "
+        + result["choice_rule"]
+        + "**",
         f"(shrinkage chosen: {result['chosen_shrinkage']}); `paris`, `lm-test`, `clutter-test` are the reported numbers.",
         "",
-        "| method | " + " | ".join(checks) + " | " + " | ".join(c + " +QE" for c in REPORT_CHECKS) + " | box share (clutter-test) |",
-        "| --- | " + " | ".join("---:" for _ in checks) + " | " + " | ".join("---:" for _ in REPORT_CHECKS) + " | ---: |",
+        "| method | "
+        + " | ".join(checks)
+        + " | "
+        + " | ".join(c + " +QE" for c in REPORT_CHECKS)
+        + " | box share (clutter-test) |",
+        "| --- | "
+        + " | ".join("---:" for _ in checks)
+        + " | "
+        + " | ".join("---:" for _ in REPORT_CHECKS)
+        + " | ---: |",
     ]
     for label, r in rows.items():
         sh = r.get("clutter-test share")
         share = f"{100 * sh['box_share']:.1f} % vs {100 * sh['uniform_share']:.1f} % ({sh['ratio']:.2f}x)" if sh else ""
         lines.append(
-            f"| {label} | " + " | ".join(f"{r[c]:.2f}" for c in checks) + " | " + " | ".join(f"{r[c + ' +QE']:.2f}" for c in REPORT_CHECKS) + f" | {share} |"
+            f"| {label} | "
+            + " | ".join(f"{r[c]:.2f}" for c in checks)
+            + " | "
+            + " | ".join(f"{r[c + ' +QE']:.2f}" for c in REPORT_CHECKS)
+            + f" | {share} |"
         )
-    lines += ["", "## Shrinkage grid (val only, no attention)", "", "| whitening | lm-val | clutter-val | choice |", "| --- | ---: | ---: | ---: |"]
+    lines += [
+        "",
+        "## Shrinkage grid (val only, no attention)",
+        "",
+        "| whitening | lm-val | clutter-val | choice |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     for label, r in result["grid"].items():
         lines.append(f"| {label} | {r['lm-val']:.2f} | {r['clutter-val']:.2f} | {r['choice']:.2f} |")
     classic = max(("GeM (p=3)", "MAC", "SPoC"), key=lambda k: rows[k]["choice"])
@@ -426,7 +493,8 @@ def write_markdown(result: dict, path: Path) -> None:
             base = rows[plain]
             sh = r["clutter-test share"]
             lines.append(
-                f"- {r['attention']}: " + ", ".join(f"{c} {r[c] - base[c]:+.2f}" for c in REPORT_CHECKS)
+                f"- {r['attention']}: "
+                + ", ".join(f"{c} {r[c] - base[c]:+.2f}" for c in REPORT_CHECKS)
                 + f"; box share {sh['ratio']:.2f}x uniform on clutter-test."
             )
     path.write_text("\n".join(lines) + "\n")

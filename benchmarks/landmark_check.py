@@ -22,7 +22,6 @@ sys.path.insert(0, str(HERE))
 
 def main(argv: list[str] | None = None) -> int:
     from precision_report import landmark_map, landmark_set
-
     from regatt_sdk import Encoder
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -34,7 +34,6 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from ann_bench import Mixture, recall_at  # noqa: E402
 from pgserver import start_postgres  # noqa: E402
-
 from regatt_sdk.index import topk  # noqa: E402
 from regatt_sdk.index.pgvector import PgVectorIndex, build_hnsw, connect, copy_rows, ensure_tables  # noqa: E402
 
@@ -77,7 +76,9 @@ def run_dim(url: str, n: int, dim: int, nq: int, efs: list[int]) -> dict:
         index.ef_search = ef
         _, found = index.search(queries, 10)
         lat = median_latency(lambda q: index.search(q, 10), queries[:100])
-        out["hnsw"].append({"ef_search": ef, "recall_at_10": round(recall_at(found, truth), 4), "latency_ms": round(lat * 1e3, 2)})
+        out["hnsw"].append(
+            {"ef_search": ef, "recall_at_10": round(recall_at(found, truth), 4), "latency_ms": round(lat * 1e3, 2)}
+        )
         print(f"{dim}-d: ef_search {ef}: {out['hnsw'][-1]}", flush=True)
     exact = PgVectorIndex(url, table, exact=True)
     _, found = exact.search(queries[:10], 10)
@@ -113,11 +114,18 @@ def markdown(r: dict) -> str:
                 f"{d['hnsw_mib']} | {h['ef_search']} | {h['recall_at_10']:.3f} | {h['latency_ms']} ms |"
             )
         e = d["postgres_exact"]
-        lines.append(f"| {d['dim']} | exact scan in PostgreSQL | | | | | {e['recall_at_10']:.3f} | {e['latency_ms']} ms |")
-        lines.append(f"| {d['dim']} | exact numpy (`regatt_sdk.index.topk`) | | | | | 1.000 | {d['numpy_exact_latency_ms']} ms |")
+        lines.append(
+            f"| {d['dim']} | exact scan in PostgreSQL | | | | | {e['recall_at_10']:.3f} | {e['latency_ms']} ms |"
+        )
+        lines.append(
+            f"| {d['dim']} | exact numpy (`regatt_sdk.index.topk`) | | | | | 1.000 | {d['numpy_exact_latency_ms']} ms |"
+        )
     if r.get("loadavg_at_start"):
-        lines += ["", f"Load average when the run started: {r['loadavg_at_start']} (other jobs on the 2 cores): "
-                  "absolute times are inflated, recall is not affected."]
+        lines += [
+            "",
+            f"Load average when the run started: {r['loadavg_at_start']} (other jobs on the 2 cores): "
+            "absolute times are inflated, recall is not affected.",
+        ]
     lines += ["", "Target (issue 14): HNSW recall@10 >= 0.95 against exact search on 100k descriptors.", ""]
     return "\n".join(lines)
 

@@ -29,7 +29,12 @@ import numpy as np
 #: Paris landmark check is held out for every learned part (and the INT8 calibration photos,
 #: also ImageNet-sample ones, never meet the evaluation photos either).
 MODELS = {
-    "efficientnet-lite0 (the default model)": {"backbone": "efficientnet-lite0", "weights": None, "quality": True, "assets": True},
+    "efficientnet-lite0 (the default model)": {
+        "backbone": "efficientnet-lite0",
+        "weights": None,
+        "quality": True,
+        "assets": True,
+    },
     "resnet101-caffe (random weights)": {"backbone": "resnet101-caffe", "weights": "random", "quality": False},
 }
 
@@ -90,7 +95,10 @@ def run(args: argparse.Namespace, save=None) -> dict:
 
     files, labels = landmark_set(Path(args.landmarks))
     GEMM.update(gemm_ratio(args.threads))
-    print(f"GEMM: fp32 {GEMM['fp32_gflops']:.0f} GFLOP/s, int8 {GEMM['int8_gops']:.0f} GOP/s -> int8/fp32 {GEMM['ratio']:.2f}x", flush=True)
+    print(
+        f"GEMM: fp32 {GEMM['fp32_gflops']:.0f} GFLOP/s, int8 {GEMM['int8_gops']:.0f} GOP/s -> int8/fp32 {GEMM['ratio']:.2f}x",
+        flush=True,
+    )
     work = Path(tempfile.mkdtemp(prefix="regatt-precision-"))
     rows = []
     for label, spec in MODELS.items():
@@ -98,7 +106,12 @@ def run(args: argparse.Namespace, save=None) -> dict:
             continue
         print(f"== {label}: export fp32 at S={args.side}", flush=True)
         encoder, card = build_encoder(
-            EncoderConfig(backbone=spec["backbone"], weights=spec["weights"], max_side=args.side, use_default_assets=spec.get("assets", True))
+            EncoderConfig(
+                backbone=spec["backbone"],
+                weights=spec["weights"],
+                max_side=args.side,
+                use_default_assets=spec.get("assets", True),
+            )
         )
         fp32 = work / f"{spec['backbone']}.onnx"
         export_onnx(encoder, card, fp32)
@@ -147,7 +160,12 @@ def int8_simd() -> str:
         flags = set(Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split())
     except (OSError, IndexError):
         return "unknown"
-    for flag, name in (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2 (no VNNI)")):
+    for flag, name in (
+        ("amx_int8", "AMX-INT8"),
+        ("avx512_vnni", "AVX-512 VNNI"),
+        ("avx_vnni", "AVX-VNNI"),
+        ("avx2", "AVX2 (no VNNI)"),
+    ):
         if flag in flags:
             return name
     return "no AVX2"
@@ -178,7 +196,11 @@ def _report(args: argparse.Namespace, files: list[Path], labels: list[str], rows
         "threads": args.threads,
         "landmarks": {"folder": str(Path(args.landmarks).resolve()), "images": len(files), "groups": len(set(labels))},
         "calibration_folder": str(Path(args.calibration).resolve()),
-        "machine": {"cpu": platform.processor() or platform.machine(), "onnxruntime": onnxruntime.__version__, "int8_simd": int8_simd()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "onnxruntime": onnxruntime.__version__,
+            "int8_simd": int8_simd(),
+        },
         "rows": rows,
     }
 

@@ -42,12 +42,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--paris", type=Path, default=SHARED / "paris6k-subset")
     ap.add_argument("--imagenet", type=Path, default=SHARED / "imagenet-sample")
-    ap.add_argument("--imagenet-count", type=int, default=250, help="ImageNet photos for the no-Paris whitening (every k-th, sorted); 0: skip")
+    ap.add_argument(
+        "--imagenet-count",
+        type=int,
+        default=250,
+        help="ImageNet photos for the no-Paris whitening (every k-th, sorted); 0: skip",
+    )
     ap.add_argument("-S", "--max-side", type=int, default=384)
     ap.add_argument("-L", "--levels", type=int, default=5)
     ap.add_argument("--power", type=float, default=0.5)
     ap.add_argument("--attention", action="append", default=[], help="variant=FILE (context=..., regional=...)")
-    ap.add_argument("--attention-lolo", action="append", default=[], help="variant=DIR with DIR/<landmark>.pth trained without that landmark")
+    ap.add_argument(
+        "--attention-lolo",
+        action="append",
+        default=[],
+        help="variant=DIR with DIR/<landmark>.pth trained without that landmark",
+    )
     ap.add_argument("--cache", type=Path, default=Path("/tmp/regatt-cache"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--threads", type=int, default=1)
@@ -175,7 +185,9 @@ def default_backbone_encoder(attention: str, levels: int, max_side: int, cache_d
 
     name = "efficientnet-lite0"
     spec = get_spec(name)
-    encoder = RegionalAttentionEncoder(build_backbone(name), spec, Attention(spec.channels, attention), None, levels).eval()
+    encoder = RegionalAttentionEncoder(
+        build_backbone(name), spec, Attention(spec.channels, attention), None, levels
+    ).eval()
     return encoder, spec, full_image_cache(encoder, name, None, max_side, str(cache_dir))
 
 
@@ -242,10 +254,17 @@ def main(argv=None) -> int:
     score("R-MAC", lambda lm: d, "no whitening, no attention")
     for label, (att, path) in attentions.items():
         d = bank.descriptors(raw, bank.weights(att))
-        score(f"R-MAC + {label} attention (no whitening)", lambda lm, d=d: d, f"{Path(path).parent.name}/{Path(path).name}")
+        score(
+            f"R-MAC + {label} attention (no whitening)",
+            lambda lm, d=d: d,
+            f"{Path(path).parent.name}/{Path(path).name}",
+        )
 
     # whitening, leave-one-landmark-out (LOLO): landmark k's queries use a whitening learned on the others
-    vec_by_lm = {lm: bank.rmax[torch.tensor([labels[i] == lm for i in range(len(items))])[bank.seg]].double().numpy() for lm in landmarks}
+    vec_by_lm = {
+        lm: bank.rmax[torch.tensor([labels[i] == lm for i in range(len(items))])[bank.seg]].double().numpy()
+        for lm in landmarks
+    }
     checks = {}
     lolo_best, lolo_best_s = -1.0, 0.0
     fold_v: dict[float, dict[str, torch.Tensor]] = {}
@@ -254,10 +273,14 @@ def main(argv=None) -> int:
         for lm in landmarks:
             wh = whitening_from(np.concatenate([vec_by_lm[x] for x in landmarks if x != lm]), s, args.power)
             if lm == landmarks[0]:
-                checks[f"lolo shrinkage {s}"] = check_against_module(encoder, bank, wh, Attention(spec.channels, "none"))
+                checks[f"lolo shrinkage {s}"] = check_against_module(
+                    encoder, bank, wh, Attention(spec.channels, "none")
+                )
             fold_v[s][lm] = bank.regional(wh)
         dd = {lm: bank.descriptors(fold_v[s][lm], ones) for lm in landmarks}
-        score(f"R-MAC + whitening (LOLO, shrinkage {s})", lambda lm, dd=dd: dd[lm], "whitening from the other 4 landmarks")
+        score(
+            f"R-MAC + whitening (LOLO, shrinkage {s})", lambda lm, dd=dd: dd[lm], "whitening from the other 4 landmarks"
+        )
         if rows[f"R-MAC + whitening (LOLO, shrinkage {s})"]["mAP"] > lolo_best:
             lolo_best, lolo_best_s = rows[f"R-MAC + whitening (LOLO, shrinkage {s})"]["mAP"], s
     log(f"best LOLO shrinkage: {lolo_best_s}")
@@ -266,18 +289,33 @@ def main(argv=None) -> int:
         checks[f"attention {label}"] = check_against_module(encoder, bank, None, att)
         for s in sorted({0.0, lolo_best_s}):
             dd = {lm: bank.descriptors(fold_v[s][lm], phi) for lm in landmarks}
-            score(f"R-MAC + whitening (LOLO, shrinkage {s}) + {label} attention", lambda lm, dd=dd: dd[lm], f"{Path(path).parent.name}/{Path(path).name}")
+            score(
+                f"R-MAC + whitening (LOLO, shrinkage {s}) + {label} attention",
+                lambda lm, dd=dd: dd[lm],
+                f"{Path(path).parent.name}/{Path(path).name}",
+            )
 
     # attention trained per fold on the other 4 landmarks (label-free), scored on the held-out one
     for spec_arg in args.attention_lolo:
         label, folder = spec_arg.split("=", 1)
         variant = "regional" if label.startswith("regional") else "context"
-        phis = {lm: bank.weights(load_attention_file(Path(folder) / f"{lm}.pth", spec.channels, variant)) for lm in landmarks}
+        phis = {
+            lm: bank.weights(load_attention_file(Path(folder) / f"{lm}.pth", spec.channels, variant))
+            for lm in landmarks
+        }
         dd = {lm: bank.descriptors(raw, phis[lm]) for lm in landmarks}
-        score(f"R-MAC + {label} attention (LOLO, no whitening)", lambda lm, dd=dd: dd[lm], f"attention trained on the other 4 landmarks ({folder})")
+        score(
+            f"R-MAC + {label} attention (LOLO, no whitening)",
+            lambda lm, dd=dd: dd[lm],
+            f"attention trained on the other 4 landmarks ({folder})",
+        )
         for s in sorted({0.0, lolo_best_s}):
             dd = {lm: bank.descriptors(fold_v[s][lm], phis[lm]) for lm in landmarks}
-            score(f"R-MAC + whitening (LOLO, shrinkage {s}) + {label} attention (LOLO)", lambda lm, dd=dd: dd[lm], f"attention trained on the other 4 landmarks ({folder})")
+            score(
+                f"R-MAC + whitening (LOLO, shrinkage {s}) + {label} attention (LOLO)",
+                lambda lm, dd=dd: dd[lm],
+                f"attention trained on the other 4 landmarks ({folder})",
+            )
 
     # whitening learned on ImageNet photos (no Paris photo at all)
     if args.imagenet_count and args.imagenet.is_dir():
@@ -292,7 +330,11 @@ def main(argv=None) -> int:
             score(f"R-MAC + whitening (ImageNet {len(inet)}, shrinkage {s})", lambda lm, d=d: d, "no Paris photo used")
             for label, (att, path) in attentions.items():
                 d = bank.descriptors(v, bank.weights(att))
-                score(f"R-MAC + whitening (ImageNet {len(inet)}, shrinkage {s}) + {label} attention", lambda lm, d=d: d, f"{Path(path).parent.name}/{Path(path).name}")
+                score(
+                    f"R-MAC + whitening (ImageNet {len(inet)}, shrinkage {s}) + {label} attention",
+                    lambda lm, d=d: d,
+                    f"{Path(path).parent.name}/{Path(path).name}",
+                )
         # both: the other 4 Paris landmarks + the ImageNet photos
         s = lolo_best_s
         both = {}
@@ -300,7 +342,11 @@ def main(argv=None) -> int:
             vecs = np.concatenate([ivec] + [vec_by_lm[x] for x in landmarks if x != lm])
             both[lm] = bank.regional(whitening_from(vecs, s, args.power))
         dd = {lm: bank.descriptors(both[lm], ones) for lm in landmarks}
-        score(f"R-MAC + whitening (LOLO + ImageNet {len(inet)}, shrinkage {s})", lambda lm, dd=dd: dd[lm], "other 4 landmarks + ImageNet photos")
+        score(
+            f"R-MAC + whitening (LOLO + ImageNet {len(inet)}, shrinkage {s})",
+            lambda lm, dd=dd: dd[lm],
+            "other 4 landmarks + ImageNet photos",
+        )
 
     result = {
         "backbone": name,
@@ -351,7 +397,9 @@ def write_markdown(result: dict, path: Path) -> None:
     )
     for label, r in rows.items():
         if label.startswith(white + " + "):
-            lines.append(f"- {label[len(white) + 3:]}: {r['mAP'] - rows[white]['mAP']:+.2f} mAP vs the same whitening without attention.")
+            lines.append(
+                f"- {label[len(white) + 3 :]}: {r['mAP'] - rows[white]['mAP']:+.2f} mAP vs the same whitening without attention."
+            )
     path.write_text("\n".join(lines) + "\n")
 
 

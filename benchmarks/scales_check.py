@@ -87,7 +87,6 @@ def time_models(models: dict[str, Path], repeats: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     from clutter_check import build_clutter_set, clutter_map
-
     from regatt_export.splits import landmark_split
     from regatt_sdk.bench.quality import landmark_map, landmark_set
 
@@ -99,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sets", nargs="+", default=list(SETS), help="names of SETS to run")
     ap.add_argument("--per-landmark", type=int, default=5, help="clutter queries: photos pasted per landmark")
     ap.add_argument("--distractors", type=int, default=300)
-    ap.add_argument("--db-per-landmark", type=int, default=0, help="keep only this many clean photos per landmark (0: all)")
+    ap.add_argument(
+        "--db-per-landmark", type=int, default=0, help="keep only this many clean photos per landmark (0: all)"
+    )
     ap.add_argument("--no-paris", action="store_true")
     args = ap.parse_args(argv)
     sets = {k: SETS[k] for k in args.sets}
@@ -108,7 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     lm_root = SHARED / "landmarks-train"
     split = landmark_split(lm_root)
     clutter = {
-        part: build_clutter_set(lm_root, SHARED / "imagenet-extra", work / f"clutter-{part}", part, args.per_landmark, distractors=args.distractors)
+        part: build_clutter_set(
+            lm_root,
+            SHARED / "imagenet-extra",
+            work / f"clutter-{part}",
+            part,
+            args.per_landmark,
+            distractors=args.distractors,
+        )
         for part in ("val", "test")
     }
     if args.db_per_landmark:
@@ -147,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     def checks(qvec: np.ndarray, dvec: np.ndarray) -> dict[str, float]:
         out = {}
         for part, cs in clutter.items():
-            out[f"clutter_{part}"] = clutter_map(take(qvec, [q.path for q in cs.queries]), take(dvec, [p for p, _ in cs.database]), cs)
+            out[f"clutter_{part}"] = clutter_map(
+                take(qvec, [q.path for q in cs.queries]), take(dvec, [p for p, _ in cs.database]), cs
+            )
         out["landmarks_test"] = landmark_map(take(dvec, test_files), test_labels)
         if paris_files:
             out["paris"] = landmark_map(take(dvec, paris_files), paris_labels)
@@ -158,14 +168,26 @@ def main(argv: list[str] | None = None) -> int:
         vec = combine([per_scale[s] for s in ss])
         rows.append({"scales": name, "aggregation": "sum", "query_scales": name, **checks(vec, vec)})
     name, db_s, q_s = QUERY_SIDE
-    rows.append({"scales": "1", "aggregation": "sum", "query_scales": "1.5", "name": name,
-                 **checks(combine([per_scale[s] for s in q_s]), combine([per_scale[s] for s in db_s]))})
+    rows.append(
+        {
+            "scales": "1",
+            "aggregation": "sum",
+            "query_scales": "1.5",
+            "name": name,
+            **checks(combine([per_scale[s] for s in q_s]), combine([per_scale[s] for s in db_s])),
+        }
+    )
     timed = {f"part {s:.4f}": p for s, p in parts.items()}
     if not args.no_regions:
         for name in [n for n in REGIONS_SETS if n in sets]:
-            model = export_model(SETS[name], "regions", work / f"regions-{name.replace(', ', '_').replace('/', '-')}.onnx")
+            model = export_model(
+                SETS[name], "regions", work / f"regions-{name.replace(', ', '_').replace('/', '-')}.onnx"
+            )
             timed[f"regions {name}"] = model
-            imgs = sorted({q.path for cs in clutter.values() for q in cs.queries} | {p for cs in clutter.values() for p, _ in cs.database})
+            imgs = sorted(
+                {q.path for cs in clutter.values() for q in cs.queries}
+                | {p for cs in clutter.values() for p, _ in cs.database}
+            )
             vec = encode(model, imgs, model.with_suffix(".npy"))
             idx = {p: i for i, p in enumerate(imgs)}
             row = {"scales": name, "aggregation": "regions", "query_scales": name}
@@ -186,9 +208,23 @@ def main(argv: list[str] | None = None) -> int:
             r["ms"] = ms[f"regions {r['scales']}"]
         r["images_per_s"] = 1000.0 / r["ms"]
         r["compute_vs_1"] = r["ms"] / ms["part 1.0000"]
-    result = {"machine": machine(), "sets": {k: list(v) for k, v in sets.items()},
-              "clutter": {k: {**cs.facts, "queries": len(cs.queries), "database": len(cs.database), "db_per_landmark": args.db_per_landmark} for k, cs in clutter.items()}, "split": {k: v for k, v in split.items() if k != "train"},
-              "images": len(images), "timing_ms": ms, "rows": rows}
+    result = {
+        "machine": machine(),
+        "sets": {k: list(v) for k, v in sets.items()},
+        "clutter": {
+            k: {
+                **cs.facts,
+                "queries": len(cs.queries),
+                "database": len(cs.database),
+                "db_per_landmark": args.db_per_landmark,
+            }
+            for k, cs in clutter.items()
+        },
+        "split": {k: v for k, v in split.items() if k != "train"},
+        "images": len(images),
+        "timing_ms": ms,
+        "rows": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     args.out.with_suffix(".md").write_text(markdown(result))
@@ -202,7 +238,11 @@ def machine() -> str:
     import subprocess
 
     try:
-        model = [ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if ln.startswith("Model name")][0]
+        model = [
+            ln.split(":", 1)[1].strip()
+            for ln in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+            if ln.startswith("Model name")
+        ][0]
     except (OSError, IndexError):
         model = platform.processor()
     import os
@@ -219,25 +259,40 @@ def markdown(result: dict) -> str:
         "interleaved runs, onnxruntime CPU. Val landmarks choose, the other columns are reported: "
         f"val {', '.join(result['split']['val'])}; test {', '.join(result['split']['test'])}.",
         "",
-        "Clutter checks: " + "; ".join(f"{k}: {v['queries']} queries, {v['database']} database photos ({v['distractors']} distractors"
-                                      + (f", at most {v['db_per_landmark']} clean photos per landmark besides the pasted ones" if v["db_per_landmark"] else "") + ")"
-                                      for k, v in result["clutter"].items()) + ".",
+        "Clutter checks: "
+        + "; ".join(
+            f"{k}: {v['queries']} queries, {v['database']} database photos ({v['distractors']} distractors"
+            + (
+                f", at most {v['db_per_landmark']} clean photos per landmark besides the pasted ones"
+                if v["db_per_landmark"]
+                else ""
+            )
+            + ")"
+            for k, v in result["clutter"].items()
+        )
+        + ".",
         "",
         "| scales | aggregation | queries at | clutter val mAP (choose) | clutter test mAP | test landmarks mAP | Paris subset mAP | ms / image | images/s | compute vs {1} |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result["rows"]:
+
         def f(k):
             return f"{r[k]:.2f}" if k in r else "—"
+
         lines.append(
             f"| {r['scales']} | {r['aggregation']} | {r['query_scales']} | {f('clutter_val')} | {f('clutter_test')} | {f('landmarks_test')} | {f('paris')} | "
             f"{r['ms']:.1f} | {r['images_per_s']:.1f} | {r['compute_vs_1']:.2f}x |"
         )
-    lines += ["", "`sum` rows: sums of one-scale exports (exact, see the script's docstring); their ms is the sum of the parts' ms. "
-              f"A whole `--scales 1,1.5` sum export measured {ms['sum 1, 1.5 (whole)']:.1f} ms in the same run "
-              f"(parts: {ms['part 1.0000'] + ms['part 1.5000']:.1f} ms). `regions` rows are whole exports, run on the clutter checks only. "
-              "The query-side row describes the database at 1 and only the queries at 1.5 (its ms: the database's; a query costs "
-              f"{ms['part 1.5000']:.1f} ms).", ""]
+    lines += [
+        "",
+        "`sum` rows: sums of one-scale exports (exact, see the script's docstring); their ms is the sum of the parts' ms. "
+        f"A whole `--scales 1,1.5` sum export measured {ms['sum 1, 1.5 (whole)']:.1f} ms in the same run "
+        f"(parts: {ms['part 1.0000'] + ms['part 1.5000']:.1f} ms). `regions` rows are whole exports, run on the clutter checks only. "
+        "The query-side row describes the database at 1 and only the queries at 1.5 (its ms: the database's; a query costs "
+        f"{ms['part 1.5000']:.1f} ms).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -249,7 +304,11 @@ def plot(result: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, marker in (("clutter_test", "o"), ("landmarks_test", "s"), ("paris", "^")):
-        pts = [(r["compute_vs_1"], r[key], f"{r['scales']} ({r['aggregation']})" + (" q1.5" if "name" in r else "")) for r in result["rows"] if key in r]
+        pts = [
+            (r["compute_vs_1"], r[key], f"{r['scales']} ({r['aggregation']})" + (" q1.5" if "name" in r else ""))
+            for r in result["rows"]
+            if key in r
+        ]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=key)
         for x, y, t in pts:
             ax.annotate(t, (x, y), fontsize=6)

@@ -136,7 +136,9 @@ def batch_stats(port: int) -> dict:
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     c.request("GET", "/metrics")
     text = c.getresponse().read().decode()
-    vals = {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln and not ln.startswith("#")}
+    vals = {
+        ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln and not ln.startswith("#")
+    }
     n, s = vals.get("regatt_batch_size_count", 0), vals.get("regatt_batch_size_sum", 0)
     return {"batches": int(n), "images": int(s), "mean_batch": round(s / n, 2) if n else None}
 

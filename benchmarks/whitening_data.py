@@ -96,9 +96,13 @@ def main(argv=None) -> int:
             out.setdefault("plain R-MAC (no whitening)", []).append(score(plain, test))
             for s in args.shrinkage:
                 out.setdefault(f"ImageNet sample, shrinkage {s}", []).append(score(inet_desc[s], test))
-                out.setdefault(f"Paris photos, shrinkage {s}", []).append(score(describe(whitening_from(seen, s, 0.5)), test))
+                out.setdefault(f"Paris photos, shrinkage {s}", []).append(
+                    score(describe(whitening_from(seen, s, 0.5)), test)
+                )
                 both = np.concatenate([seen, inet_rmax])
-                out.setdefault(f"Paris photos + ImageNet sample, shrinkage {s}", []).append(score(describe(whitening_from(both, s, 0.5)), test))
+                out.setdefault(f"Paris photos + ImageNet sample, shrinkage {s}", []).append(
+                    score(describe(whitening_from(both, s, 0.5)), test)
+                )
         return out
 
     halves = []

@@ -12,7 +12,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from paths import SHARED  # noqa: E402
 
-
 #: a committed ONNX model for the runtime's tests where PyTorch is not installed (see
 #: tests/fixtures/README.md for the command that made it)
 TINY_ONNX = Path(__file__).parent / "fixtures" / "tiny.onnx"

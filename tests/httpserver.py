@@ -26,7 +26,10 @@ class Server:
 
     def __init__(self, model: Path, *args: str, log: Path):
         self.port = free_port()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "sdk"), str(ROOT / "export"), os.environ.get("PYTHONPATH", "")]))
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join([str(ROOT / "sdk"), str(ROOT / "export"), os.environ.get("PYTHONPATH", "")]),
+        )
         self.log = log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "regatt_sdk", "serve", str(model), "--port", str(self.port), "--log-level", "warning", *args],
@@ -45,7 +48,9 @@ class Server:
         self.stop()
         raise RuntimeError(f"regatt serve did not become ready: {log.read_text()[-2000:]}")
 
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 60):
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 60
+    ):
         """``(status, headers dict (lower-case), body bytes)``."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
@@ -89,7 +94,9 @@ def multipart(fields: dict[str, str], file_field: str | None, data: bytes = b"")
     if file_field is not None:
         parts.append(
             f'--{b}\r\nContent-Disposition: form-data; name="{file_field}"; filename="x.jpg"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n".encode() + data + b"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n".encode()
+            + data
+            + b"\r\n"
         )
     parts.append(f"--{b}--\r\n".encode())
     return b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={b}"}

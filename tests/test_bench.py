@@ -15,7 +15,18 @@ from regatt_sdk.bench.profile import node_macs
 from regatt_sdk.bench.stats import summarize
 from regatt_sdk.cli.app import main
 
-ROW_KEYS = {"engine", "variant", "p50_ms", "p90_ms", "backbone_p50_ms", "gflops_per_s", "head_share", "gemm_pct", "peak_rss_mb", "first_call_ms"}
+ROW_KEYS = {
+    "engine",
+    "variant",
+    "p50_ms",
+    "p90_ms",
+    "backbone_p50_ms",
+    "gflops_per_s",
+    "head_share",
+    "gemm_pct",
+    "peak_rss_mb",
+    "first_call_ms",
+}
 FAST = ["--runs", "2", "--warmup", "0", "--gemm-size", "128", "--profile-runs", "1", "--no-progress"]
 
 
@@ -41,7 +52,21 @@ def check_report(report: dict, engines: set[str], variants: set[str]) -> None:
 
 def test_bench_given_model_json_and_files(tiny_model: Path, tmp_path: Path, capsys) -> None:
     out, js = tmp_path / "out", tmp_path / "b.json"
-    code = run_main(["bench", str(tiny_model), "--size", "64x96", "--engines", "ort-cpu", *FAST, "--out", str(out), "--json", str(js)])
+    code = run_main(
+        [
+            "bench",
+            str(tiny_model),
+            "--size",
+            "64x96",
+            "--engines",
+            "ort-cpu",
+            *FAST,
+            "--out",
+            str(out),
+            "--json",
+            str(js),
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0
     assert "| engine | variant | precision | p50 ms" in text and "0.123" in text  # the paper's context time beside ours
@@ -72,7 +97,18 @@ def test_bench_given_model_without_torch(tiny_model: Path, tmp_path: Path) -> No
 def test_bench_builds_variants_with_eager(tmp_path: Path) -> None:
     """No model: build resnet18 variants, time eager PyTorch beside onnxruntime, reuse the cache."""
     js, cache = tmp_path / "b.json", tmp_path / "cache"
-    args = ["bench", "--backbone", "resnet18", "--size", "64x96", "--variants", "none", "--engines", "torch-eager,ort-cpu", *FAST]
+    args = [
+        "bench",
+        "--backbone",
+        "resnet18",
+        "--size",
+        "64x96",
+        "--variants",
+        "none",
+        "--engines",
+        "torch-eager,ort-cpu",
+        *FAST,
+    ]
     assert run_main([*args, "--cache", str(cache), "--json", str(js)]) == 0
     report = json.loads(js.read_text())
     check_report(report, {"torch-eager", "ort-cpu"}, {"none"})
@@ -99,6 +135,7 @@ def test_parts() -> None:
     assert node_macs("MatMul", [[1, 5, 16]], [[1, 5, 2]]) == 5 * 2 * 16
     assert node_macs("Relu", [[1, 4]], [[1, 4]]) == 0
     import numpy as np
+
     from regatt_sdk.engines.ort import create_session
 
     sess = create_session(matmul_model(3, 4, 5), providers=["CPUExecutionProvider"])
@@ -125,7 +162,22 @@ def test_bench_precision_and_quality_columns(tiny_model: Path, tmp_path: Path, p
     int8 = tmp_path / "int8.onnx"
     quantize_int8(tiny_model, int8, calib, Int8Options(count=3, holdout=1, min_cosine=-1.0))
     js = tmp_path / "p.json"
-    code = run_main(["bench", str(tiny_model), str(int8), "--size", "64x96", "--engines", "ort-cpu", "--quality", str(lm), *FAST, "--json", str(js)])
+    code = run_main(
+        [
+            "bench",
+            str(tiny_model),
+            str(int8),
+            "--size",
+            "64x96",
+            "--engines",
+            "ort-cpu",
+            "--quality",
+            str(lm),
+            *FAST,
+            "--json",
+            str(js),
+        ]
+    )
     assert code == 0
     rows = json.loads(js.read_text())["results"]
     by = {r["precision"]: r for r in rows}

@@ -37,8 +37,28 @@ def tiny_tree(tmp_path, photos):
 
 def test_build_is_seeded_and_pastes_at_the_box(tiny_tree, tmp_path):
     root, bg = tiny_tree
-    a = build_clutter_set(root, bg, tmp_path / "a", part=["arch", "tower"], per_landmark=2, scales=(0.3, 0.6), distractors=5, side=128, seed=3)
-    b = build_clutter_set(root, bg, tmp_path / "b", part=["arch", "tower"], per_landmark=2, scales=(0.3, 0.6), distractors=5, side=128, seed=3)
+    a = build_clutter_set(
+        root,
+        bg,
+        tmp_path / "a",
+        part=["arch", "tower"],
+        per_landmark=2,
+        scales=(0.3, 0.6),
+        distractors=5,
+        side=128,
+        seed=3,
+    )
+    b = build_clutter_set(
+        root,
+        bg,
+        tmp_path / "b",
+        part=["arch", "tower"],
+        per_landmark=2,
+        scales=(0.3, 0.6),
+        distractors=5,
+        side=128,
+        seed=3,
+    )
     assert len(a.queries) == 2 * 2 * 2 and len(a.database) == 6 + 5
     assert [q.box for q in a.queries] == [q.box for q in b.queries]
     for qa, qb in zip(a.queries, b.queries):
@@ -59,7 +79,17 @@ def test_build_is_seeded_and_pastes_at_the_box(tiny_tree, tmp_path):
         assert err < 10  # JPEG noise only
         if x2 + 4 <= w:  # the box is exact: 4 pixels off matches worse
             assert np.abs(img[y1:y2, x1 + 4 : x2 + 4].astype(float) - expect).mean() > err
-    c = build_clutter_set(root, bg, tmp_path / "c", part=["arch", "tower"], per_landmark=2, scales=(0.3, 0.6), distractors=5, side=128, seed=4)
+    c = build_clutter_set(
+        root,
+        bg,
+        tmp_path / "c",
+        part=["arch", "tower"],
+        per_landmark=2,
+        scales=(0.3, 0.6),
+        distractors=5,
+        side=128,
+        seed=4,
+    )
     assert [q.box for q in c.queries] != [q.box for q in a.queries]
     again = load_clutter_set(tmp_path / "a")
     assert again.queries == a.queries and again.database == a.database
@@ -70,7 +100,9 @@ def test_bad_input(tiny_tree, tmp_path):
     with pytest.raises(ValueError, match="no landmark folder named nowhere"):
         build_clutter_set(root, bg, tmp_path / "x", part=["arch", "nowhere"])
     with pytest.raises(ValueError, match="need 8 backgrounds"):
-        build_clutter_set(root, bg, tmp_path / "x", part=["arch", "tower"], per_landmark=2, scales=(0.3, 0.6), distractors=100)
+        build_clutter_set(
+            root, bg, tmp_path / "x", part=["arch", "tower"], per_landmark=2, scales=(0.3, 0.6), distractors=100
+        )
     (root / "lonely").mkdir()
     cv2.imwrite(str(root / "lonely" / "a.jpg"), np.zeros((30, 30, 3), np.uint8))
     with pytest.raises(ValueError, match="lonely: 1 photo"):
@@ -88,7 +120,9 @@ def test_box_share_counts_regions_mostly_inside():
 
 def test_clutter_map_excludes_the_pasted_photo(tiny_tree, tmp_path):
     root, bg = tiny_tree
-    cs = build_clutter_set(root, bg, tmp_path / "a", part=["arch", "tower"], per_landmark=1, scales=(0.5,), distractors=4, side=96)
+    cs = build_clutter_set(
+        root, bg, tmp_path / "a", part=["arch", "tower"], per_landmark=1, scales=(0.5,), distractors=4, side=96
+    )
     labels = [lm for _, lm in cs.database]
     onehot = {"arch": [1.0, 0, 0], "tower": [0, 1.0, 0], "": [0, 0, 1.0]}
     db = np.array([onehot[lm] for lm in labels])

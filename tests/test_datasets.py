@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from paths import GT_FIXTURES as FIXTURES  # noqa: E402
+from paths import SHARED_GT
 from regatt_sdk import safe_pickle
 from regatt_sdk.datasets import (
     PARIS_DROPPED,
@@ -20,8 +22,6 @@ from regatt_sdk.datasets import (
 )
 from regatt_sdk.evaluation import evaluate
 
-from paths import GT_FIXTURES as FIXTURES, SHARED_GT  # noqa: E402
-
 
 def touch_images(folder: Path, names, ext=".jpg") -> None:
     folder.mkdir(parents=True, exist_ok=True)
@@ -30,8 +30,16 @@ def touch_images(folder: Path, names, ext=".jpg") -> None:
         (folder / f"{n}{ext}").write_bytes(b"")
 
 
-OXFORD_IMAGES = ["all_souls_000013", "all_souls_000026", "all_souls_000041", "all_souls_000091",
-                 "all_souls_000220", "oxford_002985", "oxford_003521", "magdalen_000001"]
+OXFORD_IMAGES = [
+    "all_souls_000013",
+    "all_souls_000026",
+    "all_souls_000041",
+    "all_souls_000091",
+    "all_souls_000220",
+    "oxford_002985",
+    "oxford_003521",
+    "magdalen_000001",
+]
 
 
 @pytest.fixture
@@ -71,8 +79,13 @@ def test_images_directly_in_root_and_gt_dir_option(tmp_path):
 
 def test_paris_keeps_names_and_drops_the_twenty(tmp_path):
     root = tmp_path / "paris6k"
-    names = ["paris_defense_000605", "paris_defense_000041", "paris_defense_000100",
-             "paris_louvre_000136", "paris_louvre_000001"]
+    names = [
+        "paris_defense_000605",
+        "paris_defense_000041",
+        "paris_defense_000100",
+        "paris_louvre_000136",
+        "paris_louvre_000001",
+    ]
     for n in names:  # official archive layout: paris/<landmark>/<name>.jpg
         touch_images(root / "paris" / n.split("_")[1], [n])
     ds = load_dataset("paris6k", root, gt=FIXTURES / "paris")
@@ -211,8 +224,9 @@ class Evil:
 def test_safe_pickle_round_trips_plain_data(protocol):
     data = {
         "imlist": ["a", "b"],
-        "gnd": [{"bbx": np.array([1.5, 2.0, 3.0, 4.0]), "easy": np.arange(3, dtype=np.int32),
-                 "hard": [], "junk": (1, 2)}],
+        "gnd": [
+            {"bbx": np.array([1.5, 2.0, 3.0, 4.0]), "easy": np.arange(3, dtype=np.int32), "hard": [], "junk": (1, 2)}
+        ],
         "s": {1, 2},
         "x": np.float64(2.5),
         "m": np.arange(6, dtype=">i4").reshape(2, 3).T,

@@ -14,7 +14,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import sample_photos  # noqa: E402
-
 from regatt_sdk.cli.app import main  # noqa: E402
 from regatt_sdk.dedup import edits  # noqa: E402
 from regatt_sdk.dedup.moves import MANIFEST  # noqa: E402

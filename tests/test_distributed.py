@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from regatt_sdk.pipeline import encode_to_store
-from regatt_sdk.store import FeatureStore, Failure
+from regatt_sdk.store import Failure, FeatureStore
 
 
 def _collection(photo_dir: Path, tmp: Path) -> Path:

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_pipeline import make_mixed_folder, small_photos  # noqa: E402
-
 from regatt_sdk.cli.app import main  # noqa: E402
 from regatt_sdk.store import FeatureStore, load_features  # noqa: E402
+from test_pipeline import make_mixed_folder, small_photos  # noqa: E402
 
 CLI = [sys.executable, "-c", "from regatt_sdk.cli.app import main; main()"]
 

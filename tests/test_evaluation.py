@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from paths import GT_FIXTURES as FIXTURES  # noqa: E402
+from paths import SHARED_GT
 from regatt_sdk.datasets import read_classic_gt
 from regatt_sdk.evaluation import (
     GroundTruth,
@@ -21,10 +23,7 @@ from regatt_sdk.evaluation import (
     precision_at,
 )
 
-from paths import GT_FIXTURES as FIXTURES, SHARED_GT  # noqa: E402
-needs_shared = pytest.mark.skipif(
-    not SHARED_GT.is_dir(), reason=f"real Oxford5k gt not available at {SHARED_GT}"
-)
+needs_shared = pytest.mark.skipif(not SHARED_GT.is_dir(), reason=f"real Oxford5k gt not available at {SHARED_GT}")
 
 
 # --------------------------------------------------------------------------- references
@@ -133,8 +132,15 @@ def test_compute_ap_hand_worked_on_fixture():
     (base, image, box, pos, junk), _ = read_classic_gt(FIXTURES / "oxford")
     assert base == "all_souls_1" and image == "all_souls_000013"
     assert pos == {"all_souls_000026", "all_souls_000091", "all_souls_000041"}
-    ranked = ["all_souls_000013", "all_souls_000026", "x", "all_souls_000220", "all_souls_000041",
-              "y", "all_souls_000091"]
+    ranked = [
+        "all_souls_000013",
+        "all_souls_000026",
+        "x",
+        "all_souls_000220",
+        "all_souls_000041",
+        "y",
+        "all_souls_000091",
+    ]
     # non-junk walk: 026 (hit, p=1), x (p=1/2), 041 (hit, p=2/3), y (p=2/4), 091 (hit, p=3/5)
     expected = (1 / 3) * (1 + 1) / 2 + (1 / 3) * (1 / 2 + 2 / 3) / 2 + (1 / 3) * (2 / 4 + 3 / 5) / 2
     assert compute_ap(ranked, pos, junk) == pytest.approx(expected, abs=1e-12)
@@ -210,9 +216,7 @@ def test_classic_matches_cpp_on_random_rankings():
         # include overlap between positives and junk sometimes: junk wins in the C++ program
         if rng.random() < 0.3 and pos:
             junk = junk | {sorted(pos)[0]}
-        assert compute_ap(ranked, pos, junk) == pytest.approx(
-            cpp_compute_ap(pos, junk, ranked), abs=1e-12
-        )
+        assert compute_ap(ranked, pos, junk) == pytest.approx(cpp_compute_ap(pos, junk, ranked), abs=1e-12)
 
 
 def test_index_evaluation_matches_name_evaluation():
@@ -226,9 +230,7 @@ def test_index_evaluation_matches_name_evaluation():
         order = rng.permutation(n)
         rankings.append(order)
         gts.append(GroundTruth(positives=np.sort(pos), junk=np.sort(junk), npos=len(pos)))
-        expected.append(
-            compute_ap([names[i] for i in order], {names[i] for i in pos}, {names[i] for i in junk})
-        )
+        expected.append(compute_ap([names[i] for i in order], {names[i] for i in pos}, {names[i] for i in junk}))
     res = evaluate_setting(np.array(rankings), gts)
     np.testing.assert_allclose(res.aps, expected, atol=1e-12)
     assert res.map == pytest.approx(100 * np.mean(expected))
@@ -250,10 +252,7 @@ def test_revisited_matches_revisitop_on_random_rankings():
     np.testing.assert_allclose(ours[2], ref[2], atol=1e-12)
     np.testing.assert_allclose(ours[3], ref[3], atol=1e-12)
     # the same through GroundTruth(junk_wins=False) and evaluate()
-    gts = [
-        GroundTruth(np.unique(g["ok"]), np.unique(g["junk"]), len(g["ok"]), junk_wins=False)
-        for g in gnd
-    ]
+    gts = [GroundTruth(np.unique(g["ok"]), np.unique(g["junk"]), len(g["ok"]), junk_wins=False) for g in gnd]
     res = evaluate(ranks.T, {"medium": gts}, dataset="r").settings["medium"]
     assert res.map == pytest.approx(100 * ref[0], abs=1e-9)
     assert res.mp[5] == pytest.approx(100 * ref[2][1], abs=1e-9)

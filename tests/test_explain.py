@@ -40,9 +40,8 @@ def test_figure_layout_ranks_and_colours() -> None:
 
 
 def test_explain_api_and_cli(tiny_model: Path, photo_dir: Path, tmp_path: Path, capsys) -> None:
-    from test_encode_cli import run_main
-
     from regatt_sdk.encoder import Encoder
+    from test_encode_cli import run_main
 
     enc = Encoder(tiny_model, device="cpu", max_side=96)
     expl = ex.explain(enc, photo_dir / "coffee.jpg")
@@ -63,9 +62,8 @@ def test_explain_api_and_cli(tiny_model: Path, photo_dir: Path, tmp_path: Path, 
 def test_explain_refuses_model_without_region_outputs(tiny_model: Path, photo_dir: Path,
                                                       tmp_path: Path, capsys) -> None:  # fmt: skip
     onnx = pytest.importorskip("onnx")
-    from test_encode_cli import run_main
-
     from regatt_sdk.card import CARD_KEY
+    from test_encode_cli import run_main
 
     proto = onnx.load(str(tiny_model))
     for prop in proto.metadata_props:
@@ -133,9 +131,8 @@ def test_save_eval_grids_skips_excluded(photo_dir: Path, tmp_path: Path) -> None
 def test_box_share_in_explain(tiny_model: Path, photo_dir: Path, tmp_path: Path, capsys) -> None:
     """``regatt explain --box``: the printed share is the summed weight of the regions mostly
     inside the box (original pixels scaled to the resized image), against the uniform share."""
-    from test_encode_cli import run_main
-
     from regatt_sdk.encoder import Encoder
+    from test_encode_cli import run_main
 
     img = photo_dir / "coffee.jpg"
     h0, w0 = cv2.imread(str(img)).shape[:2]
@@ -150,6 +147,26 @@ def test_box_share_in_explain(tiny_model: Path, photo_dir: Path, tmp_path: Path,
     code = run_main(["explain", str(img), "-m", str(tiny_model), "-o", str(tmp_path / "b.png"), "--max-side", "96",
                      "-q", "--box", ",".join(str(v) for v in box)])  # fmt: skip
     out = capsys.readouterr().out
-    assert code == 0 and f"{100 * share:.1f}% of the attention weight" in out and f"uniform weights: {100 * uniform:.1f}%" in out
-    assert run_main(["explain", str(img), "-m", str(tiny_model), "-o", str(tmp_path / "c.png"), "--roi", "0,0,50,50", "--box", "0,0,9,9"]) == 2
+    assert (
+        code == 0
+        and f"{100 * share:.1f}% of the attention weight" in out
+        and f"uniform weights: {100 * uniform:.1f}%" in out
+    )
+    assert (
+        run_main(
+            [
+                "explain",
+                str(img),
+                "-m",
+                str(tiny_model),
+                "-o",
+                str(tmp_path / "c.png"),
+                "--roi",
+                "0,0,50,50",
+                "--box",
+                "0,0,9,9",
+            ]
+        )
+        == 2
+    )
     assert "without --roi" in capsys.readouterr().err

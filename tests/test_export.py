@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,15 +14,31 @@ from regatt_export.onnx_export import ParityError, check_parity, export_onnx
 from regatt_sdk import Encoder
 from regatt_sdk.card import ModelCard
 
-SIZES = (("portrait", 130, 70), ("landscape", 70, 130), ("square", 96, 96), ("1:4", 40, 160), ("4:1", 160, 40), ("tiny", 16, 16))
+SIZES = (
+    ("portrait", 130, 70),
+    ("landscape", 70, 130),
+    ("square", 96, 96),
+    ("1:4", 40, 160),
+    ("4:1", 160, 40),
+    ("tiny", 16, 16),
+)
 
 
 @pytest.mark.parametrize(
     "backbone,attention,levels",
-    [("resnet18", "context", 5), ("resnet18", "regional", 3), ("resnet18", "none", 6), ("efficientnet-lite0", "context", 5)],
+    [
+        ("resnet18", "context", 5),
+        ("resnet18", "regional", 3),
+        ("resnet18", "none", 6),
+        ("efficientnet-lite0", "context", 5),
+    ],
 )
 def test_export_parity_many_sizes(tmp_path, backbone, attention, levels):
-    enc, card = build_encoder(EncoderConfig(backbone=backbone, weights="random" if backbone == "resnet18" else None, attention=attention, levels=levels))
+    enc, card = build_encoder(
+        EncoderConfig(
+            backbone=backbone, weights="random" if backbone == "resnet18" else None, attention=attention, levels=levels
+        )
+    )
     out = tmp_path / "m.onnx"
     card, rows = export_onnx(enc, card, out, sizes=SIZES)
     assert all(r.ok for r in rows) and len(rows) == len(SIZES) + 1
@@ -77,8 +92,8 @@ def test_batch_input_and_float_input(tmp_path):
 
 def test_efficientnet_weights_are_pretrained():
     """The packaged EfficientNet-Lite0 weights really classify: skimage photos with known classes."""
-    from regatt_export.backbones import build_backbone, get_spec
     from conftest import sample_photos
+    from regatt_export.backbones import build_backbone, get_spec
 
     spec = get_spec("efficientnet-lite0")
     trunk = build_backbone("efficientnet-lite0")
@@ -89,7 +104,9 @@ def test_efficientnet_weights_are_pretrained():
     expected = {"chelsea": {281, 282, 283, 284, 285}, "coffee": {967, 968, 504, 969}}
     for name, classes in expected.items():
         img = cv2.resize(photos[name], (224, 224))[:, :, ::-1].astype(np.float32)
-        x = torch.from_numpy((img - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)).permute(2, 0, 1)[None]
+        x = torch.from_numpy((img - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)).permute(2, 0, 1)[
+            None
+        ]
         with torch.no_grad():
             logits = trunk.classifier(trunk(x).mean(dim=(2, 3)))
         top5 = set(logits.topk(5).indices[0].tolist())
@@ -116,7 +133,9 @@ def test_efficientnet_top1_on_imagenet_sample(shared_dir):
         img = cv2.resize(img, (round(w * s), round(h * s)))
         h, w = img.shape[:2]
         img = img[(h - 224) // 2 : (h - 224) // 2 + 224, (w - 224) // 2 : (w - 224) // 2 + 224].astype(np.float32)
-        x = torch.from_numpy((img - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)).permute(2, 0, 1)[None]
+        x = torch.from_numpy((img - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)).permute(2, 0, 1)[
+            None
+        ]
         with torch.no_grad():
             pred = trunk.classifier(trunk(x).mean(dim=(2, 3))).argmax().item()
         correct += wnids[pred] == os.path.basename(f).split("_")[0]

@@ -53,7 +53,9 @@ sys.meta_path.insert(0, Block())
 def test_every_sdk_module_imports_without_torch_or_the_export_package():
     """Dynamic: with torch and ``regatt_export`` unimportable, every runtime module imports,
     the CLI builds (without the torch commands) and its runtime commands answer --help."""
-    code = BLOCKER % (FORBIDDEN,) + """
+    code = (
+        BLOCKER % (FORBIDDEN,)
+        + """
 import pkgutil, importlib, regatt_sdk
 mods = [m.name for m in pkgutil.walk_packages(regatt_sdk.__path__, "regatt_sdk.") if not m.name.endswith("__main__")]
 for m in mods:
@@ -65,6 +67,7 @@ print("COMMANDS", " ".join(names))
 print("MODULES", len(mods))
 print("LOADED", [m for m in sys.modules if m.split(".")[0] in FORBIDDEN])
 """
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)

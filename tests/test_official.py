@@ -87,7 +87,9 @@ def _reference(rel, trunk, path: Path, S: int, roi=None, variant="context") -> n
         ratio = S / max(h, w)
         x1, y1, x2, y2 = np.round(np.array(roi, dtype=np.float32) * ratio).astype(int)
         img = img[y1:y2, x1:x2]
-    return reference_descriptor(trunk, img, rel["mean"], rel["comps"], rel["att"] if variant != "none" else None, variant)
+    return reference_descriptor(
+        trunk, img, rel["mean"], rel["comps"], rel["att"] if variant != "none" else None, variant
+    )
 
 
 def _check(got: np.ndarray, want: np.ndarray) -> None:

@@ -141,9 +141,7 @@ def make_mixed_folder(root: Path) -> tuple[list[str], dict[str, str]]:
 
 
 def expected_vectors(encoder: FakeEncoder, paths: list[str]) -> np.ndarray:
-    return np.concatenate(
-        [encoder.encode_prepared(prepare(read_image(p), encoder.max_side)[None]) for p in paths]
-    )
+    return np.concatenate([encoder.encode_prepared(prepare(read_image(p), encoder.max_side)[None]) for p in paths])
 
 
 def test_mixed_folder_encodes_good_and_lists_bad(tmp_path: Path) -> None:
@@ -172,13 +170,9 @@ def test_all_good_and_options(tmp_path: Path) -> None:
     for i, im in enumerate(imgs):
         cv2.imwrite(str(folder / f"{i}.png"), im)
     (folder / "tiny.jpg").write_bytes(cv2.imencode(".jpg", imgs[0][:4, :4])[1].tobytes())
-    report = encode_to_store(
-        FakeEncoder(), [folder], tmp_path / "s", progress=False, extensions="png", workers=3
-    )
+    report = encode_to_store(FakeEncoder(), [folder], tmp_path / "s", progress=False, extensions="png", workers=3)
     assert report.ok and report.exit_code == 0 and report.encoded == len(imgs)
-    report = encode_to_store(
-        FakeEncoder(), [folder / "tiny.jpg"], tmp_path / "s2", progress=False, upscale_small=True
-    )
+    report = encode_to_store(FakeEncoder(), [folder / "tiny.jpg"], tmp_path / "s2", progress=False, upscale_small=True)
     assert report.ok and report.encoded == 1
 
 
@@ -199,9 +193,7 @@ def test_encoder_exception_fails_only_that_image(tmp_path: Path) -> None:
 def test_interrupt_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     good, broken = make_mixed_folder(tmp_path / "photos")
     src = [tmp_path / "photos"]
-    full = encode_to_store(
-        FakeEncoder(), src, tmp_path / "full", progress=False, batch_size=2, chunk_rows=3
-    )
+    full = encode_to_store(FakeEncoder(), src, tmp_path / "full", progress=False, batch_size=2, chunk_rows=3)
     for stop in (1, 2, 3, 5):
         store = tmp_path / f"resumed{stop}"
         encoder = FakeEncoder()
@@ -210,9 +202,7 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
             encode_to_store(encoder, src, store, progress=False, batch_size=2, chunk_rows=3)
         partial = FeatureStore.open(store).count
         assert partial < len(good)
-        report = encode_to_store(
-            FakeEncoder(), src, store, resume=True, progress=False, batch_size=2, chunk_rows=3
-        )
+        report = encode_to_store(FakeEncoder(), src, store, resume=True, progress=False, batch_size=2, chunk_rows=3)
         assert report.skipped + report.encoded + report.failed == full.encoded + full.failed
         names, vectors = load_features(store)
         full_names, full_vectors = load_features(tmp_path / "full")
@@ -252,9 +242,7 @@ def test_memory_bounded_commits(tmp_path: Path, monkeypatch) -> None:
         return original(self, names, vectors, failures)
 
     monkeypatch.setattr(FeatureStore, "append", spy)
-    report = encode_to_store(
-        FakeEncoder(), [folder], tmp_path / "s", progress=False, batch_size=2, chunk_rows=10
-    )
+    report = encode_to_store(FakeEncoder(), [folder], tmp_path / "s", progress=False, batch_size=2, chunk_rows=10)
     assert report.encoded == 60 and sum(sizes) == 60
     assert max(sizes) <= 10 + 4 * 2 and len(sizes) >= 4
 
@@ -264,12 +252,8 @@ def test_rois_crop_before_encoding(tmp_path: Path) -> None:
     cv2.imwrite(str(file), small_photos()[0])
     name = str(file)
     encode_to_store(FakeEncoder(), [file], tmp_path / "whole", progress=False)
-    encode_to_store(
-        FakeEncoder(), [file], tmp_path / "crop", progress=False, rois={name: (0, 0, 32, 32)}
-    )
-    bad = encode_to_store(
-        FakeEncoder(), [file], tmp_path / "bad", progress=False, rois={name: (50, 50, 10, 10)}
-    )
+    encode_to_store(FakeEncoder(), [file], tmp_path / "crop", progress=False, rois={name: (0, 0, 32, 32)})
+    bad = encode_to_store(FakeEncoder(), [file], tmp_path / "bad", progress=False, rois={name: (50, 50, 10, 10)})
     whole = load_features(tmp_path / "whole")[1]
     crop = load_features(tmp_path / "crop")[1]
     assert not np.allclose(whole, crop)
@@ -286,9 +270,7 @@ def test_sources_order_filters_lists_stdin(tmp_path: Path) -> None:
     names = [i.name for i in items if i.error is None]
     assert names == [str(root / p) for p in ("a.jpg", "b/1.PNG", "b/2.jpg", "z.jpg")]
     assert [i.name for i in items if i.error] == [str(root / "b/loop")]
-    assert [i.name for i in iter_sources([root], extensions="png") if not i.error] == [
-        str(root / "b/1.PNG")
-    ]
+    assert [i.name for i in iter_sources([root], extensions="png") if not i.error] == [str(root / "b/1.PNG")]
     listing = tmp_path / "list.txt"
     listing.write_text(f"{root}/z.jpg\n\n{root}/./a.jpg\r\n{root}/c.txt\n")
     got = [i.name for i in iter_sources([f"@{listing}", root / "a.jpg"])]

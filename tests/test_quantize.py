@@ -103,7 +103,9 @@ def test_fp16_structure_and_parity(fp32_model, tmp_path):
     assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.UINT8
     # the head (whitening/attention MatMuls) stays fp32
-    matmul_weights = [inits[i] for n in model.graph.node if n.op_type in ("MatMul", "Gemm") for i in n.input if i in inits]
+    matmul_weights = [
+        inits[i] for n in model.graph.node if n.op_type in ("MatMul", "Gemm") for i in n.input if i in inits
+    ]
     assert all(t == TensorProto.FLOAT for t in matmul_weights)
     assert card.precision == "fp16" == _card(out).precision
     if parity is not None:  # onnxruntime here runs fp16 kernels
@@ -151,7 +153,12 @@ def test_resnet_stem_is_quantized_by_default_and_can_stay_fp32(fp32_model, photo
     stem = next(n.name for n in backbone_nodes(model) if n.op_type == "Conv")
     card, _ = quantize_int8(fp32_model, tmp_path / "a.onnx", photo_dir, Int8Options(count=3, holdout=2, min_cosine=0.5))
     assert stem not in card.provenance["quantization"]["excluded"]
-    card, _ = quantize_int8(fp32_model, tmp_path / "b.onnx", photo_dir, Int8Options(count=3, holdout=2, min_cosine=0.5, exclude_first_conv=True))
+    card, _ = quantize_int8(
+        fp32_model,
+        tmp_path / "b.onnx",
+        photo_dir,
+        Int8Options(count=3, holdout=2, min_cosine=0.5, exclude_first_conv=True),
+    )
     assert stem in card.provenance["quantization"]["excluded"]
 
 
@@ -170,14 +177,24 @@ def test_fused_uint8_pads_give_the_same_bytes(tmp_path):
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU6(),
-        timm_layers.Conv2dSame(8, 8, 3, stride=2, groups=8), torch.nn.ReLU6(),
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU6(),
+        timm_layers.Conv2dSame(8, 8, 3, stride=2, groups=8),
+        torch.nn.ReLU6(),
         timm_layers.Conv2dSame(8, 4, 5, stride=2),
     ).eval()
     replace_same_convs(net)
     buf = io.BytesIO()
-    torch.onnx.export(net, (torch.randn(1, 3, 32, 32),), buf, input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {2: "h", 3: "w"}}, opset_version=17, dynamo=False)
+    torch.onnx.export(
+        net,
+        (torch.randn(1, 3, 32, 32),),
+        buf,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {2: "h", 3: "w"}},
+        opset_version=17,
+        dynamo=False,
+    )
     fp32 = tmp_path / "f.onnx"
     fp32.write_bytes(buf.getvalue())
     rng = np.random.default_rng(0)
@@ -190,9 +207,17 @@ def test_fused_uint8_pads_give_the_same_bytes(tmp_path):
             return next(self.items, None)
 
     q = tmp_path / "q.onnx"
-    quantize_static(str(fp32), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    op_types_to_quantize=["Conv", "Clip", "Pad"], extra_options={"WeightSymmetric": True})
+    quantize_static(
+        str(fp32),
+        str(q),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["Conv", "Clip", "Pad"],
+        extra_options={"WeightSymmetric": True},
+    )
     model = onnx.load(str(q))
     assert fuse_qdq_pads(model) == 2
     producer = {o: n.op_type for n in model.graph.node for o in n.output}
@@ -216,7 +241,9 @@ def test_keep_fp32_patterns_leave_those_nodes_unquantized(fp32_model, photo_dir,
 
     assert default_fp32_nodes("efficientnet-lite0") == ("/blocks.0/",) and default_fp32_nodes("resnet18") == ()
     out = tmp_path / "k.onnx"
-    card, _ = quantize_int8(fp32_model, out, photo_dir, Int8Options(count=3, holdout=2, min_cosine=0.5, keep_fp32=("/layer4/",)))
+    card, _ = quantize_int8(
+        fp32_model, out, photo_dir, Int8Options(count=3, holdout=2, min_cosine=0.5, keep_fp32=("/layer4/",))
+    )
     assert card.provenance["quantization"]["kept_fp32_patterns"] == ["/layer4/"]
     model = onnx.load(str(out))
     producer = {o: n for n in model.graph.node for o in n.output}
@@ -225,5 +252,7 @@ def test_keep_fp32_patterns_leave_those_nodes_unquantized(fp32_model, photo_dir,
     assert kept, "the pattern matched no convolution"
     # a kept conv has float weights; a quantized one reads its weights through a DequantizeLinear
     assert all(getattr(producer.get(n.input[1]), "op_type", "") != "DequantizeLinear" for n in kept)
-    others = [n for n in convs if "/layer4/" not in n.name and n.name not in card.provenance["quantization"]["excluded"]]
+    others = [
+        n for n in convs if "/layer4/" not in n.name and n.name not in card.provenance["quantization"]["excluded"]
+    ]
     assert others and all(producer[n.input[1]].op_type == "DequantizeLinear" for n in others)

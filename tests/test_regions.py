@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,7 +13,9 @@ from release_reference import reference_regions
 
 def grid(h: int, w: int, levels: int = 5) -> list[tuple[int, int, int]]:
     """Sorted ``(side, y, x)`` of the real regions."""
-    boxes, valid = rmac_boxes(torch.tensor(float(h), dtype=torch.float64), torch.tensor(float(w), dtype=torch.float64), levels)
+    boxes, valid = rmac_boxes(
+        torch.tensor(float(h), dtype=torch.float64), torch.tensor(float(w), dtype=torch.float64), levels
+    )
     out = []
     for x1, y1, x2, _ in boxes[valid].tolist():
         out.append((int(x2 - x1 + 1), int(y1), int(x1)))

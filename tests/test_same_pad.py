@@ -49,13 +49,21 @@ def test_onnx_export_is_one_dynamic_pad_and_exact_at_untraced_sizes():
     from regatt_sdk.engines.ort import create_session
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(timm_layers.Conv2dSame(3, 8, 3, stride=2), torch.nn.ReLU(), timm_layers.Conv2dSame(8, 8, 5, stride=2, groups=8))
+    net = torch.nn.Sequential(
+        timm_layers.Conv2dSame(3, 8, 3, stride=2), torch.nn.ReLU(), timm_layers.Conv2dSame(8, 8, 5, stride=2, groups=8)
+    )
     assert replace_same_convs(net) == 2
     net.eval()
     buf = io.BytesIO()
     torch.onnx.export(
-        net, (torch.randn(1, 3, 32, 32),), buf, input_names=["x"], output_names=["y"],
-        dynamic_axes={"x": {2: "h", 3: "w"}}, opset_version=17, dynamo=False,
+        net,
+        (torch.randn(1, 3, 32, 32),),
+        buf,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {2: "h", 3: "w"}},
+        opset_version=17,
+        dynamo=False,
     )
     model = onnx.load_from_string(buf.getvalue())
     ops = [n.op_type for n in model.graph.node]

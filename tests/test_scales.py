@@ -17,7 +17,14 @@ torch = pytest.importorskip("torch")
 
 TINY = "tiny-test-backbone"
 #: none of these is the traced size (200x264); extreme ratios, odd and tiny sizes included
-UNTRACED = (("portrait", 130, 70), ("landscape", 70, 130), ("1:4", 40, 160), ("4:1", 160, 40), ("odd", 77, 123), ("tiny", 16, 16))
+UNTRACED = (
+    ("portrait", 130, 70),
+    ("landscape", 70, 130),
+    ("1:4", 40, 160),
+    ("4:1", 160, 40),
+    ("odd", 77, 123),
+    ("tiny", 16, 16),
+)
 
 
 # -- scale lists ------------------------------------------------------------------------------
@@ -88,7 +95,9 @@ def _tiny_backbone(weights):
 def tiny_backbone():
     from regatt_export.backbones import BACKBONES, BackboneSpec
 
-    BACKBONES[TINY] = BackboneSpec(TINY, "BGR", (100.0, 110.0, 120.0), (1.0, 1.0, 1.0), 32, 16, _tiny_backbone, "test only", True)
+    BACKBONES[TINY] = BackboneSpec(
+        TINY, "BGR", (100.0, 110.0, 120.0), (1.0, 1.0, 1.0), 32, 16, _tiny_backbone, "test only", True
+    )
     yield TINY
     del BACKBONES[TINY]
 
@@ -96,7 +105,16 @@ def tiny_backbone():
 def _build(scales, aggregation="sum", attention="context"):
     from regatt_export.build import EncoderConfig, build_encoder
 
-    return build_encoder(EncoderConfig(backbone=TINY, weights="random", attention=attention, scales=scales, scale_aggregation=aggregation, max_side=128))
+    return build_encoder(
+        EncoderConfig(
+            backbone=TINY,
+            weights="random",
+            attention=attention,
+            scales=scales,
+            scale_aggregation=aggregation,
+            max_side=128,
+        )
+    )
 
 
 def test_in_graph_sizes_follow_the_sdk_rule(tiny_backbone):
@@ -194,7 +212,11 @@ def test_int8_of_a_multiscale_model_quantizes_every_scale(tiny_backbone, tmp_pat
     card8, parity = quantize_int8(fp32, out, photos, Int8Options(count=3, holdout=2, min_cosine=0.5))
     assert parity.ok and card8.precision == "int8" and card8.scales == (1.0, 1.5)
     graph = onnx.load(str(out)).graph
-    quantized_convs = [n for n in graph.node if n.op_type == "Conv" and any("DequantizeLinear" in i or "_dequantized" in i or "DQ" in i for i in n.input)]
+    quantized_convs = [
+        n
+        for n in graph.node
+        if n.op_type == "Conv" and any("DequantizeLinear" in i or "_dequantized" in i or "DQ" in i for i in n.input)
+    ]
     assert sum(n.op_type == "DequantizeLinear" for n in graph.node) > 0
     del quantized_convs
     v = Encoder(out, device="cpu").encode(golden_image(100, 140, 1))
@@ -247,10 +269,26 @@ def test_search_cli_query_scales(tiny_onnx, tmp_path, capsys):
     store = tmp_path / "store"
     code, text = run_main(["encode", str(tiny_onnx), str(imgs), "-o", str(store), "--device", "cpu"], capsys)
     assert code == 0, text
-    code, text = run_main(["search", str(tiny_onnx), str(store), str(imgs / "im2.png"), "--query-scales", "1,1.5", "--device", "cpu", "-k", "2"], capsys)
+    code, text = run_main(
+        [
+            "search",
+            str(tiny_onnx),
+            str(store),
+            str(imgs / "im2.png"),
+            "--query-scales",
+            "1,1.5",
+            "--device",
+            "cpu",
+            "-k",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 0, text
     assert "im2.png" in [ln for ln in text.splitlines() if ln.strip().startswith("1 ")][0]
-    code, text = run_main(["search", str(tiny_onnx), str(store), str(imgs / "im2.png"), "--query-scales", "-1", "--device", "cpu"], capsys)
+    code, text = run_main(
+        ["search", str(tiny_onnx), str(store), str(imgs / "im2.png"), "--query-scales", "-1", "--device", "cpu"], capsys
+    )
     assert code != 0 and "query_scales" in text and "> 0" in text
 
 

@@ -150,9 +150,7 @@ def test_kill_9_never_tears_the_store(tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     counts = []
     for _ in range(6):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True
-        )
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         time.sleep(float(rng.uniform(0.02, 0.2)))
         os.kill(proc.pid, signal.SIGKILL)

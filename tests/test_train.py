@@ -24,9 +24,29 @@ def cli(args: list[str]) -> None:
     except SystemExit as exc:
         assert exc.code in (0, None), exc.code
 
+
 WNIDS = ("n01440764", "n01443537", "n01484850")
-TINY = ["--backbone", "resnet18", "--weights", "random", "--crop", "64", "--short-min", "64", "--short-max", "80",
-        "--levels", "2", "--views", "2", "--val-fraction", "0.25", "--patience", "9", "--no-progress"]
+TINY = [
+    "--backbone",
+    "resnet18",
+    "--weights",
+    "random",
+    "--crop",
+    "64",
+    "--short-min",
+    "64",
+    "--short-max",
+    "80",
+    "--levels",
+    "2",
+    "--views",
+    "2",
+    "--val-fraction",
+    "0.25",
+    "--patience",
+    "9",
+    "--no-progress",
+]
 
 
 def make_labelled(folder: Path, bad_wnid: str | None = None) -> Path:
@@ -67,14 +87,35 @@ def test_train_resume_matches_uninterrupted_and_is_deterministic(labelled, tmp_p
 
     from regatt_export.build import EncoderConfig, build_encoder
 
-    enc, card = build_encoder(EncoderConfig(backbone="resnet18", weights="random", attention_weights=str(tmp_path / "a.pth")))
+    enc, card = build_encoder(
+        EncoderConfig(backbone="resnet18", weights="random", attention_weights=str(tmp_path / "a.pth"))
+    )
     assert torch.equal(enc.attention.fc1.weight, written["conv_att_1.weight"][:, :, 0])
     assert card.attention == "context"
 
 
 def test_train_contrastive_label_free_regional(tmp_path, photo_dir, capsys):
-    cli(["train", str(photo_dir), "-o", str(tmp_path / "c.pth"), "--objective", "contrastive", "--attention", "regional",
-          "--epochs", "1", "--val-fraction", "0.34", "--uniform-prior", "0.1", *TINY[:-5], "--no-progress", "--no-cache"])
+    cli(
+        [
+            "train",
+            str(photo_dir),
+            "-o",
+            str(tmp_path / "c.pth"),
+            "--objective",
+            "contrastive",
+            "--attention",
+            "regional",
+            "--epochs",
+            "1",
+            "--val-fraction",
+            "0.34",
+            "--uniform-prior",
+            "0.1",
+            *TINY[:-5],
+            "--no-progress",
+            "--no-cache",
+        ]
+    )
     assert "val_instance_top1" in capsys.readouterr().out
     assert _state(tmp_path / "c.pth")["conv_att_1.weight"].shape == (64, 512, 1)
 
@@ -89,7 +130,9 @@ def _fails(args: list[str], capsys) -> str:
 def test_train_bad_inputs(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "no images found" in _fails(["train", str(empty), "-o", str(tmp_path / "x.pth"), *TINY, "--no-cache"], capsys)
+    assert "no images found" in _fails(
+        ["train", str(empty), "-o", str(tmp_path / "x.pth"), *TINY, "--no-cache"], capsys
+    )
     bad = make_labelled(tmp_path / "bad", bad_wnid="n99999999")
     err = _fails(["train", str(bad), "-o", str(tmp_path / "x.pth"), *TINY, "--no-cache"], capsys)
     assert "n99999999" in err and "1000 ImageNet classes" in err
@@ -97,14 +140,42 @@ def test_train_bad_inputs(tmp_path, capsys):
     unnamed.mkdir()
     cv2.imwrite(str(unnamed / "holiday.jpg"), np.zeros((64, 64, 3), np.uint8))
     assert "WordNet id" in _fails(["train", str(unnamed), "-o", str(tmp_path / "x.pth"), *TINY, "--no-cache"], capsys)
-    err = _fails(["train", str(tmp_path / "bad"), "-o", str(tmp_path / "x.pth"), "--resume", "--objective", "contrastive", *TINY, "--no-cache"], capsys)
+    err = _fails(
+        [
+            "train",
+            str(tmp_path / "bad"),
+            "-o",
+            str(tmp_path / "x.pth"),
+            "--resume",
+            "--objective",
+            "contrastive",
+            *TINY,
+            "--no-cache",
+        ],
+        capsys,
+    )
     assert "no checkpoint" in err
 
 
 # -- the landmark (retrieval) objective ------------------------------------------------------
 
-LM = ["--objective", "landmark", "--backbone", "resnet18", "--weights", "random", "--max-side", "64", "--levels", "2",
-      "--batch", "4", "--per-landmark", "2", "--no-progress"]
+LM = [
+    "--objective",
+    "landmark",
+    "--backbone",
+    "resnet18",
+    "--weights",
+    "random",
+    "--max-side",
+    "64",
+    "--levels",
+    "2",
+    "--batch",
+    "4",
+    "--per-landmark",
+    "2",
+    "--no-progress",
+]
 
 
 def make_landmarks(root: Path, photos_per: int = 3, single: str | None = None) -> Path:
@@ -141,8 +212,22 @@ def _split_args(root: Path) -> list[str]:
 
 def test_landmark_objective_resume_is_bit_identical(landmarks, tmp_path, capsys):
     root, bg = landmarks
-    args = [*LM, *_split_args(root), "--backgrounds", str(bg), "--views", "2", "--optimizer", "adam", "--lr", "1e-2",
-            "--patience", "9", "--cache", str(tmp_path / "cache")]
+    args = [
+        *LM,
+        *_split_args(root),
+        "--backgrounds",
+        str(bg),
+        "--views",
+        "2",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "1e-2",
+        "--patience",
+        "9",
+        "--cache",
+        str(tmp_path / "cache"),
+    ]
     cli(["train", str(root), "-o", str(tmp_path / "a.pth"), "--epochs", "3", *args])
     out = capsys.readouterr().out
     assert "val_map" in out and "clutter_map" in out and "clean_map" in out
@@ -168,7 +253,9 @@ def test_landmark_objective_bad_inputs(landmarks, tmp_path, capsys):
     out = ["-o", str(tmp_path / "x.pth"), "--no-cache"]
     err = _fails(["train", str(root), *out, *LM, "--train-landmarks", names[0], "--val-landmarks", ""], capsys)
     assert "1 training landmark" in err and ">= 2" in err
-    err = _fails(["train", str(root), *out, *LM, "--train-landmarks", f"{names[0]},nowhere", "--val-landmarks", ""], capsys)
+    err = _fails(
+        ["train", str(root), *out, *LM, "--train-landmarks", f"{names[0]},nowhere", "--val-landmarks", ""], capsys
+    )
     assert "nowhere" in err and "match no folder" in err
     lonely = make_landmarks(tmp_path / "lonely", single=names[1])
     err = _fails(["train", str(lonely), *out, *LM, *_split_args(lonely)], capsys)
@@ -248,7 +335,14 @@ def test_classify_reads_several_folders(tmp_path):
 
     a = make_labelled(tmp_path / "a")
     b = make_labelled(tmp_path / "b")
-    cfg = TrainConfig(data=str(a), extra_data=(str(b),), output=str(tmp_path / "x.pth"), backbone="resnet18", weights="random", val_fraction=0.25)
+    cfg = TrainConfig(
+        data=str(a),
+        extra_data=(str(b),),
+        output=str(tmp_path / "x.pth"),
+        backbone="resnet18",
+        weights="random",
+        val_fraction=0.25,
+    )
     t = Trainer(cfg, log=lambda s: None)
     names = [it.name for it in t.train_items + t.val_items]
     assert len(names) == 24 and len(set(names)) == 24 and any(n.startswith("b/") for n in names)

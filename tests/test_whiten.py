@@ -38,8 +38,29 @@ def test_learn_whitening_whitens_and_stores_negated_mean():
 
 def test_whiten_cli_matches_encoder_pooling_and_exports(photo_dir, tmp_path, capsys):
     out = tmp_path / "w.npz"
-    cli(["whiten", str(photo_dir), "-o", str(out), "--backbone", "resnet18", "--weights", "random", "-S", "96",
-          "--levels", "3", "--dim", "64", "--shrinkage", "0.2", "--cache", str(tmp_path / "cache"), "--no-progress"])
+    cli(
+        [
+            "whiten",
+            str(photo_dir),
+            "-o",
+            str(out),
+            "--backbone",
+            "resnet18",
+            "--weights",
+            "random",
+            "-S",
+            "96",
+            "--levels",
+            "3",
+            "--dim",
+            "64",
+            "--shrinkage",
+            "0.2",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--no-progress",
+        ]
+    )
     assert "6 photos" in capsys.readouterr().out
     from regatt_export.build import EncoderConfig, build_encoder
     from regatt_export.official import load_whitening_file
@@ -48,7 +69,9 @@ def test_whiten_cli_matches_encoder_pooling_and_exports(photo_dir, tmp_path, cap
 
     wh = load_whitening_file(out, 512)
     assert (wh.in_dim, wh.out_dim) == (512, 64)
-    enc, card = build_encoder(EncoderConfig(backbone="resnet18", weights="random", attention="none", whitening=str(out), levels=3))
+    enc, card = build_encoder(
+        EncoderConfig(backbone="resnet18", weights="random", attention="none", whitening=str(out), levels=3)
+    )
     assert enc.dim == 64 and card.dim == 64
     # the stored mean is minus the mean of exactly the encoder's own regional max vectors
     rows = []
@@ -73,8 +96,12 @@ def test_whiten_bad_inputs(photo_dir, tmp_path, capsys):
     empty.mkdir()
     base = ["--backbone", "resnet18", "--weights", "random", "-S", "64", "--no-cache", "--no-progress"]
     assert "no images found" in _fails(["whiten", str(empty), "-o", str(tmp_path / "w.npz"), *base], capsys)
-    assert "--dim must be in 1..512" in _fails(["whiten", str(photo_dir), "-o", str(tmp_path / "w.npz"), "--dim", "600", *base], capsys)
-    assert "--shrinkage" in _fails(["whiten", str(photo_dir), "-o", str(tmp_path / "w.npz"), "--shrinkage", "2", *base], capsys)
+    assert "--dim must be in 1..512" in _fails(
+        ["whiten", str(photo_dir), "-o", str(tmp_path / "w.npz"), "--dim", "600", *base], capsys
+    )
+    assert "--shrinkage" in _fails(
+        ["whiten", str(photo_dir), "-o", str(tmp_path / "w.npz"), "--shrinkage", "2", *base], capsys
+    )
     # a whitening file for another dimension is refused by name, by export and by train
     other = tmp_path / "w2048.npz"
     np.savez(other, mean=np.zeros(2048, np.float32), components=np.eye(16, 2048, dtype=np.float32))
@@ -83,9 +110,37 @@ def test_whiten_bad_inputs(photo_dir, tmp_path, capsys):
 
     with pytest.raises(WeightsError, match="2048-d regional vectors, the backbone gives 512"):
         load_whitening_file(other, 512)
-    err = _fails(["export", "-o", str(tmp_path / "m.onnx"), "--backbone", "resnet18", "--weights", "random", "--whitening", str(other)], capsys)
+    err = _fails(
+        [
+            "export",
+            "-o",
+            str(tmp_path / "m.onnx"),
+            "--backbone",
+            "resnet18",
+            "--weights",
+            "random",
+            "--whitening",
+            str(other),
+        ],
+        capsys,
+    )
     assert "2048-d" in err
-    err = _fails(["train", str(photo_dir), "-o", str(tmp_path / "a.pth"), "--objective", "contrastive", "--whitening", str(other), *base[:4], "--no-cache", "--no-progress"], capsys)
+    err = _fails(
+        [
+            "train",
+            str(photo_dir),
+            "-o",
+            str(tmp_path / "a.pth"),
+            "--objective",
+            "contrastive",
+            "--whitening",
+            str(other),
+            *base[:4],
+            "--no-cache",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert "2048-d" in err
 
 
@@ -156,12 +211,26 @@ def landmark_dir(tmp_path, photos) -> Path:
 
 def test_whiten_lw_cli_end_to_end(landmark_dir, tmp_path, capsys):
     out = tmp_path / "lw.npz"
-    base = ["--backbone", "resnet18", "--weights", "random", "-S", "64", "--levels", "2", "--cache", str(tmp_path / "cache"), "--no-progress"]
+    base = [
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "-S",
+        "64",
+        "--levels",
+        "2",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--no-progress",
+    ]
     cli(["whiten", str(landmark_dir), "-o", str(out), "--method", "lw", "--dim", "32", "--shrinkage", "0.3", *base])
     assert "learned (lw) whitening from 9 photos of 3 landmarks" in capsys.readouterr().out
     from regatt_export.build import EncoderConfig, build_encoder
 
-    enc, card = build_encoder(EncoderConfig(backbone="resnet18", weights="random", attention="none", whitening=str(out), levels=2))
+    enc, card = build_encoder(
+        EncoderConfig(backbone="resnet18", weights="random", attention="none", whitening=str(out), levels=2)
+    )
     assert enc.dim == 32
     with np.load(out, allow_pickle=False) as z:
         assert float(z["supervised"]) == 1.0 and float(z["landmarks"]) == 3.0

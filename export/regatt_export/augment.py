@@ -27,7 +27,9 @@ class ViewSpec:
         if self.crop < 32:
             raise ValueError(f"crop must be >= 32 px, got {self.crop}")
         if not self.crop <= self.short_min <= self.short_max:
-            raise ValueError(f"need crop <= short_min <= short_max, got {self.crop}, {self.short_min}, {self.short_max}")
+            raise ValueError(
+                f"need crop <= short_min <= short_max, got {self.crop}, {self.short_min}, {self.short_max}"
+            )
 
 
 def resize_shorter(image: np.ndarray, short: int) -> np.ndarray:
@@ -82,7 +84,9 @@ class ClutterSpec:
             raise ValueError(f"need 0.05 <= scale_min <= scale_max <= 1, got {self.scale_min}, {self.scale_max}")
 
 
-def paste_view(photo: np.ndarray, background: np.ndarray, spec: ClutterSpec, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def paste_view(
+    photo: np.ndarray, background: np.ndarray, spec: ClutterSpec, rng: np.random.Generator
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """``photo`` pasted into ``background`` (both BGR uint8 ``(H, W, 3)``) ->
     ``(canvas (H', W', 3), box (x1, y1, x2, y2) inclusive)`` of the pasted photo."""
     from regatt_sdk.preprocess import prepare

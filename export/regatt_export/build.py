@@ -16,8 +16,8 @@ from . import __version__
 from .backbones import build_backbone, get_spec
 from .encoder import RegionalAttentionEncoder
 from .head import Attention
-from .scales import MultiScaleEncoder
 from .official import load_attention_file, load_npy, load_whitening_arrays, load_whitening_file, release_files
+from .scales import MultiScaleEncoder
 from .weights import WeightsError, assign_strict, load_state_dict  # noqa: F401
 
 DEFAULT_BACKBONE = "efficientnet-lite0"
@@ -53,7 +53,12 @@ class EncoderConfig:
 def _versions() -> dict[str, str]:
     import onnx
 
-    return {"regatt": __version__, "torch": torch.__version__, "onnx": onnx.__version__, "python": platform.python_version()}
+    return {
+        "regatt": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def is_default_preset(cfg: EncoderConfig) -> bool:
@@ -102,7 +107,9 @@ def build_encoder(cfg: EncoderConfig) -> tuple[RegionalAttentionEncoder | MultiS
             attention = load_attention_file(files["attention"], spec.channels, "context")
             if cfg.attention != "context":
                 raise ValueError("the release ships 'context' attention only: use --attention context or none")
-        whitening = load_whitening_arrays(load_npy(files["mean"]), load_npy(files["components"]), "official", spec.channels)
+        whitening = load_whitening_arrays(
+            load_npy(files["mean"]), load_npy(files["components"]), "official", spec.channels
+        )
         whitening.source = "official (PCA Landmark)"
         preset = "official"
     else:

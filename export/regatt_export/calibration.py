@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
 from regatt_sdk.card import golden_image
 from regatt_sdk.files import image_suffixes
 from regatt_sdk.files import list_images as files_under
@@ -80,9 +81,7 @@ class ImageSet:
     files: tuple[str, ...] = ()
 
 
-def parity_set(
-    parity_dir: str | Path | None, holdout: Sequence[Path], side: int, count: int | None = None
-) -> ImageSet:
+def parity_set(parity_dir: str | Path | None, holdout: Sequence[Path], side: int, count: int | None = None) -> ImageSet:
     """Photos from ``parity_dir``, else the held-out calibration photos, else generated images."""
     if parity_dir is not None:
         files = spread(list_images(parity_dir), count)
@@ -119,4 +118,3 @@ class ImageReader:
 
     def rewind(self) -> None:
         self.set_range(0, len(self.images))
-

@@ -46,8 +46,12 @@ class RegionalAttentionEncoder(nn.Module):
         self.pooling = pooling
         # (1, 3, 1, 1): normalisation runs on whole planes after the layout change (a broadcast over
         # a trailing axis of 3 is several times slower in onnxruntime)
-        self.register_buffer("pixel_mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
         self.unit_std = all(s == 1.0 for s in spec.std)
 
     @property

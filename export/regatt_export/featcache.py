@@ -149,14 +149,18 @@ def backbone_features(encoder: torch.nn.Module) -> Callable[[np.ndarray], torch.
     return run
 
 
-def region_cells(encoder: torch.nn.Module, height: int, width: int, feat_h: int, feat_w: int) -> list[tuple[int, int, int, int]]:
+def region_cells(
+    encoder: torch.nn.Module, height: int, width: int, feat_h: int, feat_w: int
+) -> list[tuple[int, int, int, int]]:
     """Feature cells ``(y0, y1, x0, x1)`` (end exclusive) of the real regions of an
     ``height x width`` input, from the encoder's own R-MAC boxes and cell rounding."""
     from .pooling import box_cells
 
     boxes = encoder.boxes(torch.empty((1, height, width, 0)))
     i64 = torch.int64
-    y0, y1, x0, x1 = box_cells(boxes, encoder.spec.stride, torch.scalar_tensor(feat_h, dtype=i64), torch.scalar_tensor(feat_w, dtype=i64))
+    y0, y1, x0, x1 = box_cells(
+        boxes, encoder.spec.stride, torch.scalar_tensor(feat_h, dtype=i64), torch.scalar_tensor(feat_w, dtype=i64)
+    )
     return list(zip(y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist()))
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
 from regatt_sdk.card import ModelCard, read_card
+from regatt_sdk.files import staged_file
 
 from .calibration import ImageSet, parity_set
 from .graph_edits import _float_tensors, backbone_nodes, inline_constant_identities
-from regatt_sdk.files import staged_file
 from .parity import VariantParity, finish_variant, measure_parity
 
 #: worst-image cosine to fp32 accepted by default: fp16 (10-bit mantissa) keeps descriptors at
@@ -66,7 +67,9 @@ def convert_backbone_fp16(model) -> int:
             return new_inits[name]
         if name not in casts_in:
             casts_in[name] = name + "/to_fp16"
-            new_nodes.append(helper.make_node("Cast", [name], [casts_in[name]], name=name + "/Cast_to_fp16", to=TensorProto.FLOAT16))
+            new_nodes.append(
+                helper.make_node("Cast", [name], [casts_in[name]], name=name + "/Cast_to_fp16", to=TensorProto.FLOAT16)
+            )
         return casts_in[name]
 
     for node in list(g.node):
@@ -82,7 +85,9 @@ def convert_backbone_fp16(model) -> int:
                 continue
             node.output[i] = name + SUFFIX
             if name in outside_uses:
-                new_nodes.append(helper.make_node("Cast", [name + SUFFIX], [name], name=name + "/Cast_to_fp32", to=TensorProto.FLOAT))
+                new_nodes.append(
+                    helper.make_node("Cast", [name + SUFFIX], [name], name=name + "/Cast_to_fp32", to=TensorProto.FLOAT)
+                )
     del g.node[:]
     g.node.extend(new_nodes)
     # fp32 initializers no longer used anywhere
@@ -148,7 +153,9 @@ def convert_fp16(
         }
         parity = None
         if providers is None:
-            provenance["parity"] = {"skipped": "no onnxruntime provider here runs fp16 kernels; run  regatt doctor  on a GPU machine"}
+            provenance["parity"] = {
+                "skipped": "no onnxruntime provider here runs fp16 kernels; run  regatt doctor  on a GPU machine"
+            }
             new_card = replace(card, precision="fp16", provenance=provenance)
             from .onnx_export import write_card
 

@@ -13,7 +13,11 @@ def _float_tensors(model) -> set[str]:
 
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     g = inferred.graph
-    out = {vi.name for vi in list(g.input) + list(g.value_info) + list(g.output) if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    out = {
+        vi.name
+        for vi in list(g.input) + list(g.value_info) + list(g.output)
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    }
     out |= {t.name for t in g.initializer if t.data_type == onnx.TensorProto.FLOAT}
     for node in g.node:
         if node.op_type == "Constant":
@@ -138,7 +142,9 @@ def fuse_qdq_pads(model) -> int:
             continue
         zero_name = f"{pad.name or pad.output[0]}/zero_point"
         g.initializer.append(numpy_helper.from_array(np.asarray(a[1], dtype=a[1].dtype), zero_name))
-        fused = helper.make_node("Pad", [dq.input[0], pad.input[1], zero_name], [q.output[0]], name=f"{pad.name}/uint8", mode="constant")
+        fused = helper.make_node(
+            "Pad", [dq.input[0], pad.input[1], zero_name], [q.output[0]], name=f"{pad.name}/uint8", mode="constant"
+        )
         g.node.insert(list(g.node).index(pad), fused)
         drop += [pad, q]
         count += 1
@@ -151,7 +157,9 @@ def fuse_qdq_pads(model) -> int:
         g.node.remove(n)
     outputs = {o.name for o in g.output}
     used = {t for n in g.node for t in n.input}
-    for n in [n for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] not in used and n.output[0] not in outputs]:
+    for n in [
+        n for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] not in used and n.output[0] not in outputs
+    ]:
         g.node.remove(n)
     return count
 
@@ -178,4 +186,3 @@ def inline_constant_identities(model) -> int:
     del g.node[:]
     g.node.extend(keep)
     return removed
-

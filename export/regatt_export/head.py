@@ -74,7 +74,9 @@ class Attention(nn.Module):
     def needs_means(self) -> bool:
         return self.variant != "none"
 
-    def forward(self, region_mean: torch.Tensor | None, global_mean: torch.Tensor | None, n_regions: int | None = None) -> torch.Tensor:
+    def forward(
+        self, region_mean: torch.Tensor | None, global_mean: torch.Tensor | None, n_regions: int | None = None
+    ) -> torch.Tensor:
         """``region_mean (N, R, C)``, ``global_mean (N, C)`` -> weights ``(N, R)``."""
         if self.variant == "none":
             raise RuntimeError("the 'none' variant has no weights to compute; use ones")

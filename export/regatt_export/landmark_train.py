@@ -54,17 +54,23 @@ def landmark_items(root: str | Path, names: list[str]) -> list[Item]:
         raise DataError(f"{root}: not a folder; the landmark objective needs <landmark>/<photo> folders")
     missing = [n for n in names if n not in folders]
     if missing:
-        raise DataError(f"{root}: landmark(s) {', '.join(missing)} match no folder (folders: {', '.join(sorted(folders)[:8])}...)")
+        raise DataError(
+            f"{root}: landmark(s) {', '.join(missing)} match no folder (folders: {', '.join(sorted(folders)[:8])}...)"
+        )
     items: list[Item] = []
     for label, name in enumerate(names):
         photos = list_images(root / name) if any((root / name).iterdir()) else []
         if len(photos) < 2:
-            raise DataError(f"{root / name}: landmark with {len(photos)} photo(s); every landmark needs >= 2 (a photo and a match)")
+            raise DataError(
+                f"{root / name}: landmark with {len(photos)} photo(s); every landmark needs >= 2 (a photo and a match)"
+            )
         items += [Item(p.path, f"{name}/{p.name}", label) for p in photos]
     return items
 
 
-def resolve_landmarks(root: str, train: tuple[str, ...] | None, val: tuple[str, ...] | None) -> tuple[list[str], list[str]]:
+def resolve_landmarks(
+    root: str, train: tuple[str, ...] | None, val: tuple[str, ...] | None
+) -> tuple[list[str], list[str]]:
     """Training and validation landmark names: the given ones, else :func:`landmark_split`."""
     try:
         split = landmark_split(root)
@@ -73,7 +79,9 @@ def resolve_landmarks(root: str, train: tuple[str, ...] | None, val: tuple[str, 
     tr = list(train) if train else split["train"]
     va = list(val) if val is not None else split["val"]
     if len(tr) < 2:
-        raise DataError(f"{root}: {len(tr)} training landmark(s); the landmark objective needs >= 2 (others are the negatives)")
+        raise DataError(
+            f"{root}: {len(tr)} training landmark(s); the landmark objective needs >= 2 (others are the negatives)"
+        )
     if va and len(va) < 2:
         raise DataError(f"{root}: {len(va)} validation landmark(s); retrieval validation needs >= 2 (or none)")
     if set(tr) & set(va):
@@ -92,14 +100,18 @@ def background_items(folder: str | None, part: str) -> list[Item]:
     return chosen
 
 
-def view_caches(encoder, cfg, backgrounds_train: list[Item], backgrounds_val: list[Item], stable_index) -> tuple[FeatureCache, FeatureCache]:
+def view_caches(
+    encoder, cfg, backgrounds_train: list[Item], backgrounds_val: list[Item], stable_index
+) -> tuple[FeatureCache, FeatureCache]:
     """``(clean, clutter)`` feature caches: clean = the photo at longest side ``S`` (the
     ``regatt whiten`` cache), clutter = view ``v`` pasted on a seeded background."""
     from regatt_sdk.imageio import read_image
 
     from .whiten import full_image_cache
 
-    clean = full_image_cache(encoder, cfg.backbone, cfg.weights, cfg.max_side, cfg.cache_dir, dtype="float16", seed=cfg.seed)
+    clean = full_image_cache(
+        encoder, cfg.backbone, cfg.weights, cfg.max_side, cfg.cache_dir, dtype="float16", seed=cfg.seed
+    )
     spec = ClutterSpec(cfg.max_side, cfg.clutter_min, cfg.clutter_max)
 
     def producer(item: Item, view: int) -> np.ndarray:
@@ -110,8 +122,16 @@ def view_caches(encoder, cfg, backgrounds_train: list[Item], backgrounds_val: li
         return canvas
 
     facts = {
-        "backbone": cfg.backbone, "weights": weights_fact(cfg.weights), "clutter": asdict(spec), "seed": cfg.seed, "kind": "clutter-paste",
-        "backgrounds": [str(Path(cfg.backgrounds).resolve()) if cfg.backgrounds else None, len(backgrounds_train), len(backgrounds_val)],
+        "backbone": cfg.backbone,
+        "weights": weights_fact(cfg.weights),
+        "clutter": asdict(spec),
+        "seed": cfg.seed,
+        "kind": "clutter-paste",
+        "backgrounds": [
+            str(Path(cfg.backgrounds).resolve()) if cfg.backgrounds else None,
+            len(backgrounds_train),
+            len(backgrounds_val),
+        ],
     }
     return clean, FeatureCache(cfg.cache_dir, cache_key(**facts), producer, backbone_features(encoder), "float16")
 
@@ -139,7 +159,9 @@ class RegionBank:
             for i, get in enumerate(getters):
                 fmap, (h, w) = get()
                 # the encoder's own pooling (MaxRoiPool + mask means), exactly as at inference
-                rmax, rmean, gmean, _ = encoder.regional(torch.empty((1, h, w, 0)), torch.from_numpy(fmap)[None].float())
+                rmax, rmean, gmean, _ = encoder.regional(
+                    torch.empty((1, h, w, 0)), torch.from_numpy(fmap)[None].float()
+                )
                 v = encoder.whitening(rmax) if encoder.whitening is not None else rmax
                 vs.append(release_normalize(v)[0].half())
                 means.append(rmean[0].half())
@@ -204,7 +226,9 @@ def masked_kl_uniform(phi: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (ent + torch.log(n)).mean()
 
 
-def mean_ap(sim: torch.Tensor, q_labels: torch.Tensor, db_labels: torch.Tensor, exclude: torch.Tensor | None = None) -> float:
+def mean_ap(
+    sim: torch.Tensor, q_labels: torch.Tensor, db_labels: torch.Tensor, exclude: torch.Tensor | None = None
+) -> float:
     """Mean average precision of queries ``sim (Q, N)`` against the database; ``exclude (Q,)``
     is a database row to drop for each query (its own photo) or -1."""
     sim = sim.clone()
@@ -236,7 +260,9 @@ class LandmarkData:
         bg_train = background_items(cfg.backgrounds, "train")
         bg_val = background_items(cfg.backgrounds, "val")
         if cfg.views > 1 and not bg_train:
-            raise DataError("--views > 1 with the landmark objective needs --backgrounds FOLDER (photos to paste the landmarks into)")
+            raise DataError(
+                "--views > 1 with the landmark objective needs --backgrounds FOLDER (photos to paste the landmarks into)"
+            )
         self.clean, self.clutter = view_caches(encoder, cfg, bg_train, bg_val, stable_index)
         t0 = time.perf_counter()
         stores = self._stores(cfg, encoder)
@@ -270,12 +296,27 @@ class LandmarkData:
         if cfg.cache_dir is None:
             return None, None
         wh = encoder.whitening
-        wh_fact = "none" if wh is None else hashlib.sha1(wh.components.numpy().tobytes() + wh.mean.numpy().tobytes()).hexdigest()[:16]
+        wh_fact = (
+            "none"
+            if wh is None
+            else hashlib.sha1(wh.components.numpy().tobytes() + wh.mean.numpy().tobytes()).hexdigest()[:16]
+        )
 
         def key(items, views):
             names = hashlib.sha1("\n".join(_file_id(it.path) for it in items).encode()).hexdigest()[:16]
-            return Path(cfg.cache_dir) / "banks" / cache_key(clean=self.clean.dir.name, clutter=self.clutter.dir.name, names=names,
-                                                            views=views, whitening=wh_fact, levels=cfg.levels, kind="landmark-bank")
+            return (
+                Path(cfg.cache_dir)
+                / "banks"
+                / cache_key(
+                    clean=self.clean.dir.name,
+                    clutter=self.clutter.dir.name,
+                    names=names,
+                    views=views,
+                    whitening=wh_fact,
+                    levels=cfg.levels,
+                    kind="landmark-bank",
+                )
+            )
 
         return key(self.train_items, cfg.views), key(self.val_items, f"val:{bool(cfg.backgrounds)}")
 
@@ -323,4 +364,3 @@ class LandmarkData:
         else:
             out["val"] = clean
         return out
-

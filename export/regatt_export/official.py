@@ -50,7 +50,12 @@ def release_files(directory: str | Path) -> dict[str, Path]:
     d = Path(directory)
     if not d.is_dir():
         raise WeightsError(f"{d}: not a directory (expected the unpacked release weights.tar)")
-    names = {"backbone": BACKBONE_FILE, "attention": ATTENTION_FILE, "components": PCA_COMPONENTS_FILE, "mean": PCA_MEAN_FILE}
+    names = {
+        "backbone": BACKBONE_FILE,
+        "attention": ATTENTION_FILE,
+        "components": PCA_COMPONENTS_FILE,
+        "mean": PCA_MEAN_FILE,
+    }
     files = {k: d / v for k, v in names.items()}
     missing = [v for k, v in names.items() if not files[k].is_file()]
     if missing:
@@ -58,7 +63,9 @@ def release_files(directory: str | Path) -> dict[str, Path]:
     return files
 
 
-def load_whitening_arrays(mean: np.ndarray, components: np.ndarray, source: str, channels: int | None = None) -> Whitening:
+def load_whitening_arrays(
+    mean: np.ndarray, components: np.ndarray, source: str, channels: int | None = None
+) -> Whitening:
     """Check shapes (``components (D, C)``, ``mean (C,)``) and build a :class:`Whitening`."""
     if components.ndim != 2:
         raise WeightsError(f"{source}: components must be 2-d (D, C), got shape {components.shape}")

@@ -127,8 +127,6 @@ def write_card(onnx_path: str | Path, card: ModelCard) -> None:
     onnx.save(model, str(onnx_path))
 
 
-
-
 def export_onnx(
     encoder: nn.Module,
     card: ModelCard,
@@ -178,7 +176,9 @@ def export_onnx(
                 do_constant_folding=True,
             )
         wrapped.eval()
-        card = replace(card, input_dtype=input_dtype, outputs=tuple(outputs), golden=make_golden(encoder, input_dtype, atol))
+        card = replace(
+            card, input_dtype=input_dtype, outputs=tuple(outputs), golden=make_golden(encoder, input_dtype, atol)
+        )
         write_card(tmp, card)
         rows = check_parity(encoder, tmp, input_dtype, sizes, atol)
         if not all(r.ok for r in rows):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
 from regatt_sdk.card import Golden, ModelCard, golden_image, read_card
 
 from .calibration import CalibrationError, ImageSet
@@ -125,4 +126,3 @@ def finish_variant(
     os.chmod(tmp, 0o644)
     os.replace(tmp, out_path)
     return card
-

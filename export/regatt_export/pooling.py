@@ -89,7 +89,9 @@ def _sparse_pick(t: torch.Tensor, start: torch.Tensor, stop: torch.Tensor, dim: 
     for j in range(TABLE_LEVELS):
         if j > 0:
             s = 1 << (j - 1)
-            table = torch.maximum(table.narrow(dim, 0, table.shape[dim] - s), table.narrow(dim, s, table.shape[dim] - s))
+            table = torch.maximum(
+                table.narrow(dim, 0, table.shape[dim] - s), table.narrow(dim, s, table.shape[dim] - s)
+            )
         if diagonal:
             n = t.shape[3]
             li = left.reshape(1, 1, 1, -1).expand(t.shape[0], t.shape[1], 1, n)

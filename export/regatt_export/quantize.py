@@ -15,7 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+
 from regatt_sdk.card import ModelCard, read_card
+from regatt_sdk.files import staged_file
 
 from .calibration import (
     CalibrationError,
@@ -33,7 +35,6 @@ from .graph_edits import (
     fuse_qdq_pads,
     inline_constant_identities,
 )
-from regatt_sdk.files import staged_file
 from .parity import VariantParity, finish_variant, measure_parity
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -85,7 +86,11 @@ class Int8Options:
 def _calibration_method(name: str):
     from onnxruntime.quantization import CalibrationMethod
 
-    table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
+    table = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
     if name not in table:
         raise CalibrationError(f"calibration method {name!r}: use one of {', '.join(CALIBRATION_METHODS)}")
     return table[name]
@@ -119,7 +124,9 @@ def quantize_int8(
     if options.parity_dir is not None:
         overlap = {Path(p).resolve() for p in list_images(options.parity_dir)} & {p.resolve() for p in calib_files}
         if overlap:
-            raise CalibrationError(f"{len(overlap)} parity photos are also calibration photos (e.g. {sorted(overlap)[0]})")
+            raise CalibrationError(
+                f"{len(overlap)} parity photos are also calibration photos (e.g. {sorted(overlap)[0]})"
+            )
 
     model = onnx.load(str(fp32_path))
     inline_constant_identities(model)

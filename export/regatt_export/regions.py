@@ -11,7 +11,7 @@ regions for this image (55 of them for a square image at L=5, 70 for 4:3, up to 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -43,7 +43,7 @@ class SlotLayout:
         return len(self.box_y)
 
 
-@lru_cache(maxsize=None)
+@cache
 def slot_layout(levels: int) -> SlotLayout:
     """The fixed slot table for ``levels`` levels (Σ_l l² + 12 l box slots)."""
     if levels < 1:

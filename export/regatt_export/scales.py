@@ -35,7 +35,7 @@ def _axis_taps(size_in: torch.Tensor, size_out: torch.Tensor):
     align_corners=False)`` computes them: ``src = (i + 0.5) * in / out - 0.5`` in float32,
     clamped at 0; ``lo = floor(src)``, ``hi = min(lo + 1, in - 1)``.
     """
-    scale = (size_in.to(torch.float32) / size_out.to(torch.float32))
+    scale = size_in.to(torch.float32) / size_out.to(torch.float32)
     idx = torch.arange(size_out.to(torch.int64)).to(torch.float32)
     src = torch.clamp((idx + 0.5) * scale - 0.5, min=0.0)
     lo = torch.floor(src)

@@ -130,7 +130,9 @@ def _check(cfg: TrainConfig) -> None:
     if cfg.optimizer not in OPTIMIZERS:
         raise DataError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
     if cfg.objective == "landmark" and (cfg.per_landmark < 2 or cfg.batch < 2 * cfg.per_landmark):
-        raise DataError("the landmark objective needs --per-landmark >= 2 and --batch >= 2 x per-landmark (two landmarks per batch)")
+        raise DataError(
+            "the landmark objective needs --per-landmark >= 2 and --batch >= 2 x per-landmark (two landmarks per batch)"
+        )
     if cfg.objective != "landmark" and (cfg.backgrounds or cfg.train_landmarks or cfg.val_landmarks):
         raise DataError("--backgrounds / --train-landmarks / --val-landmarks are options of --objective landmark")
 
@@ -193,7 +195,9 @@ class Trainer:
         whitening: Whitening | None = None
         wh_file = cfg.whitening
         if cfg.whitening and cfg.objective == "classify":
-            raise DataError("--whitening is used by the contrastive and landmark objectives only (the paper's loss has no PCA)")
+            raise DataError(
+                "--whitening is used by the contrastive and landmark objectives only (the paper's loss has no PCA)"
+            )
         if cfg.objective == "landmark" and wh_file is None:
             from .build import EncoderConfig, default_assets
 
@@ -211,10 +215,20 @@ class Trainer:
             if fc is None:
                 raise DataError(f"backbone {cfg.backbone} has no ImageNet classifier to train against")
             self.fc = fc
-            items = [it for folder in (cfg.data, *cfg.extra_data) for it in _prefixed(labelled_images(folder, fc.out_features), folder, cfg.extra_data)]
+            items = [
+                it
+                for folder in (cfg.data, *cfg.extra_data)
+                for it in _prefixed(labelled_images(folder, fc.out_features), folder, cfg.extra_data)
+            ]
         elif cfg.objective == "contrastive":
-            items = [it for folder in (cfg.data, *cfg.extra_data) for it in _prefixed(list_images(folder), folder, cfg.extra_data)]
-        self.metric_name = {"classify": "val_top1", "contrastive": "val_instance_top1", "landmark": "val_map"}[cfg.objective]
+            items = [
+                it
+                for folder in (cfg.data, *cfg.extra_data)
+                for it in _prefixed(list_images(folder), folder, cfg.extra_data)
+            ]
+        self.metric_name = {"classify": "val_top1", "contrastive": "val_instance_top1", "landmark": "val_map"}[
+            cfg.objective
+        ]
         if cfg.objective == "landmark":
             self.cache = None
             return
@@ -228,7 +242,11 @@ class Trainer:
             return make_view(read_image(item.path), self.view_spec, cfg.seed, _stable_index(item), view)
 
         key = cache_key(
-            backbone=cfg.backbone, weights=weights_fact(cfg.weights), view=asdict(self.view_spec), seed=cfg.seed, kind="train-views"
+            backbone=cfg.backbone,
+            weights=weights_fact(cfg.weights),
+            view=asdict(self.view_spec),
+            seed=cfg.seed,
+            kind="train-views",
         )
         self.cache = FeatureCache(cfg.cache_dir, key, producer, backbone_features(self.encoder), "float16")
 
@@ -244,7 +262,9 @@ class Trainer:
             return
         t0 = time.perf_counter()
         with torch.no_grad():
-            self.train_views = _Views(self.cache, self.encoder, self.train_items, cfg.views, cfg.crop, self._bar("features (train)"))
+            self.train_views = _Views(
+                self.cache, self.encoder, self.train_items, cfg.views, cfg.crop, self._bar("features (train)")
+            )
             val_views = 2 if cfg.objective == "contrastive" else 1
             self.val_views = (
                 _Views(self.cache, self.encoder, self.val_items, val_views, cfg.crop, self._bar("features (val)"))
@@ -355,7 +375,9 @@ class Trainer:
         initial = self.validate()
         best = {"epoch": 0, "metric": initial["val"], "loss": initial["loss"], "state": attention_state(self.attention)}
         metric_name = self.metric_name
-        self.log(f"{metric_name}: uniform weights {baseline:.4f}, initial attention {best['metric']:.4f}{_extras(uniform_val)}")
+        self.log(
+            f"{metric_name}: uniform weights {baseline:.4f}, initial attention {best['metric']:.4f}{_extras(uniform_val)}"
+        )
         if resume:
             start_epoch, history, best = self._restore(ckpt_path, opt)
         n = len(self.train_items)
@@ -392,13 +414,25 @@ class Trainer:
             self.attention.eval()
             head_times.append(time.perf_counter() - t0)
             val = self.validate()
-            row = {"epoch": epoch, "loss": total / steps, metric_name: val["val"], "val_loss": val["loss"], "peak": val["peak"], "s": head_times[-1]}
+            row = {
+                "epoch": epoch,
+                "loss": total / steps,
+                metric_name: val["val"],
+                "val_loss": val["loss"],
+                "peak": val["peak"],
+                "s": head_times[-1],
+            }
             row.update({k: v for k, v in val.items() if k.endswith("_map")})
             history.append(row)
             # better = higher metric, ties broken by a lower validation loss
             better = (val["val"], -val["loss"]) > (best["metric"], -best["loss"])
             if better or self.val_views is None:
-                best = {"epoch": epoch, "metric": val["val"], "loss": val["loss"], "state": attention_state(self.attention)}
+                best = {
+                    "epoch": epoch,
+                    "metric": val["val"],
+                    "loss": val["loss"],
+                    "state": attention_state(self.attention),
+                }
                 stale = 0
             else:
                 stale += 1
@@ -459,7 +493,12 @@ class Trainer:
         self.attention.load_state_dict(restored.state_dict())
         opt.load_state_dict(blob["optimizer"])
         history = json.loads(blob["history"])
-        best = {"epoch": int(blob["best_epoch"]), "metric": float(blob["best_metric"]), "loss": float(blob["best_loss"]), "state": blob["best_state"]}
+        best = {
+            "epoch": int(blob["best_epoch"]),
+            "metric": float(blob["best_metric"]),
+            "loss": float(blob["best_loss"]),
+            "state": blob["best_state"],
+        }
         self.log(f"resumed from {path} after epoch {blob['epoch']}")
         return int(blob["epoch"]) + 1, history, best
 

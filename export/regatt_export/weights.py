@@ -28,7 +28,9 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def assign_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str, optional: tuple[str, ...] = ("num_batches_tracked",)) -> None:
+def assign_strict(
+    module: nn.Module, state: dict[str, torch.Tensor], source: str, optional: tuple[str, ...] = ("num_batches_tracked",)
+) -> None:
     """Copy ``state`` into ``module``; every tensor of the module must be present and shaped right.
 
     Keys ending in one of ``optional`` may be missing (old checkpoints lack them). Extra keys

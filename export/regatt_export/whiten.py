@@ -88,12 +88,16 @@ def landmark_items(root: str | Path, select: str | None, need_pairs: bool) -> tu
                 f"give train, val, test or folder names such as {', '.join(folders[:3])}"
             )
     if need_pairs and len(names) < 2:
-        raise DataError(f"learned whitening (lw) needs photos of at least 2 landmarks, {root} gives only {', '.join(names)}: add landmark folders")
+        raise DataError(
+            f"learned whitening (lw) needs photos of at least 2 landmarks, {root} gives only {', '.join(names)}: add landmark folders"
+        )
     items: list[Item] = []
     for k, name in enumerate(names):
         photos = list_images(root / name)
         if need_pairs and len(photos) < 2:
-            raise DataError(f"{root / name}: {len(photos)} photo; learned whitening (lw) needs at least 2 photos of each landmark (a matching pair)")
+            raise DataError(
+                f"{root / name}: {len(photos)} photo; learned whitening (lw) needs at least 2 photos of each landmark (a matching pair)"
+            )
         items += [Item(it.path, f"{name}/{it.name}", k) for it in photos]
     return items, names
 
@@ -114,7 +118,13 @@ def full_image_cache(
     def producer(item: Item, view: int) -> np.ndarray:
         return prepare(read_image(item.path), max_side)
 
-    facts = {"backbone": backbone, "weights": weights_fact(weights), "max_side": max_side, "kind": "full-image", "dtype": dtype}
+    facts = {
+        "backbone": backbone,
+        "weights": weights_fact(weights),
+        "max_side": max_side,
+        "kind": "full-image",
+        "dtype": dtype,
+    }
     if weights == "random":
         facts["seed"] = seed
     key = cache_key(**facts)
@@ -265,7 +275,9 @@ def whiten(cfg: WhitenConfig, log: Callable[[str], None] = print, progress=None)
     else:
         items, names = list_images(cfg.data), []
     torch.manual_seed(cfg.seed)
-    encoder = RegionalAttentionEncoder(build_backbone(cfg.backbone, cfg.weights), spec, Attention(spec.channels, "none"), None, cfg.levels).eval()
+    encoder = RegionalAttentionEncoder(
+        build_backbone(cfg.backbone, cfg.weights), spec, Attention(spec.channels, "none"), None, cfg.levels
+    ).eval()
     cache = full_image_cache(encoder, cfg.backbone, cfg.weights, cfg.max_side, cfg.cache_dir, seed=cfg.seed)
     counts: list[int] = []
     vectors = regional_vectors(encoder, cache, items, progress, counts)
@@ -275,8 +287,17 @@ def whiten(cfg: WhitenConfig, log: Callable[[str], None] = print, progress=None)
     else:
         mean, components, lam = learn_whitening(vectors, cfg.dim, cfg.shrinkage, cfg.power)
     save_whitening(
-        cfg.output, mean, components, shrinkage=cfg.shrinkage, power=cfg.power, max_side=cfg.max_side, levels=cfg.levels,
-        images=len(items), vectors=len(vectors), landmarks=len(names), supervised=float(cfg.method == "lw"),
+        cfg.output,
+        mean,
+        components,
+        shrinkage=cfg.shrinkage,
+        power=cfg.power,
+        max_side=cfg.max_side,
+        levels=cfg.levels,
+        images=len(items),
+        vectors=len(vectors),
+        landmarks=len(names),
+        supervised=float(cfg.method == "lw"),
     )
     kept = float(lam[: components.shape[0]].sum() / max(lam.sum(), 1e-30))
     summary = {

@@ -74,16 +74,14 @@ class ModelCard:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelCard":
+    def from_json(cls, text: str) -> ModelCard:
         raw = json.loads(text)
         if not isinstance(raw, dict):
             raise ValueError("model card is not a JSON object")
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in raw.items() if k in known}
         missing = [
-            f.name
-            for f in fields(cls)
-            if f.name not in data and f.default is MISSING and f.default_factory is MISSING
+            f.name for f in fields(cls) if f.name not in data and f.default is MISSING and f.default_factory is MISSING
         ]
         if missing:
             raise ValueError(f"model card lacks {missing}")

@@ -128,8 +128,7 @@ class Dataset:
             raise DatasetError(f"{self.name}: no queries")
         for setting, truths in self.truth.items():
             if len(truths) != len(self.queries):
-                raise ValueError(f"setting {setting}: {len(truths)} truths for "
-                                 f"{len(self.queries)} queries")
+                raise ValueError(f"setting {setting}: {len(truths)} truths for {len(self.queries)} queries")
 
     @property
     def settings(self) -> list[str]:
@@ -226,8 +225,7 @@ def _find_gt_dir(root: Path, gt_dir: Path | None) -> Path:
             return cand
     where = candidates[0] if gt_dir is not None else root
     raise DatasetError(
-        f"no ground-truth files (*_query.txt) in {where}: put the official gt files in "
-        f"{root / 'gt'} or pass --gt DIR"
+        f"no ground-truth files (*_query.txt) in {where}: put the official gt files in {root / 'gt'} or pass --gt DIR"
     )
 
 
@@ -243,9 +241,7 @@ def _distractors(root: Path, distractors: Path | None, name: str) -> Path:
     )
 
 
-def _add_distractors(
-    names: list[str], paths: list[Path], folder: Path
-) -> tuple[list[str], list[Path]]:
+def _add_distractors(names: list[str], paths: list[Path], folder: Path) -> tuple[list[str], list[Path]]:
     extra = scan_images(folder)
     taken = set(names)
     clash = [n for n in extra if n in taken]
@@ -282,11 +278,10 @@ def read_classic_gt(gt_dir: Path) -> list[tuple[str, str, Box, frozenset[str], f
         fields = lines[0].split()
         if len(fields) != 5:
             raise DatasetError(f"{qfile}: expected 'oxc1_<image> x1 y1 x2 y2', got {lines[0]!r}")
-        image = fields[0][len("oxc1_"):] if fields[0].startswith("oxc1_") else fields[0]
+        image = fields[0][len("oxc1_") :] if fields[0].startswith("oxc1_") else fields[0]
         box = _parse_box(fields[1:], qfile)
         good, ok, junk = (
-            frozenset(_read_lines(qfile.with_name(f"{base}_{kind}.txt")))
-            for kind in ("good", "ok", "junk")
+            frozenset(_read_lines(qfile.with_name(f"{base}_{kind}.txt"))) for kind in ("good", "ok", "junk")
         )
         out.append((base, image, box, good | ok, junk))
     return out
@@ -317,8 +312,7 @@ def load_classic(
     for base, image, box, pos, junk in gts:
         if image not in found:
             raise DatasetError(
-                f"query image '{image}' (from {base}_query.txt) is not among the {len(found)} "
-                f"images under {images}"
+                f"query image '{image}' (from {base}_query.txt) is not among the {len(found)} images under {images}"
             )
         queries.append(Query(name=image, path=found[image], box=box))
         truths.append(Truth(positives=pos, junk=junk))
@@ -327,9 +321,7 @@ def load_classic(
     return Dataset(name, "classic", names, paths, queries, {"all": truths})
 
 
-def load_revisited(
-    root: str | Path, name: str = "roxford5k", *, distractors: str | Path | None = None
-) -> Dataset:
+def load_revisited(root: str | Path, name: str = "roxford5k", *, distractors: str | Path | None = None) -> Dataset:
     """ROxford5k / RParis6k from ``gnd_<name>.pkl``: settings easy, medium, hard."""
     if name not in REVISITED:
         raise DatasetError(f"unknown revisited dataset '{name}': use one of {', '.join(REVISITED)}")

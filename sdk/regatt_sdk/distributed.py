@@ -31,7 +31,7 @@ import numpy as np
 from .errors import ImageError, RegattError
 from .imageio import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from .optional import require
-from .pipeline import EncodeReport, encode_window, make_loader, model_info, short_reason, Slot
+from .pipeline import EncodeReport, Slot, encode_window, make_loader, model_info, short_reason
 from .sources import SourceItem, iter_sources
 from .store import Failure, FeatureStore, StoreError
 
@@ -326,9 +326,14 @@ def _run_actors(ray, items: list[SourceItem], model: str, run_dir: Path, *, num_
         num_gpus=1 if gpu else 0,
         num_cpus=cpus_each,
         fn_constructor_args=(model, str(run_dir)),
-        fn_constructor_kwargs=dict(device=actor_device(device, gpu), threads=cpus_each,
-                                   max_side=max_side, batch_size=batch_size,
-                                   decode_threads=decode_threads, **actor_options),  # fmt: skip
+        fn_constructor_kwargs=dict(
+            device=actor_device(device, gpu),
+            threads=cpus_each,
+            max_side=max_side,
+            batch_size=batch_size,
+            decode_threads=decode_threads,
+            **actor_options,
+        ),  # fmt: skip
     )
     for _ in ds.iter_batches(batch_size=None, batch_format="numpy"):
         pass  # the shards hold the results; iterating drives the execution

@@ -117,7 +117,9 @@ class Encoder:
         x1, y1, x2, y2), ``weights (R,)``, and ``scale`` (resized / original size).
         """
         if "boxes" not in self.card.outputs:
-            raise ModelError(f"{self.model_path}: exported without region outputs: re-export with  regatt export --explain")
+            raise ModelError(
+                f"{self.model_path}: exported without region outputs: re-export with  regatt export --explain"
+            )
         prepared = self.load(image, roi)
         feed = np.ascontiguousarray(prepared[None], dtype=self._dtype)
         outs = self.engine.run(feed, ["descriptor", "boxes", "valid", "weights"])
@@ -187,7 +189,14 @@ class Encoder:
         if not self.query_scales:
             return self.encode(images, roi, rois=rois, batch_size=batch_size, progress=progress)
         parts = [
-            self.encode(images, roi, rois=rois, batch_size=batch_size, progress=progress, max_side=scaled_longest(self.max_side, q))
+            self.encode(
+                images,
+                roi,
+                rois=rois,
+                batch_size=batch_size,
+                progress=progress,
+                max_side=scaled_longest(self.max_side, q),
+            )
             for q in self.query_scales
         ]
         g = np.sum(parts, axis=0, dtype=np.float32)

@@ -24,6 +24,4 @@ class MissingExtraError(RegattError):
     """An optional dependency is not installed; the message names the extra to install."""
 
     def __init__(self, module: str, extra: str, what: str):
-        super().__init__(
-            f"{what} needs the '{module}' package: install it with  pip install 'regatt[{extra}]'"
-        )
+        super().__init__(f"{what} needs the '{module}' package: install it with  pip install 'regatt[{extra}]'")

@@ -175,9 +175,7 @@ def evaluate_setting(
     """
     rankings = np.asarray(rankings)
     if rankings.ndim != 2 or rankings.shape[0] != len(gts):
-        raise ValueError(
-            f"rankings must be (Q, N) with Q = {len(gts)} queries, got shape {rankings.shape}"
-        )
+        raise ValueError(f"rankings must be (Q, N) with Q = {len(gts)} queries, got shape {rankings.shape}")
     aps = np.full(len(gts), np.nan)
     prs = np.full((len(gts), len(kappas)), np.nan)
     for i, gt in enumerate(gts):
@@ -272,8 +270,5 @@ def evaluate(
     """Score ``rankings`` (Q, N) under each named setting (``{"all": gts}`` or easy/medium/hard)."""
     return EvalResult(
         dataset=dataset,
-        settings={
-            name: evaluate_setting(rankings, gts, name=name, kappas=kappas)
-            for name, gts in settings.items()
-        },
+        settings={name: evaluate_setting(rankings, gts, name=name, kappas=kappas) for name, gts in settings.items()},
     )

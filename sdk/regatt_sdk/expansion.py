@@ -117,9 +117,7 @@ class Step(Protocol):
     """A retrieval step: ``(queries (Q, D), database (N, D), backend) -> (queries', database')``,
     and the same on an index: ``apply(queries, index) -> (queries', index')``."""
 
-    def __call__(
-        self, queries: np.ndarray, database: np.ndarray, backend: str
-    ) -> tuple[np.ndarray, np.ndarray]: ...
+    def __call__(self, queries: np.ndarray, database: np.ndarray, backend: str) -> tuple[np.ndarray, np.ndarray]: ...
 
     def apply(self, queries: np.ndarray, index: VectorIndex) -> tuple[np.ndarray, VectorIndex]: ...
 
@@ -187,9 +185,7 @@ class DatabaseAugmentation:
     ) -> tuple[np.ndarray, np.ndarray]:
         if self.k <= 0:
             return as_queries(queries), database
-        return as_queries(queries), augment_database(
-            database, k=self.k, alpha=self.alpha, backend=backend
-        )
+        return as_queries(queries), augment_database(database, k=self.k, alpha=self.alpha, backend=backend)
 
     def apply(self, queries: np.ndarray, index: VectorIndex) -> tuple[np.ndarray, VectorIndex]:
         """``queries`` unchanged and a new index (same backend) over the augmented database;

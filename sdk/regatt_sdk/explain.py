@@ -77,7 +77,9 @@ def inside_mask(boxes: np.ndarray, box: Sequence[float], inside: float = INSIDE)
     return ix * iy / area >= inside
 
 
-def box_share(boxes: np.ndarray, weights: np.ndarray, box: Sequence[float], inside: float = INSIDE) -> tuple[float, float]:
+def box_share(
+    boxes: np.ndarray, weights: np.ndarray, box: Sequence[float], inside: float = INSIDE
+) -> tuple[float, float]:
     """``(attention share, uniform share)`` of the regions inside ``box`` (:func:`inside_mask`):
     their summed weight over the total, and their count over the number of regions (both 0 when
     no region is inside). Attention looks at the object when the first is well above the second."""

@@ -54,8 +54,9 @@ def _shorten(text: str, width: int) -> str:
 def _caption(width: int, lines: Sequence[str]) -> np.ndarray:
     strip = np.full((_CAPTION, width, 3), _BG, dtype=np.uint8)
     for i, text in enumerate(lines[:2]):
-        cv2.putText(strip, _shorten(text, width - 6), (3, 13 + 15 * i), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.4, _TEXT, 1, cv2.LINE_AA)
+        cv2.putText(
+            strip, _shorten(text, width - 6), (3, 13 + 15 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.4, _TEXT, 1, cv2.LINE_AA
+        )
     return strip
 
 
@@ -114,8 +115,12 @@ def save_result_grid(
     out = Path(out)
     loaded = [(name, score, _read_or_none(path)) for name, score, path in results]
     grid = result_grid(
-        read_image(query_path), loaded, query_label=Path(query_path).name, roi=roi,
-        tile=tile, columns=columns,
+        read_image(query_path),
+        loaded,
+        query_label=Path(query_path).name,
+        roi=roi,
+        tile=tile,
+        columns=columns,
     )
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -433,10 +433,7 @@ def decode_image(
                 "guard; raise it with --max-pixels)"
             )
         if min(info.width, info.height) < min_side and not upscale_small:
-            raise _Refused(
-                f"image is {info.width}x{info.height}, smaller than the minimum side of "
-                f"{min_side} px"
-            )
+            raise _Refused(f"image is {info.width}x{info.height}, smaller than the minimum side of {min_side} px")
         arr = np.frombuffer(data, dtype=np.uint8)
         wide = info.format in ("PNG", "TIFF") and info.depth > 8
         flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH if wide else cv2.IMREAD_COLOR
@@ -453,9 +450,7 @@ def decode_image(
         raise ImageError(name, f"decoded image is {width}x{height}, over the pixel limit")
     if min(height, width) < min_side:
         if not upscale_small:
-            raise ImageError(
-                name, f"image is {width}x{height}, smaller than the minimum side of {min_side} px"
-            )
+            raise ImageError(name, f"image is {width}x{height}, smaller than the minimum side of {min_side} px")
         scale = min_side / min(height, width)
         size = (max(min_side, round(width * scale)), max(min_side, round(height * scale)))
         image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
@@ -552,6 +547,4 @@ def read_image(
     them to it; ``max_bytes`` refuses bigger files.
     """
     data = read_bytes(path, max_bytes=max_bytes)
-    return decode_image(
-        data, path, max_pixels=max_pixels, min_side=min_side, upscale_small=upscale_small
-    )
+    return decode_image(data, path, max_pixels=max_pixels, min_side=min_side, upscale_small=upscale_small)

@@ -144,9 +144,7 @@ def make_loader(
     """The worker function: ``SourceItem`` → prepared BGR uint8 ``(h, w, 3)``."""
 
     def load(item: SourceItem) -> np.ndarray:
-        image = read_image(
-            item.path, max_pixels=max_pixels, min_side=min_side, upscale_small=upscale_small
-        )
+        image = read_image(item.path, max_pixels=max_pixels, min_side=min_side, upscale_small=upscale_small)
         roi = None
         if rois is not None:
             roi = rois.get(item.name, rois.get(item.path))

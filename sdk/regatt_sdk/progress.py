@@ -25,7 +25,7 @@ class Progress:
     def close(self) -> None:
         self._p.stop()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -54,17 +54,23 @@ def parse_scales(spec: ScaleSpec, max_side: int, source: str = "--scales") -> tu
     if isinstance(spec, str):
         tokens: Iterable[object] = [t for t in spec.split(",")]
         if not spec.strip() or all(not t.strip() for t in tokens):
-            raise ScaleError(f"{source}: the scale list is empty; give at least one scale, e.g. {source} 1 or {source} 1,1.5")
+            raise ScaleError(
+                f"{source}: the scale list is empty; give at least one scale, e.g. {source} 1 or {source} 1,1.5"
+            )
     elif isinstance(spec, (int, float)):
         tokens = [spec]
     else:
         tokens = list(spec)
         if not tokens:
-            raise ScaleError(f"{source}: the scale list is empty; give at least one scale, e.g. {source} 1 or {source} 1,1.5")
+            raise ScaleError(
+                f"{source}: the scale list is empty; give at least one scale, e.g. {source} 1 or {source} 1,1.5"
+            )
     values = []
     for token in tokens:
         if isinstance(spec, str) and not str(token).strip():
-            raise ScaleError(f"{source}: empty entry in {spec!r}; give numbers separated by commas, e.g. {source} 1,1.5")
+            raise ScaleError(
+                f"{source}: empty entry in {spec!r}; give numbers separated by commas, e.g. {source} 1,1.5"
+            )
         values.append(_one(token, source))
     for v in values:
         side = scaled_longest(max_side, v)

@@ -61,9 +61,7 @@ def parse_extensions(text: str | Iterable[str] | None) -> frozenset[str]:
     return exts
 
 
-def check_specs(
-    specs: Iterable[str | os.PathLike], list_files: Iterable[str | os.PathLike] = ()
-) -> None:
+def check_specs(specs: Iterable[str | os.PathLike], list_files: Iterable[str | os.PathLike] = ()) -> None:
     """Fail fast (:class:`SourceError`) when a named file, folder or list file is missing."""
     for spec in specs:
         s = os.fspath(spec)
@@ -84,9 +82,7 @@ def _matches(name: str, exts: frozenset[str]) -> bool:
     return dot > 0 and name[dot + 1 :].lower() in exts
 
 
-def walk_folder(
-    root: str, extensions: frozenset[str], *, include_hidden: bool = False
-) -> Iterator[SourceItem]:
+def walk_folder(root: str, extensions: frozenset[str], *, include_hidden: bool = False) -> Iterator[SourceItem]:
     """Image candidates under ``root`` in sorted order, depth first (see module docstring)."""
     try:
         st = os.stat(root)
@@ -131,9 +127,7 @@ def walk_folder(
         key = (st.st_dev, st.st_ino)
         ancestors = {k for _, k, _ in stack}
         if key in ancestors:
-            yield SourceItem(
-                os.path.normpath(path), path, "symlink loop: leads back to a folder being walked"
-            )
+            yield SourceItem(os.path.normpath(path), path, "symlink loop: leads back to a folder being walked")
             continue
         if key in visited:
             continue  # the same folder reached again through a link: already walked

@@ -102,9 +102,7 @@ class FeatureStore:
     # ------------------------------------------------------------------ opening
 
     @classmethod
-    def create(
-        cls, path: str | Path, *, card_hash: str, dim: int, model: dict | None = None
-    ) -> "FeatureStore":
+    def create(cls, path: str | Path, *, card_hash: str, dim: int, model: dict | None = None) -> FeatureStore:
         """Make a new, empty store at ``path`` (absent or an empty directory) for one model."""
         path = Path(path)
         if path.exists():
@@ -114,10 +112,7 @@ class FeatureStore:
                 raise StoreError(f"{path} is already a feature store")
             leftovers = [p.name for p in path.iterdir()]
             if leftovers:
-                raise StoreError(
-                    f"{path} is a non-empty directory that is not a feature store; "
-                    "choose a new path"
-                )
+                raise StoreError(f"{path} is a non-empty directory that is not a feature store; choose a new path")
         if dim <= 0:
             raise StoreError(f"descriptor dimension must be positive, got {dim}")
         path.mkdir(parents=True, exist_ok=True)
@@ -149,7 +144,7 @@ class FeatureStore:
             raise
 
     @classmethod
-    def open(cls, path: str | Path, *, writable: bool = False) -> "FeatureStore":
+    def open(cls, path: str | Path, *, writable: bool = False) -> FeatureStore:
         """Open an existing store; ``writable`` locks it and cuts off uncommitted leftovers."""
         path = Path(path)
         if not path.is_dir():
@@ -172,7 +167,7 @@ class FeatureStore:
         dim: int,
         resume: bool,
         model: dict | None = None,
-    ) -> "FeatureStore":
+    ) -> FeatureStore:
         """Create the store, or with ``resume`` reopen it after checking it matches the model.
 
         Without ``resume`` an existing store is refused; with it, a store made with a different
@@ -182,8 +177,7 @@ class FeatureStore:
         if (path / MANIFEST).exists():
             if not resume:
                 raise StoreError(
-                    f"{path} already holds a feature store; pass --resume to continue it "
-                    "or choose a new output path"
+                    f"{path} already holds a feature store; pass --resume to continue it or choose a new output path"
                 )
             store = cls.open(path, writable=True)
             if store.card_hash != card_hash or store.dim != dim:
@@ -221,7 +215,7 @@ class FeatureStore:
         self._lock_fd = None
         self.writable = False
 
-    def __enter__(self) -> "FeatureStore":
+    def __enter__(self) -> FeatureStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -242,9 +236,7 @@ class FeatureStore:
             except FileNotFoundError:
                 raise StoreError(f"{file} is missing (store damaged)") from None
             if actual < size:
-                raise StoreError(
-                    f"{file} holds {actual} bytes, fewer than the {size} committed (store damaged)"
-                )
+                raise StoreError(f"{file} holds {actual} bytes, fewer than the {size} committed (store damaged)")
             if repair and actual > size:
                 with open(file, "r+b") as fh:
                     fh.truncate(size)
@@ -286,9 +278,7 @@ class FeatureStore:
         """Image names of the ``N`` committed rows, in row order."""
         names = [str(n) for n in _read_jsonl(self.path / NAMES, self._manifest["names_bytes"])]
         if len(names) != self.count:
-            raise StoreError(
-                f"{self.path}: {len(names)} names for {self.count} rows (store damaged)"
-            )
+            raise StoreError(f"{self.path}: {len(names)} names for {self.count} rows (store damaged)")
         return names
 
     @property
@@ -296,9 +286,7 @@ class FeatureStore:
         """Committed descriptors as a read-only float32 memory map ``(N, D)``."""
         if self.count == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.memmap(
-            self.path / VECTORS, dtype="<f4", mode="r", shape=(self.count, self.dim)
-        )
+        return np.memmap(self.path / VECTORS, dtype="<f4", mode="r", shape=(self.count, self.dim))
 
     @property
     def failures(self) -> list[Failure]:
@@ -329,9 +317,7 @@ class FeatureStore:
             raise StoreError(f"{self.path} is open read-only")
         vectors = np.asarray(vectors)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim or vectors.shape[0] != len(names):
-            raise ValueError(
-                f"expected vectors ({len(names)}, {self.dim}), got {vectors.shape}"
-            )
+            raise ValueError(f"expected vectors ({len(names)}, {self.dim}), got {vectors.shape}")
         if vectors.dtype != np.float32:
             raise ValueError(f"expected float32 vectors, got {vectors.dtype}")
         failures = list(failures)
@@ -352,9 +338,7 @@ class FeatureStore:
             m["count"] += len(names)
             m["names_bytes"] += len(text)
         if failures:
-            text = "".join(
-                json.dumps({"name": f.name, "reason": f.reason}) + "\n" for f in failures
-            ).encode("utf-8")
+            text = "".join(json.dumps({"name": f.name, "reason": f.reason}) + "\n" for f in failures).encode("utf-8")
             self._append_bytes(FAILURES, m["failures_bytes"], text)
             m["failures_bytes"] += len(text)
             m["failure_count"] = m.get("failure_count", 0) + len(failures)
@@ -376,14 +360,10 @@ class FeatureStore:
             fh.write("\n")
 
     def __repr__(self) -> str:
-        return (
-            f"FeatureStore({str(self.path)!r}, count={self.count}, dim={self.dim}, "
-            f"card_hash={self.card_hash!r})"
-        )
+        return f"FeatureStore({str(self.path)!r}, count={self.count}, dim={self.dim}, card_hash={self.card_hash!r})"
 
 
 def load_features(path: str | Path) -> tuple[list[str], np.ndarray]:
     """``(names, vectors)`` of a store: N names and a read-only float32 memmap ``(N, D)``."""
     store = FeatureStore.open(path)
     return store.names, store.vectors
-

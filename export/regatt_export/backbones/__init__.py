@@ -7,7 +7,7 @@ its last feature map ``(N, C, H/stride, W/stride)`` and exposes its ImageNet cla
 
 from __future__ import annotations
 
-from .base import BackboneSpec, build_backbone, get_spec, BACKBONES  # noqa: F401
 from . import efficientnet, resnet, tiny  # noqa: F401  (register themselves)
+from .base import BACKBONES, BackboneSpec, build_backbone, get_spec  # noqa: F401
 
 __all__ = ["BackboneSpec", "build_backbone", "get_spec", "BACKBONES"]

@@ -45,7 +45,9 @@ class _ZeroPad(torch.autograd.Function):
         return g.op("Pad", x, pads, mode_s="constant")
 
 
-def same_pad_2d(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+def same_pad_2d(
+    x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
+) -> torch.Tensor:
     """Pad ``x (N, C, H, W)`` the way TF's ``padding='SAME'`` does -> ``(N, C, H', W')``."""
     height = torch.scalar_tensor(x.shape[2], dtype=torch.int64)
     width = torch.scalar_tensor(x.shape[3], dtype=torch.int64)

@@ -9,6 +9,7 @@ import typer
 
 from regatt_sdk.errors import RegattError
 from regatt_sdk.scales import check_aggregation, format_scales, parse_scales
+
 from .lazy import export_side
 
 
@@ -19,38 +20,79 @@ def register(app: typer.Typer) -> None:
 def export(
     output: Path = typer.Option(Path("regatt.onnx"), "-o", "--output", help="Where to write the .onnx file."),
     backbone: str = typer.Option("efficientnet-lite0", "--backbone", help="Backbone from the registry (see --list)."),
-    official: Optional[Path] = typer.Option(None, "--official", help="The authors' release directory (weights.tar unpacked)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Backbone state-dict file, or 'random' (timing only)."),
-    attention: Optional[str] = typer.Option(None, "--attention", help="context | regional | none (default: context with --official or --attention-weights; none otherwise, and for the built-in default, whose report found no gain)."),
-    attention_weights: Optional[Path] = typer.Option(None, "--attention-weights", help="File written by  regatt train."),
+    official: Optional[Path] = typer.Option(
+        None, "--official", help="The authors' release directory (weights.tar unpacked)."
+    ),
+    weights: Optional[str] = typer.Option(
+        None, "--weights", help="Backbone state-dict file, or 'random' (timing only)."
+    ),
+    attention: Optional[str] = typer.Option(
+        None,
+        "--attention",
+        help="context | regional | none (default: context with --official or --attention-weights; none otherwise, and for the built-in default, whose report found no gain).",
+    ),
+    attention_weights: Optional[Path] = typer.Option(
+        None, "--attention-weights", help="File written by  regatt train."
+    ),
     whitening: Optional[Path] = typer.Option(None, "--whitening", help="File written by  regatt whiten."),
     levels: int = typer.Option(5, "--levels", "-L", help="R-MAC levels."),
-    max_side: Optional[int] = typer.Option(None, "--max-side", "-S", help="Default longest side S stored in the card (512 for the built-in default, else 1024 as in the paper)."),
-    pooling: str = typer.Option("roi", "--pooling", help="Regional max: roi (ONNX MaxRoiPool, fastest on CPU) | table (plain ops, runs on every provider: use for CUDA/TensorRT)."),
+    max_side: Optional[int] = typer.Option(
+        None,
+        "--max-side",
+        "-S",
+        help="Default longest side S stored in the card (512 for the built-in default, else 1024 as in the paper).",
+    ),
+    pooling: str = typer.Option(
+        "roi",
+        "--pooling",
+        help="Regional max: roi (ONNX MaxRoiPool, fastest on CPU) | table (plain ops, runs on every provider: use for CUDA/TensorRT).",
+    ),
     input_dtype: str = typer.Option("uint8", "--input-dtype", help="uint8 | float32 graph input."),
     scales: Optional[str] = typer.Option(
-        None, "--scales", help="Describe each image at these multiples of S inside the graph, e.g. 1,1.5 or 1/sqrt2,1,sqrt2 (default: the built-in default's scales, 1 for other models)."
+        None,
+        "--scales",
+        help="Describe each image at these multiples of S inside the graph, e.g. 1,1.5 or 1/sqrt2,1,sqrt2 (default: the built-in default's scales, 1 for other models).",
     ),
-    scale_aggregation: str = typer.Option("sum", "--scale-aggregation", help="sum (per-scale descriptors summed, then L2) | regions (the regions of all scales in one attention-weighted mean)."),
+    scale_aggregation: str = typer.Option(
+        "sum",
+        "--scale-aggregation",
+        help="sum (per-scale descriptors summed, then L2) | regions (the regions of all scales in one attention-weighted mean).",
+    ),
     explain: bool = typer.Option(False, "--explain", help="Also output regions and attention weights."),
-    no_default_assets: bool = typer.Option(False, "--no-default-assets", help="Ignore the packaged learned files of the default model."),
+    no_default_assets: bool = typer.Option(
+        False, "--no-default-assets", help="Ignore the packaged learned files of the default model."
+    ),
     atol: float = typer.Option(1e-5, "--atol", help="Largest |ONNX - PyTorch| accepted."),
     seed: int = typer.Option(0, "--seed", help="Seed for anything randomly initialised."),
     list_backbones: bool = typer.Option(False, "--list", help="List the registered backbones and exit."),
-    int8: bool = typer.Option(False, "--int8", help="Write a static INT8 (QDQ, per-channel) backbone; needs --calibration."),
+    int8: bool = typer.Option(
+        False, "--int8", help="Write a static INT8 (QDQ, per-channel) backbone; needs --calibration."
+    ),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="Folder of photos for INT8 calibration."),
     calibration_method: str = typer.Option("minmax", "--calibration-method", help="minmax | entropy | percentile"),
-    calibration_count: int = typer.Option(64, "--calibration-count", help="Calibration photos used (spread over the folder)."),
-    calibration_side: Optional[int] = typer.Option(None, "--calibration-side", help="Longest side of calibration photos (default: --max-side)."),
+    calibration_count: int = typer.Option(
+        64, "--calibration-count", help="Calibration photos used (spread over the folder)."
+    ),
+    calibration_side: Optional[int] = typer.Option(
+        None, "--calibration-side", help="Longest side of calibration photos (default: --max-side)."
+    ),
     int8_first_conv: Optional[bool] = typer.Option(
-        None, "--int8-first-conv/--fp32-first-conv", help="Quantize the stem convolution or keep it fp32 (default: the backbone's choice; ResNets quantize it, EfficientNet keeps it)."
+        None,
+        "--int8-first-conv/--fp32-first-conv",
+        help="Quantize the stem convolution or keep it fp32 (default: the backbone's choice; ResNets quantize it, EfficientNet keeps it).",
     ),
     int8_keep_fp32: Optional[list[str]] = typer.Option(
-        None, "--int8-keep-fp32", help="Keep backbone nodes whose ONNX name contains this fp32 (repeatable; default: the backbone's sensitive layers, e.g. /blocks.0/ for EfficientNet; '' for none)."
+        None,
+        "--int8-keep-fp32",
+        help="Keep backbone nodes whose ONNX name contains this fp32 (repeatable; default: the backbone's sensitive layers, e.g. /blocks.0/ for EfficientNet; '' for none).",
     ),
     fp16: bool = typer.Option(False, "--fp16", help="Write an fp16 backbone (for GPUs; no gain on CPU)."),
-    parity_images: Optional[Path] = typer.Option(None, "--parity-images", help="Photos (not used for calibration) for the precision parity gate."),
-    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Worst descriptor cosine to fp32 accepted (default 0.90 int8, 0.999 fp16)."),
+    parity_images: Optional[Path] = typer.Option(
+        None, "--parity-images", help="Photos (not used for calibration) for the precision parity gate."
+    ),
+    min_cosine: Optional[float] = typer.Option(
+        None, "--min-cosine", help="Worst descriptor cosine to fp32 accepted (default 0.90 int8, 0.999 fp16)."
+    ),
 ) -> None:
     """Export an encoder (the built-in default with no options) to one self-contained ONNX file.
 
@@ -92,24 +134,39 @@ def export(
     except (ValueError, RuntimeError) as exc:
         raise RegattError(str(exc)) from None
     multi = f", scales {format_scales(card.scales)} ({card.scale_aggregation})" if card.scales != (1.0,) else ""
-    typer.echo(f"exporting {card.backbone} ({card.attention} attention, whitening: {card.whitening}, L={levels}{multi}) ...")
+    typer.echo(
+        f"exporting {card.backbone} ({card.attention} attention, whitening: {card.whitening}, L={levels}{multi}) ..."
+    )
     fp32_path = output if not (int8 or fp16) else output.with_name(output.name + ".fp32.tmp")
     try:
         try:
-            card, rows = onnx_export.export_onnx(encoder, card, fp32_path, input_dtype=input_dtype, explain=explain, atol=atol)
+            card, rows = onnx_export.export_onnx(
+                encoder, card, fp32_path, input_dtype=input_dtype, explain=explain, atol=atol
+            )
         except onnx_export.ParityError as exc:
             raise RegattError(f"{output} not written: {exc}") from None
         typer.echo(onnx_export.format_parity(rows))
         if int8 or fp16:
             card = _reduced_precision(
-                fp32_path, output, int8, calibration, calibration_method, calibration_count, calibration_side, parity_images, min_cosine,
-                int8_first_conv, int8_keep_fp32,
+                fp32_path,
+                output,
+                int8,
+                calibration,
+                calibration_method,
+                calibration_count,
+                calibration_side,
+                parity_images,
+                min_cosine,
+                int8_first_conv,
+                int8_keep_fp32,
             )
     finally:
         if fp32_path != output and fp32_path.exists():
             fp32_path.unlink()
     size = output.stat().st_size / 1e6
-    typer.echo(f"wrote {output} ({size:.1f} MB, {card.precision}, {card.dim}-d descriptors, checked at {len(rows)} sizes)")
+    typer.echo(
+        f"wrote {output} ({size:.1f} MB, {card.precision}, {card.dim}-d descriptors, checked at {len(rows)} sizes)"
+    )
 
 
 def _scales_option(text: Optional[str], max_side: Optional[int]) -> Optional[tuple[float, ...]]:

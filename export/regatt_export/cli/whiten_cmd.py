@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from regatt_sdk.errors import RegattError
+
 from .lazy import export_side
 from .train_cmd import _Bar, _default_cache
 
@@ -18,18 +19,37 @@ def register(app: typer.Typer) -> None:
 
 
 def whiten(
-    data: Path = typer.Argument(..., help="Folder of photos (searched recursively); for --method lw or --landmarks, one sub-folder per landmark."),
+    data: Path = typer.Argument(
+        ...,
+        help="Folder of photos (searched recursively); for --method lw or --landmarks, one sub-folder per landmark.",
+    ),
     output: Path = typer.Option(Path("whitening.npz"), "-o", "--output", help="Whitening file to write."),
-    method: str = typer.Option("pca", "--method", help="pca (unsupervised, any photos) | lw (learned whitening from same-landmark pairs, Radenovic et al.)"),
-    landmarks: Optional[str] = typer.Option(None, "--landmarks", help="Only these landmark folders: train | val | test (the landmark-disjoint split) or NAME,NAME."),
+    method: str = typer.Option(
+        "pca",
+        "--method",
+        help="pca (unsupervised, any photos) | lw (learned whitening from same-landmark pairs, Radenovic et al.)",
+    ),
+    landmarks: Optional[str] = typer.Option(
+        None,
+        "--landmarks",
+        help="Only these landmark folders: train | val | test (the landmark-disjoint split) or NAME,NAME.",
+    ),
     backbone: str = typer.Option("efficientnet-lite0", "--backbone", help="Backbone from the registry."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Backbone state-dict file, or 'random'."),
-    max_side: int = typer.Option(384, "--max-side", "-S", help="Longest side the photos are resized to (use the S you will encode at)."),
+    max_side: int = typer.Option(
+        384, "--max-side", "-S", help="Longest side the photos are resized to (use the S you will encode at)."
+    ),
     levels: int = typer.Option(5, "--levels", "-L", help="R-MAC levels."),
     dim: Optional[int] = typer.Option(None, "--dim", help="Output dimensionality (default: the backbone's channels)."),
-    shrinkage: float = typer.Option(0.0, "--shrinkage", help="Pull eigenvalues towards their mean, 0..1 (stabilises few photos)."),
-    power: float = typer.Option(0.5, "--power", help="pca only: eigenvalue power, 0.5 full whitening, 0 plain PCA rotation."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Feature cache folder (default ~/.cache/regatt/features)."),
+    shrinkage: float = typer.Option(
+        0.0, "--shrinkage", help="Pull eigenvalues towards their mean, 0..1 (stabilises few photos)."
+    ),
+    power: float = typer.Option(
+        0.5, "--power", help="pca only: eigenvalue power, 0.5 full whitening, 0 plain PCA rotation."
+    ),
+    cache: Optional[Path] = typer.Option(
+        None, "--cache", help="Feature cache folder (default ~/.cache/regatt/features)."
+    ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Keep no feature maps on disk."),
     threads: int = typer.Option(1, "--threads", help="CPU threads for PyTorch."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -40,9 +60,19 @@ def whiten(
     datasets = export_side("datasets", "regatt whiten")
     weights_mod = export_side("weights", "regatt whiten")
     cfg = mod.WhitenConfig(
-        data=str(data), output=str(output), backbone=backbone, weights=weights, max_side=max_side, levels=levels,
-        dim=dim, shrinkage=shrinkage, power=power, cache_dir=None if no_cache else str(cache or _default_cache()), threads=threads,
-        method=method, landmarks=landmarks,
+        data=str(data),
+        output=str(output),
+        backbone=backbone,
+        weights=weights,
+        max_side=max_side,
+        levels=levels,
+        dim=dim,
+        shrinkage=shrinkage,
+        power=power,
+        cache_dir=None if no_cache else str(cache or _default_cache()),
+        threads=threads,
+        method=method,
+        landmarks=landmarks,
     )
     try:
         with _Bar(progress) as bar:

@@ -78,7 +78,9 @@ def ort_gemm_int8(size: int, threads: int, runs: int = 10, warmup: int = 2) -> G
     want = a[:4].astype(np.int64) @ b[:, :4].astype(np.int64)
     if got.dtype != np.int32 or not np.array_equal(got[:4, :4].astype(np.int64), want):
         raise RuntimeError("GEMM probe: onnxruntime MatMulInteger gave a wrong product")
-    return _probe("onnxruntime MatMulInteger u8s8", size, threads, runs, warmup, lambda: sess.run(None, {"A": a, "B": b}))
+    return _probe(
+        "onnxruntime MatMulInteger u8s8", size, threads, runs, warmup, lambda: sess.run(None, {"A": a, "B": b})
+    )
 
 
 def numpy_gemm(size: int, threads: int, runs: int = 10, warmup: int = 2) -> GemmResult:

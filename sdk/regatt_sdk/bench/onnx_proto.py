@@ -57,10 +57,7 @@ def model(nodes: list[bytes], inputs: list[bytes], outputs: list[bytes], name: s
     graph += b"".join(_field_bytes(11, i) for i in inputs) + b"".join(_field_bytes(12, o) for o in outputs)
     opset = _field_str(1, "") + _field_varint(2, OPSET)
     return (
-        _field_varint(1, IR_VERSION)
-        + _field_str(2, "regatt-bench")
-        + _field_bytes(7, graph)
-        + _field_bytes(8, opset)
+        _field_varint(1, IR_VERSION) + _field_str(2, "regatt-bench") + _field_bytes(7, graph) + _field_bytes(8, opset)
     )
 
 

@@ -109,7 +109,9 @@ def _clock_library() -> ctypes.CDLL | None:
     src, lib = tmp / "clock.c", tmp / "clock.so"
     src.write_text(_CLOCK_C)
     try:
-        subprocess.run([cc, "-O1", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [cc, "-O1", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True, capture_output=True, timeout=60
+        )
         dll = ctypes.CDLL(str(lib))
     except (OSError, subprocess.SubprocessError):
         return None
@@ -124,7 +126,9 @@ def measure_clock(repeats: int = 1000, seconds: float = 0.002) -> tuple[float | 
     dll = _clock_library()
     if dll is None:
         mhz = _cpuinfo().get("cpu MHz")
-        return (float(mhz) / 1000.0, "kernel-reported cpu MHz (no C compiler to measure it)") if mhz else (None, "unknown")
+        return (
+            (float(mhz) / 1000.0, "kernel-reported cpu MHz (no C compiler to measure it)") if mhz else (None, "unknown")
+        )
     n = 1_000_000
     dll.regatt_add_chain(n)
     t = dll.regatt_add_chain(n)
@@ -133,7 +137,7 @@ def measure_clock(repeats: int = 1000, seconds: float = 0.002) -> tuple[float | 
     for _ in range(repeats):
         t = dll.regatt_add_chain(n)
         best = max(best, n * ADDS_PER_ITERATION / t / 1e9)
-    return best, "measured: dependent integer adds, one per cycle (best of %d)" % repeats
+    return best, f"measured: dependent integer adds, one per cycle (best of {repeats})"
 
 
 def openvino_gemm(size: int, threads: int, runs: int = 10, warmup: int = 2) -> GemmResult | None:
@@ -148,7 +152,12 @@ def openvino_gemm(size: int, threads: int, runs: int = 10, warmup: int = 2) -> G
     a_in = ops.parameter([size, size], np.float32, name="A")
     b_in = ops.parameter([size, size], np.float32, name="B")
     model = ov.Model([ops.matmul(a_in, b_in, False, False)], [a_in, b_in])
-    cfg = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+    cfg = {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "INFERENCE_NUM_THREADS": int(threads),
+        "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY",
+    }
     request = ov.Core().compile_model(model, "CPU", cfg).create_infer_request()
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)

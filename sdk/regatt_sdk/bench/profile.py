@@ -109,18 +109,26 @@ def node_macs(op: str, inputs: list[list[int]], outputs: list[list[int]]) -> flo
 
 def parse_profile(events: list[dict]) -> Profile:
     """Per-node medians over the ``model_run`` events of a profile JSON."""
-    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    runs = sorted(
+        (e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )
     per_node: dict[str, list[float]] = defaultdict(list)
     meta: dict[str, tuple[str, list[list[int]], list[list[int]]]] = {}
     order: list[str] = []
-    for e in sorted((e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith(_SUFFIX)), key=lambda e: e["ts"]):
+    for e in sorted(
+        (e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith(_SUFFIX)), key=lambda e: e["ts"]
+    ):
         if runs and not any(a <= e["ts"] <= b for a, b in runs):
             continue
         name = e["name"][: -len(_SUFFIX)]
         args = e.get("args", {})
         if name not in meta:
             order.append(name)
-            meta[name] = (args.get("op_name", "?"), _shapes(args.get("input_type_shape")), _shapes(args.get("output_type_shape")))
+            meta[name] = (
+                args.get("op_name", "?"),
+                _shapes(args.get("input_type_shape")),
+                _shapes(args.get("output_type_shape")),
+            )
         per_node[name].append(float(e["dur"]))
     nodes = []
     for name in order:
@@ -151,7 +159,9 @@ def split_parts(nodes: list[NodeStat], runs: int) -> Profile:
     return prof
 
 
-def profile_model(model_path: str | Path, image: np.ndarray, threads: int, runs: int = 2, providers: list | None = None) -> Profile:
+def profile_model(
+    model_path: str | Path, image: np.ndarray, threads: int, runs: int = 2, providers: list | None = None
+) -> Profile:
     """Profile ``runs`` calls (after one unprofiled-equivalent warm-up call) on ``image``."""
     ort = import_ort()
     with tempfile.TemporaryDirectory(prefix="regatt-prof-") as tmp:
@@ -172,7 +182,9 @@ def profile_model(model_path: str | Path, image: np.ndarray, threads: int, runs:
 
 def _drop_first_run(events: list[dict]) -> list[dict]:
     """Remove the first ``model_run`` (first-call costs) and its nodes from a profile."""
-    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"), key=lambda e: e["ts"])
+    runs = sorted(
+        (e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"), key=lambda e: e["ts"]
+    )
     if len(runs) < 2:
         return events
     first = runs[0]

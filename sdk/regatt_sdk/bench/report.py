@@ -25,7 +25,9 @@ def markdown(report: dict) -> str:
     lines.append(
         f"**Machine:** {m['cpu_model']} ({m['usable_cpus']} usable CPUs, {c['threads']} threads, "
         f"SIMD {', '.join(m['simd']) or 'n/a'}), load average (1/5/15 min) {load}; "
-        f"onnxruntime {m.get('onnxruntime')}, numpy {m.get('numpy')}" + (f", torch {m['torch']}" if m.get("torch") else "") + "."
+        f"onnxruntime {m.get('onnxruntime')}, numpy {m.get('numpy')}"
+        + (f", torch {m['torch']}" if m.get("torch") else "")
+        + "."
     )
     lines.append(
         f"**Config:** {c['backbone']} ({c['weights']} weights), input {c['input']}, S={c['max_side']}, L={c['levels']}, "
@@ -39,7 +41,9 @@ def markdown(report: dict) -> str:
     lines += ["", _table(report), ""]
     paper = report["paper"]
     lines.append(
-        f"Paper: {paper['hardware']}" + ("" if paper["comparable"] else " — **not the same configuration as this run**") + "."
+        f"Paper: {paper['hardware']}"
+        + ("" if paper["comparable"] else " — **not the same configuration as this run**")
+        + "."
     )
     lines += ["", "## Targets", ""]
     for t in report["targets"]:
@@ -48,7 +52,13 @@ def markdown(report: dict) -> str:
         lines.append(f"- {t['description']}: {state}" + (f" ({vals})" if vals else ""))
     lines += _profile_section(report)
     if report.get("images"):
-        lines += ["", "## Real photos end to end (p50 ms per image)", "", "| engine | variant | images | decode | resize | encode | total |", "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "## Real photos end to end (p50 ms per image)",
+            "",
+            "| engine | variant | images | decode | resize | encode | total |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
         for r in report["images"]:
             lines.append(
                 f"| {r['engine']} | {r['variant']} | {r['images']} | {r['decode']['p50_ms']:.1f} | {r['resize']['p50_ms']:.1f} "
@@ -150,7 +160,9 @@ def write_png(report: dict, path: Path) -> bool:
     ax.set_xticklabels(variants)
     ax.set_ylabel("seconds per image (p50); hatched: backbone")
     c = report["config"]
-    ax.set_title(f"{c['backbone']} {c['input'].split(' ')[0]}, {report['machine']['cpu_model']} x{c['threads']}", fontsize=9)
+    ax.set_title(
+        f"{c['backbone']} {c['input'].split(' ')[0]}, {report['machine']['cpu_model']} x{c['threads']}", fontsize=9
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,8 @@ from typing import Callable
 import numpy as np
 
 from ..card import read_card
-from ..errors import MissingExtraError, RegattError
 from ..engines.ort import cpu_count
+from ..errors import MissingExtraError, RegattError
 from . import engines as eng
 from .gemm import numpy_gemm, ort_gemm
 from .machine import load_average, machine_info
@@ -118,7 +118,9 @@ def load_models(cfg: BenchConfig, workdir: Path, tick: Tick, notes: list[str]) -
             parity = card.provenance.get("parity") if isinstance(card.provenance, dict) else None
             models.parity[key] = parity.get("min_cosine") if isinstance(parity, dict) else None
             models.backbone_name, models.weights = card.backbone, card.preset
-            notes.append(f"model {path}: {card.backbone}, {card.attention} attention, {card.precision}, weights {card.preset}")
+            notes.append(
+                f"model {path}: {card.backbone}, {card.attention} attention, {card.precision}, weights {card.preset}"
+            )
         return models
     bm = _torch_side()
     names = _cache_names(cfg)
@@ -152,7 +154,9 @@ def _cache_names(cfg: BenchConfig) -> dict[str, object]:
     }
 
 
-def _timing_row(engine: str, variant: str, m: eng.Measurement, threads: int, precision: str = "fp32") -> dict[str, object]:
+def _timing_row(
+    engine: str, variant: str, m: eng.Measurement, threads: int, precision: str = "fp32"
+) -> dict[str, object]:
     row: dict[str, object] = {
         "engine": engine,
         "variant": variant,
@@ -258,7 +262,9 @@ def run_bench(cfg: BenchConfig, tick: Tick, total: Callable[[int], None] | None 
     if models.bench_models is not None:
         machine["torch"] = models.bench_models.torch_version()
     if models.weights == "random":
-        notes.append("weights are random (timing only): the descriptors are meaningless, every layer has the real model's shape")
+        notes.append(
+            "weights are random (timing only): the descriptors are meaningless, every layer has the real model's shape"
+        )
     if not paper_config:
         notes.append("not the paper's configuration (ResNet-101 Caffe at S=1024): paper times are for reference only")
     return {
@@ -277,7 +283,12 @@ def run_bench(cfg: BenchConfig, tick: Tick, total: Callable[[int], None] | None 
         },
         "results": rows,
         "gemm_gflops_per_s": gemm,
-        "gemm": {"start": gemm_first.to_dict(), "end": gemm_last.to_dict(), "numpy": blas.to_dict(), "used": "max of start and end (onnxruntime)"},
+        "gemm": {
+            "start": gemm_first.to_dict(),
+            "end": gemm_last.to_dict(),
+            "numpy": blas.to_dict(),
+            "used": "max of start and end (onnxruntime)",
+        },
         "macs": {"profile": {v: p.macs for v, p in profiles.items()}, "torch": macs_torch},
         "profiles": {v: p.to_dict() for v, p in profiles.items()},
         "paper": {"times_s": PAPER_TIMES_S, "rows": PAPER_ROWS, "hardware": PAPER_HARDWARE, "comparable": paper_config},
@@ -287,7 +298,9 @@ def run_bench(cfg: BenchConfig, tick: Tick, total: Callable[[int], None] | None 
     }
 
 
-def _run_engine(engine: str, variant: str, path: Path, models: Models, image: np.ndarray, cfg: BenchConfig, threads: int, tick: Tick) -> dict[str, object]:
+def _run_engine(
+    engine: str, variant: str, path: Path, models: Models, image: np.ndarray, cfg: BenchConfig, threads: int, tick: Tick
+) -> dict[str, object]:
     label = f"{variant} / {engine}"
     step: Tick = lambda what: tick(f"{label}: {what}")  # noqa: E731
     if engine == eng.EAGER:
@@ -317,7 +330,9 @@ def _add_quality(cfg: BenchConfig, models: Models, rows: list[dict[str, object]]
                 r["parity_min_cosine"] = models.parity.get(key)
 
 
-def _run_images(cfg: BenchConfig, models: Models, engines: list[str], threads: int, tick: Tick) -> list[dict[str, object]]:
+def _run_images(
+    cfg: BenchConfig, models: Models, engines: list[str], threads: int, tick: Tick
+) -> list[dict[str, object]]:
     from .images import bench_images, image_files
 
     files = image_files(Path(cfg.images), cfg.max_images)
@@ -326,6 +341,13 @@ def _run_images(cfg: BenchConfig, models: Models, engines: list[str], threads: i
         for engine in engines:
             if engine == eng.EAGER:
                 continue
-            res = bench_images(path, eng.ORT_DEVICES[engine], files, max(cfg.height, cfg.width), threads, lambda w: tick(f"{variant} / {engine}: {w}"))
+            res = bench_images(
+                path,
+                eng.ORT_DEVICES[engine],
+                files,
+                max(cfg.height, cfg.width),
+                threads,
+                lambda w: tick(f"{variant} / {engine}: {w}"),
+            )
             out.append({"engine": engine, "variant": variant, **res})
     return out

@@ -19,7 +19,11 @@ def evaluate_targets(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     """One entry per target: the per-variant values on the ``ort-cpu`` rows and whether all meet it."""
     out = []
     for key, text, fld, op, threshold in TARGETS:
-        values = {str(r["variant"]): r.get(fld) for r in rows if r["engine"] == "ort-cpu" and r.get("precision", "fp32") == "fp32" and r.get(fld) is not None}
+        values = {
+            str(r["variant"]): r.get(fld)
+            for r in rows
+            if r["engine"] == "ort-cpu" and r.get("precision", "fp32") == "fp32" and r.get(fld) is not None
+        }
         if not values:
             out.append({"target": key, "description": text, "threshold": threshold, "values": {}, "met": None})
             continue

@@ -8,7 +8,7 @@ and (when available) CUDA / TensorRT. Writes ``bench.json``, ``bench.md`` and ``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -38,21 +38,36 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 
 
 def bench(
-    model: Optional[List[Path]] = typer.Argument(None, help="Exported .onnx models (e.g. fp32 and int8 of one config, timed side by side); default: build the paper's configuration."),
+    model: Optional[list[Path]] = typer.Argument(
+        None,
+        help="Exported .onnx models (e.g. fp32 and int8 of one config, timed side by side); default: build the paper's configuration.",
+    ),
     backbone: str = typer.Option("resnet101-caffe", "--backbone", help="Backbone to build (ignored with MODEL)."),
     size: str = typer.Option("768x1024", "--size", help="Input HxW fed to the encoder (S = the longer side)."),
-    variants: str = typer.Option("none,regional,context", "--variants", help="Attention variants to build (ignored with MODEL)."),
-    engines: str = typer.Option("auto", "--engines", help="auto, or a list of torch-eager, ort-cpu, ort-cuda, ort-trt."),
+    variants: str = typer.Option(
+        "none,regional,context", "--variants", help="Attention variants to build (ignored with MODEL)."
+    ),
+    engines: str = typer.Option(
+        "auto", "--engines", help="auto, or a list of torch-eager, ort-cpu, ort-cuda, ort-trt."
+    ),
     runs: int = typer.Option(5, "--runs", min=1, help="Timed runs per engine and variant."),
     warmup: int = typer.Option(1, "--warmup", min=0, help="Warm-up runs after the (separately timed) first call."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: all usable)."),
     levels: int = typer.Option(5, "--levels", "-L", min=1, help="R-MAC levels."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Keep/reuse the exported timing models in this directory."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Also time real photos end to end (decode + resize + encode)."),
+    cache: Optional[Path] = typer.Option(
+        None, "--cache", help="Keep/reuse the exported timing models in this directory."
+    ),
+    images: Optional[Path] = typer.Option(
+        None, "--images", help="Also time real photos end to end (decode + resize + encode)."
+    ),
     max_images: int = typer.Option(20, "--max-images", min=1, help="At most this many photos from --images."),
     gemm_size: int = typer.Option(2048, "--gemm-size", min=64, help="Matrix side of the fp32 GEMM probe."),
     profile_runs: int = typer.Option(2, "--profile-runs", min=1, help="Profiled runs (MACs, backbone/head split)."),
-    quality: Optional[Path] = typer.Option(None, "--quality", help="Landmark folder (one sub-folder per landmark): adds each model's mAP (with MODEL files)."),
+    quality: Optional[Path] = typer.Option(
+        None,
+        "--quality",
+        help="Landmark folder (one sub-folder per landmark): adds each model's mAP (with MODEL files).",
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="Write bench.json, bench.md and bench.png here."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON here."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress on stderr."),
@@ -101,7 +116,9 @@ def bench(
         write_json(report, out / "bench.json")
         (out / "bench.md").write_text(text)
         drew = write_png(report, out / "bench.png")
-        typer.echo(f"wrote {out}/bench.json, bench.md" + (", bench.png" if drew else " (no PNG: matplotlib is not installed)"))
+        typer.echo(
+            f"wrote {out}/bench.json, bench.md" + (", bench.png" if drew else " (no PNG: matplotlib is not installed)")
+        )
 
 
 def _run(cfg, run_bench, show: bool) -> dict:
@@ -111,7 +128,12 @@ def _run(cfg, run_bench, show: bool) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    columns = (TextColumn("{task.description:<48}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description:<48}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("starting", total=None)
 

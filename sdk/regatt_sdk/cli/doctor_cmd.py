@@ -35,13 +35,28 @@ def doctor() -> None:
         typer.echo(f"  lib{lib:<10} {found or 'not found'}")
     report_engines()
     torch_present = importlib.util.find_spec("torch") is not None
-    typer.echo(f"torch         {'installed (export, train, whiten available)' if torch_present else 'not installed (runtime only)'}")
+    typer.echo(
+        f"torch         {'installed (export, train, whiten available)' if torch_present else 'not installed (runtime only)'}"
+    )
     if "CUDAExecutionProvider" not in providers:
-        typer.echo("GPU           no CUDA provider in this build: pip uninstall -y onnxruntime && pip install 'regatt[gpu]'")
+        typer.echo(
+            "GPU           no CUDA provider in this build: pip uninstall -y onnxruntime && pip install 'regatt[gpu]'"
+        )
 
 
 #: CPU flags that decide which kernels the engines can use
-CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+CPU_FEATURES = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_int8",
+)
 
 
 def report_engines() -> None:
@@ -54,7 +69,9 @@ def report_engines() -> None:
     typer.echo(f"cpu features  {', '.join(have) or 'none of ' + ', '.join(CPU_FEATURES)}")
     vnni = "avx512_vnni" in flags or "avx_vnni" in flags
     bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
-    typer.echo(f"  int8        {'VNNI dot products' if vnni else 'no VNNI: INT8 gains are limited'}; bf16 {'native' if bf16 else 'not native'}")
+    typer.echo(
+        f"  int8        {'VNNI dot products' if vnni else 'no VNNI: INT8 gains are limited'}; bf16 {'native' if bf16 else 'not native'}"
+    )
     typer.echo("engines")
     typer.echo("  onnxruntime fp32 (engine='onnxruntime', the default on CPU and GPU)")
     if importlib.util.find_spec("openvino") is None:
@@ -67,6 +84,8 @@ def report_engines() -> None:
         for target in core.available_devices:
             caps = core.get_property(target, "OPTIMIZATION_CAPABILITIES")
             precisions = ["fp32"] + (["bf16"] if "BF16" in caps else [])
-            typer.echo(f"  openvino    {ov.__version__} {target}: {', '.join(precisions)} (engine='openvino', device='openvino:{target}')")
+            typer.echo(
+                f"  openvino    {ov.__version__} {target}: {', '.join(precisions)} (engine='openvino', device='openvino:{target}')"
+            )
     except Exception as exc:  # a broken install is reported, not fatal
         typer.echo(f"  openvino    installed but not usable: {str(exc).splitlines()[0][:200]}")

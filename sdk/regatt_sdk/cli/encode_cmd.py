@@ -11,12 +11,11 @@ from pathlib import Path
 
 import typer
 
-from .engine_opts import engine_kwargs, engine_option, precision_option, say_choice
-
 from ..engines.device import HELP as DEVICE_HELP
 from ..engines.device import parse_device
 from ..imageio import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from ..sources import check_specs, parse_extensions
+from .engine_opts import engine_kwargs, engine_option, precision_option, say_choice
 from .errors import fail
 
 #: failures printed on stderr after a run; the full list is in the store's failures.jsonl
@@ -31,15 +30,9 @@ def encode(
         show_default=False,
     ),
     output: Path = typer.Option(..., "--output", "-o", help="Feature store directory."),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue an interrupted store: skip images already in it."
-    ),
-    ext: str = typer.Option(
-        None, "--ext", help="Extensions to take from folders, e.g. jpg,png (default: all known)."
-    ),
-    list_files: list[Path] = typer.Option(
-        None, "--list", help="Text file of image paths, one per line (repeatable)."
-    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted store: skip images already in it."),
+    ext: str = typer.Option(None, "--ext", help="Extensions to take from folders, e.g. jpg,png (default: all known)."),
+    list_files: list[Path] = typer.Option(None, "--list", help="Text file of image paths, one per line (repeatable)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per inference batch."),
     workers: int = typer.Option(2, "--workers", min=1, help="Decoding threads."),
     max_pixels: int = typer.Option(
@@ -61,7 +54,9 @@ def encode(
     chunk_rows: int = typer.Option(256, "--chunk-rows", min=1, help="Rows per store commit."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
     ray: str = typer.Option(
-        None, "--ray", metavar="ADDRESS",
+        None,
+        "--ray",
+        metavar="ADDRESS",
         help="Encode on a Ray cluster: local (start one here), auto (the running one) or "
         "ray://HOST:PORT. Needs pip install 'regatt[ray]'.",
     ),  # fmt: skip
@@ -69,14 +64,17 @@ def encode(
         None, "--ray-actors", min=1, help="Encoder actors with --ray (default: one per GPU or CPU)."
     ),
     faiss: bool = typer.Option(
-        False, "--faiss", help="Then build a FAISS ANN index next to the store (STORE.ann.faiss); "
+        False,
+        "--faiss",
+        help="Then build a FAISS ANN index next to the store (STORE.ann.faiss); "
         "with --resume and no sources, only build it.",
     ),  # fmt: skip
-    faiss_kind: str = typer.Option(
-        "auto", "--faiss-kind", help="auto (by size), flat, hnsw or ivfpq, for --faiss."
-    ),
+    faiss_kind: str = typer.Option("auto", "--faiss-kind", help="auto (by size), flat, hnsw or ivfpq, for --faiss."),
     db: str = typer.Option(
-        None, "--db", metavar="URL", help="Then copy the store into PostgreSQL + pgvector (postgresql://...): "
+        None,
+        "--db",
+        metavar="URL",
+        help="Then copy the store into PostgreSQL + pgvector (postgresql://...): "
         "only the rows the table lacks, then an HNSW index; with --resume and no sources, only copy. "
         "Needs pip install 'regatt[postgres]'.",
     ),  # fmt: skip

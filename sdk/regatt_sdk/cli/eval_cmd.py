@@ -19,11 +19,10 @@ from typing import Any
 import numpy as np
 import typer
 
-from .engine_opts import engine_kwargs, engine_option, precision_option, say_choice
-
 from ..engines.device import HELP as DEVICE_HELP
 from ..errors import RegattError
 from ..scales import format_scales
+from .engine_opts import engine_kwargs, engine_option, precision_option, say_choice
 
 _TITLES = {
     "oxford5k": "Oxford5k", "paris6k": "Paris6k", "oxford105k": "Oxford105k",
@@ -74,9 +73,7 @@ def database_features(dataset, encoder, store_path: Path, model: Path, *, progre
     keep = [i for i, n in enumerate(dataset.names) if n in row]
     if not keep:
         raise RegattError(f"no database image of {dataset.name} could be encoded ({store_path})")
-    kept = replace(
-        dataset, names=[dataset.names[i] for i in keep], paths=[dataset.paths[i] for i in keep]
-    )
+    kept = replace(dataset, names=[dataset.names[i] for i in keep], paths=[dataset.paths[i] for i in keep])
     if names[: len(kept.names)] == kept.names and len(names) == len(kept.names):
         db = vectors  # same order: use the memory map as is
     else:
@@ -173,7 +170,9 @@ def print_table(dataset_name: str, model: Path, plain, with_qe, label: str) -> N
 def evaluate_cmd(
     model: Path = typer.Argument(..., help="Exported .onnx model."),
     dataset: str = typer.Option(
-        ..., "--dataset", "-d",
+        ...,
+        "--dataset",
+        "-d",
         help="oxford5k, paris6k, oxford105k, paris106k, roxford5k, rparis6k, holidays or generic.",
     ),  # fmt: skip
     root: Path = typer.Option(..., "--root", help="The dataset's folder (official layout)."),
@@ -184,12 +183,8 @@ def evaluate_cmd(
     dba: int = typer.Option(0, "--dba", min=0, help="Also apply alpha-DBA over the top K (0: off)."),
     dba_alpha: float = typer.Option(3.0, "--dba-alpha", min=0.0, help="DBA weights sim^alpha."),
     json_path: Path = typer.Option(None, "--json", help="Write the scores to this JSON file."),
-    store: Path = typer.Option(
-        None, "--store", help="Feature store for the database (reused when present)."
-    ),
-    gt: Path = typer.Option(
-        None, "--gt", help="Ground truth: the classic gt folder or the generic CSV."
-    ),
+    store: Path = typer.Option(None, "--store", help="Feature store for the database (reused when present)."),
+    gt: Path = typer.Option(None, "--gt", help="Ground truth: the classic gt folder or the generic CSV."),
     distractors: Path = typer.Option(
         None, "--distractors", help="Extra database images (Oxford105k / Paris106k / R1M)."
     ),
@@ -199,13 +194,16 @@ def evaluate_cmd(
     precision: str = precision_option(),
     max_side: int = typer.Option(None, "--max-side", min=1, help="Resize the longest side to this."),
     query_scales: str = typer.Option(
-        None, "--query-scales", help="Also score queries described at these multiples of S (summed; both results are reported), e.g. 1.5 or 1,1.5: larger than the database when objects are small in queries."
+        None,
+        "--query-scales",
+        help="Also score queries described at these multiples of S (summed; both results are reported), e.g. 1.5 or 1,1.5: larger than the database when objects are small in queries.",
     ),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per inference batch."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
     show: Path = typer.Option(
-        None, "--show", help="Write one PNG per query to this folder: query and top results, "
-        "marked correct / wrong / junk.",
+        None,
+        "--show",
+        help="Write one PNG per query to this folder: query and top results, marked correct / wrong / junk.",
     ),  # fmt: skip
     show_count: int = typer.Option(20, "--show-count", min=1, help="Queries pictured by --show."),
     show_top: int = typer.Option(10, "--show-top", min=1, help="Results per picture (--show)."),

@@ -21,13 +21,18 @@ from ..errors import RegattError
 def explain_cmd(
     image: Path = typer.Argument(..., help="Image to explain."),
     model: Path = typer.Option(
-        None, "--model", "-m", envvar="REGATT_MODEL",
+        None,
+        "--model",
+        "-m",
+        envvar="REGATT_MODEL",
         help="Model exported with 'regatt export --explain' (default: $REGATT_MODEL).",
     ),  # fmt: skip
     output: Path = typer.Option(..., "--output", "-o", help="PNG to write."),
     roi: str = typer.Option(None, "--roi", help="Crop to x1,y1,x2,y2 (original pixels) first."),
     object_box: str = typer.Option(
-        None, "--box", help="Object box x1,y1,x2,y2 (original pixels): print the attention share inside it vs uniform.",
+        None,
+        "--box",
+        help="Object box x1,y1,x2,y2 (original pixels): print the attention share inside it vs uniform.",
     ),  # fmt: skip
     top: int = typer.Option(8, "--top", "-k", min=0, help="Regions drawn on the left panel."),
     size: int = typer.Option(400, "--size", min=64, help="Longer side of each panel, pixels."),

@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from .engine_opts import engine_kwargs, engine_option, precision_option, say_choice
-
 from ..engines.device import HELP as DEVICE_HELP
 from ..errors import RegattError
+from .engine_opts import engine_kwargs, engine_option, precision_option, say_choice
 
 Roi = tuple[float, float, float, float]
 
@@ -62,7 +61,9 @@ def resolve_image(name: str, images: Path | None) -> Path | None:
 
 def search(
     model: Path = typer.Argument(..., help="Exported .onnx model (the one that made the store)."),
-    store: Path = typer.Argument(..., help="Feature store directory (from 'regatt index'); with --db, the query image."),
+    store: Path = typer.Argument(
+        ..., help="Feature store directory (from 'regatt index'); with --db, the query image."
+    ),
     query: Path = typer.Argument(None, help="Query image.", show_default=False),
     roi: str = typer.Option(None, "--roi", help="Query box x1,y1,x2,y2 in original pixels."),
     top: int = typer.Option(10, "--top", "-k", min=1, help="Number of results to print."),
@@ -77,18 +78,25 @@ def search(
     precision: str = precision_option(),
     max_side: int = typer.Option(None, "--max-side", min=1, help="Resize the longest side to this."),
     query_scales: str = typer.Option(
-        None, "--query-scales", help="Describe the query at these multiples of S (summed), e.g. 1.5 or 1,1.5: larger than the database when objects are small in queries."
+        None,
+        "--query-scales",
+        help="Describe the query at these multiples of S (summed), e.g. 1.5 or 1,1.5: larger than the database when objects are small in queries.",
     ),
     ann: bool = typer.Option(
         True, "--ann/--no-ann", help="Use the store's FAISS ANN index when it has one (regatt index --faiss)."
     ),
     nprobe: int = typer.Option(None, "--nprobe", min=1, help="Inverted lists visited (IVF ANN index)."),
     db: str = typer.Option(
-        None, "--db", metavar="URL", help="Search a PostgreSQL table loaded by 'regatt index ... --db URL' "
+        None,
+        "--db",
+        metavar="URL",
+        help="Search a PostgreSQL table loaded by 'regatt index ... --db URL' "
         "instead of a store: regatt search MODEL --db URL QUERY (needs pip install 'regatt[postgres]').",
     ),  # fmt: skip
     table: str = typer.Option("regatt", "--table", help="Table name in the --db database."),
-    ef_search: int = typer.Option(None, "--ef-search", min=1, help="HNSW candidates per query with --db (default 100)."),
+    ef_search: int = typer.Option(
+        None, "--ef-search", min=1, help="HNSW candidates per query with --db (default 100)."
+    ),
     dba: int = typer.Option(0, "--dba", min=0, help="Database-side augmentation over K neighbours (0: off)."),
 ) -> None:
     """Rank the images of a feature store (or a --db table) by similarity to a query image."""
@@ -120,8 +128,9 @@ def search(
         st, _, _ = open_store(store, encoder.dim, model)
         if st.card_hash != str(encoder.card.hash):
             typer.secho(
-                f"warning: {store} was made with another model card ({st.card_hash}); "
-                "scores may be meaningless", err=True, fg=typer.colors.YELLOW,
+                f"warning: {store} was made with another model card ({st.card_hash}); scores may be meaningless",
+                err=True,
+                fg=typer.colors.YELLOW,
             )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
@@ -141,9 +150,7 @@ def search(
     if show is not None:
         from ..grid import save_result_grid
 
-        out = save_result_grid(
-            show, query, [(n, s, resolve_image(n, images)) for n, s in results], roi=box
-        )
+        out = save_result_grid(show, query, [(n, s, resolve_image(n, images)) for n, s in results], roi=box)
         typer.echo(f"wrote {out}", err=True)
 
 
@@ -151,7 +158,5 @@ def register(app: typer.Typer) -> None:
     """Add ``index`` (alias of ``encode`` for a database) and ``search`` to the app."""
     from .encode_cmd import encode
 
-    app.command(
-        "index", help="Encode a database of images into a feature store (same as 'regatt encode')."
-    )(encode)
+    app.command("index", help="Encode a database of images into a feature store (same as 'regatt encode').")(encode)
     app.command("search")(search)

@@ -16,24 +16,40 @@ def serve(
     model: Path = typer.Argument(..., help="Exported .onnx model."),
     store: Path = typer.Option(None, "--store", help="Feature store to search (its FAISS index when it has one)."),
     db: str = typer.Option(
-        None, "--db", metavar="URL", help="PostgreSQL URL of a table loaded by 'regatt index ... --db URL' "
-        "(needs pip install 'regatt[postgres]').",
+        None,
+        "--db",
+        metavar="URL",
+        help="PostgreSQL URL of a table loaded by 'regatt index ... --db URL' (needs pip install 'regatt[postgres]').",
     ),  # fmt: skip
     table: str = typer.Option("regatt", "--table", help="Table name in the --db database."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port to listen on."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
-    max_side: int = typer.Option(None, "--max-side", min=16, help="Resize the longest side to this (default: the model's)."),
+    max_side: int = typer.Option(
+        None, "--max-side", min=16, help="Resize the longest side to this (default: the model's)."
+    ),
     threads: int = typer.Option(None, "--threads", min=1, help="Inference threads (CPU)."),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="Most same-size images run as one batch."),
-    window_ms: float = typer.Option(5.0, "--window-ms", min=0, help="How long the first image of a batch waits for others."),
-    max_queue: int = typer.Option(64, "--max-queue", min=1, help="Images waiting or running; beyond, 503 + Retry-After."),
-    timeout: float = typer.Option(30.0, "--timeout", min=0.001, help="Seconds a request may wait for its descriptor (then 503)."),
+    window_ms: float = typer.Option(
+        5.0, "--window-ms", min=0, help="How long the first image of a batch waits for others."
+    ),
+    max_queue: int = typer.Option(
+        64, "--max-queue", min=1, help="Images waiting or running; beyond, 503 + Retry-After."
+    ),
+    timeout: float = typer.Option(
+        30.0, "--timeout", min=0.001, help="Seconds a request may wait for its descriptor (then 503)."
+    ),
     max_bytes: int = typer.Option(32 * 2**20, "--max-bytes", min=1, help="Largest upload in bytes (beyond, 413)."),
-    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Refuse images above this many pixels (422)."),
+    max_pixels: int = typer.Option(
+        DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Refuse images above this many pixels (422)."
+    ),
     workers: int = typer.Option(2, "--workers", min=1, help="Decoding threads."),
-    dba: int = typer.Option(0, "--dba", min=0, help="Database-side augmentation over K neighbours, applied once at start (0: off)."),
-    ef_search: int = typer.Option(None, "--ef-search", min=1, help="HNSW candidates per query with --db (default 100)."),
+    dba: int = typer.Option(
+        0, "--dba", min=0, help="Database-side augmentation over K neighbours, applied once at start (0: off)."
+    ),
+    ef_search: int = typer.Option(
+        None, "--ef-search", min=1, help="HNSW candidates per query with --db (default 100)."
+    ),
     ann: bool = typer.Option(True, "--ann/--no-ann", help="Use the store's FAISS ANN index when it has one."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:

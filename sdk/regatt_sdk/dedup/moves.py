@@ -69,7 +69,9 @@ def read_manifest(path: str | os.PathLike) -> dict:
     return data
 
 
-def move_files(paths: list[str | os.PathLike], dest: str | os.PathLike, *, root: str | os.PathLike | None = None) -> MoveReport:
+def move_files(
+    paths: list[str | os.PathLike], dest: str | os.PathLike, *, root: str | os.PathLike | None = None
+) -> MoveReport:
     """Move ``paths`` under ``dest`` with the manifest ``dest/MANIFEST`` (appended to if present)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RegattError
-from ..grid import frame, write_png
-from ..grid import _tile
+from ..grid import _tile, frame, write_png
 from ..imageio import read_image
 
 KEEP = (60, 200, 60)
@@ -25,7 +24,9 @@ REMOVE = (50, 50, 230)
 _BG = (32, 32, 32)
 
 
-def contact_sheet(tiles: Sequence[tuple[np.ndarray | None, list[str], bool]], *, tile: int = 180, columns: int = 6) -> np.ndarray:
+def contact_sheet(
+    tiles: Sequence[tuple[np.ndarray | None, list[str], bool]], *, tile: int = 180, columns: int = 6
+) -> np.ndarray:
     """``tiles`` ``(image BGR or None, caption lines, kept)`` -> one BGR uint8 sheet
     ``(rows * (tile + 34), columns * tile, 3)``."""
     if not tiles:

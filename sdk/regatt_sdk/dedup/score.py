@@ -60,5 +60,7 @@ def load_presets(path: str | Path = PRESETS_FILE) -> tuple[CopyModel, dict[str, 
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RegattError(f"{path}: unreadable dedup presets ({exc})") from None
     if list(m.get("features", FEATURES)) != list(FEATURES):
-        raise RegattError(f"{path}: presets were fitted on features {m.get('features')}, this version computes {FEATURES}")
+        raise RegattError(
+            f"{path}: presets were fitted on features {m.get('features')}, this version computes {FEATURES}"
+        )
     return model, presets, raw.get("provenance", {})

@@ -145,7 +145,9 @@ def gate_engine(engine: Engine, model: Path, card: ModelCard, precision: str, th
         except Exception:
             reference = None  # no onnxruntime: the golden vector alone gates
     atol = GPU_ATOL if engine.name == "onnxruntime" and engine.providers[0] != "CPUExecutionProvider" else None
-    return check(_runner(engine, card.output_name), card, engine=engine.name, precision=precision, reference=reference, atol=atol)
+    return check(
+        _runner(engine, card.output_name), card, engine=engine.name, precision=precision, reference=reference, atol=atol
+    )
 
 
 def _gated(name: str, model: Path, card: ModelCard, device: Device, threads: int | None, precision: str):
@@ -185,7 +187,9 @@ def select(
     if engine not in CHOICES:
         raise ModelError(f"unknown engine {engine!r}: use {', '.join(CHOICES)}")
     if precision not in PRECISIONS:
-        raise ModelError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)} (INT8 is a separate file: regatt export --int8)")
+        raise ModelError(
+            f"unknown precision {precision!r}: use {', '.join(PRECISIONS)} (INT8 is a separate file: regatt export --int8)"
+        )
     if engine == "openvino" and dev.gpu:
         raise ModelError(f"device {dev} is an onnxruntime GPU device: for OpenVINO use device='openvino:GPU'")
     if dev.engine == "openvino" and engine == "onnxruntime":
@@ -209,12 +213,16 @@ def _ort_has_gpu(dev: Device) -> bool:
     try:
         from .ort import import_ort
 
-        return any(p in import_ort().get_available_providers() for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
+        return any(
+            p in import_ort().get_available_providers() for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        )
     except Exception:
         return False
 
 
-def _auto(model: Path, card: ModelCard, dev: Device, threads: int | None, precision: str) -> tuple[Engine, EngineChoice]:
+def _auto(
+    model: Path, card: ModelCard, dev: Device, threads: int | None, precision: str
+) -> tuple[Engine, EngineChoice]:
     from . import openvino as ovmod
     from .ort import cpu_count
 
@@ -224,7 +232,14 @@ def _auto(model: Path, card: ModelCard, dev: Device, threads: int | None, precis
     if isinstance(cached, dict) and cached.get("engine") in ENGINES:
         eng, result = _gated(cached["engine"], model, card, dev, threads, precision)
         if result.passed:
-            return eng, EngineChoice(cached["engine"], precision, cached.get("reason", "") + " (cached probe)", [result], cached.get("probe_ms", {}), True)
+            return eng, EngineChoice(
+                cached["engine"],
+                precision,
+                cached.get("reason", "") + " (cached probe)",
+                [result],
+                cached.get("probe_ms", {}),
+                True,
+            )
     candidates = [e for e in ENGINES if e != "openvino" or ovmod.available()]
     if precision != "fp32":
         candidates = [e for e in candidates if e != "onnxruntime"]
@@ -243,7 +258,9 @@ def _auto(model: Path, card: ModelCard, dev: Device, threads: int | None, precis
         else:
             refused.append(result.reason)
     if not passed:
-        raise ModelError(f"{model}: no engine passed its gate for {precision} ({'; '.join(refused) or 'no engine installed'})")
+        raise ModelError(
+            f"{model}: no engine passed its gate for {precision} ({'; '.join(refused) or 'no engine installed'})"
+        )
     times: dict[str, list[float]] = {n: [] for n in passed}
     for _ in range(2):  # interleaved, twice, the better median counts
         for name, eng in passed.items():
@@ -253,7 +270,9 @@ def _auto(model: Path, card: ModelCard, dev: Device, threads: int | None, precis
     s = card.max_side
     shape = f"{int(round(s * 0.75))}x{s}"
     others = ", ".join(f"{n} {ms[n]:.1f} ms" for n in ms if n != best)
-    reason = f"{best} is the fastest gated engine here: {ms[best]:.1f} ms at {shape}" + (f" vs {others}" if others else "")
+    reason = f"{best} is the fastest gated engine here: {ms[best]:.1f} ms at {shape}" + (
+        f" vs {others}" if others else ""
+    )
     if refused:
         reason += f"; refused: {'; '.join(refused)}"
     _save_cache(key, {"engine": best, "reason": reason, "probe_ms": ms, "time": time.time()})

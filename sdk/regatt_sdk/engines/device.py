@@ -52,7 +52,7 @@ class Device:
         return self.kind
 
 
-def parse_device(device: "str | Device") -> Device:
+def parse_device(device: str | Device) -> Device:
     """``"cuda:1"`` -> ``Device("cuda", 1)``; an unknown name raises :class:`ModelError` with the
     accepted forms. A :class:`Device` is returned as it is."""
     if isinstance(device, Device):
@@ -66,7 +66,9 @@ def parse_device(device: "str | Device") -> Device:
         return Device(kind)
     if kind in INDEXED:
         if not rest.isdigit():
-            raise ModelError(f"device {text!r}: the GPU index after '{kind}:' must be a number, e.g. {kind}:0 (devices: {HELP})")
+            raise ModelError(
+                f"device {text!r}: the GPU index after '{kind}:' must be a number, e.g. {kind}:0 (devices: {HELP})"
+            )
         return Device(kind, index=int(rest))
     if kind == "openvino" and rest:
         return Device(kind, target=rest)

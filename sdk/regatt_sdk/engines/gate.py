@@ -106,9 +106,15 @@ def check(
 
     g = card.golden
     if g is None:
-        return GateResult(engine, precision, False, "the model card has no golden vector (re-export the model)", float("inf"), -1.0)
+        return GateResult(
+            engine, precision, False, "the model card has no golden vector (re-export the model)", float("inf"), -1.0
+        )
     try:
-        judge(f"golden {g.height}x{g.width}", run(_feed(card, g.height, g.width, g.seed))[0], np.asarray(g.vector, np.float32))
+        judge(
+            f"golden {g.height}x{g.width}",
+            run(_feed(card, g.height, g.width, g.seed))[0],
+            np.asarray(g.vector, np.float32),
+        )
         if reference is not None:
             for k, (h, w) in enumerate(sizes):
                 x = _feed(card, h, w, 900 + k)

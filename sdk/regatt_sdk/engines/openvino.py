@@ -98,7 +98,9 @@ class OpenVinoEngine:
         try:
             self._model = self._core.read_model(str(path))
         except Exception as exc:
-            raise ModelError(f"{path}: OpenVINO cannot read this ONNX model ({str(exc).splitlines()[0][:200]})") from None
+            raise ModelError(
+                f"{path}: OpenVINO cannot read this ONNX model ({str(exc).splitlines()[0][:200]})"
+            ) from None
         if len(self._model.inputs) != 1:
             raise ModelError(f"{path}: expected one input, the model has {len(self._model.inputs)}")
         self._input = self._model.inputs[0].get_any_name()
@@ -138,7 +140,9 @@ class OpenVinoEngine:
         try:
             compiled = self._core.compile_model(model, self.target, self.config)
         except Exception as exc:
-            raise ModelError(f"OpenVINO could not compile the model for {self.target} ({str(exc).splitlines()[0][:200]})") from None
+            raise ModelError(
+                f"OpenVINO could not compile the model for {self.target} ({str(exc).splitlines()[0][:200]})"
+            ) from None
         self.compiles += 1
         request = compiled.create_infer_request()
         if key is None:

@@ -93,9 +93,7 @@ def topk(
         for start in range(0, n, step):
             block = np.asarray(database[start : start + step], dtype=np.float32)
             scores = qb @ block.T  # (q, c)
-            ids = np.broadcast_to(
-                np.arange(start, start + block.shape[0], dtype=np.int64), scores.shape
-            )
+            ids = np.broadcast_to(np.arange(start, start + block.shape[0], dtype=np.int64), scores.shape)
             cand_s = np.concatenate([best_s, scores], axis=1)
             cand_i = np.concatenate([best_i, ids], axis=1)
             if cand_s.shape[1] > k:
@@ -107,9 +105,7 @@ def topk(
     return out_s, out_i
 
 
-def scores_all(
-    queries: np.ndarray, database: np.ndarray, *, chunk_rows: int = DEFAULT_CHUNK_ROWS
-) -> np.ndarray:
+def scores_all(queries: np.ndarray, database: np.ndarray, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:
     """All inner products ``(Q, N)`` float32, computed block by block over database rows."""
     q = as_queries(queries)
     check_compatible(q, database)
@@ -149,7 +145,7 @@ class ExactIndex:
         self.chunk_rows = chunk_rows
 
     @classmethod
-    def empty(cls, dim: int, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> "ExactIndex":
+    def empty(cls, dim: int, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> ExactIndex:
         """An index of ``dim``-d vectors with no rows yet (fill it with :meth:`add`)."""
         index = cls.__new__(cls)
         index.database = np.zeros((0, int(dim)), dtype=np.float32)
@@ -198,7 +194,7 @@ class ExactIndex:
         return out
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> "ExactIndex":
+    def load(cls, path: str | os.PathLike, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> ExactIndex:
         """The index saved at ``path``, memory-mapped read-only (added rows go to memory)."""
         try:
             database = np.load(Path(path), mmap_mode="r", allow_pickle=False)

@@ -172,7 +172,7 @@ class FaissIndex:
         rerank: int = 100,
         seed: int = 0,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    ) -> "FaissIndex":
+    ) -> FaissIndex:
         """A :class:`FaissIndex` of ``kind`` over ``database`` (N, D) float32 unit rows (e.g. a
         memmap). IVF-PQ is trained on ``train_rows`` random rows (default
         ``min(N, max(40 nlist, 10 000), 200 000)``). Rows are added ``chunk_rows`` at a time, so
@@ -298,7 +298,7 @@ class FaissIndex:
     @classmethod
     def load(
         cls, index_file: str | os.PathLike, database: np.ndarray, meta_file: str | os.PathLike | None = None
-    ) -> "FaissIndex":
+    ) -> FaissIndex:
         """The index written by :meth:`save`, over ``database`` (the rows it was built on)."""
         faiss = import_faiss()
         index_file = Path(index_file)

@@ -139,7 +139,9 @@ class PgVectorIndex:
         self.kind = index_type(self._dim)
 
     @classmethod
-    def create(cls, url: str, dim: int, card_hash: str, table: str = "regatt", model: str = "", **kw: Any) -> "PgVectorIndex":
+    def create(
+        cls, url: str, dim: int, card_hash: str, table: str = "regatt", model: str = "", **kw: Any
+    ) -> PgVectorIndex:
         """Make (or reuse, when it is for the same model) the tables for ``dim``-d vectors."""
         conn = connect(url)
         try:
@@ -259,7 +261,7 @@ class PgVectorIndex:
         raise RegattError("a pgvector index lives in its database: there is no file to save")
 
     @classmethod
-    def load(cls, url: str, table: str = "regatt", **kw: Any) -> "PgVectorIndex":
+    def load(cls, url: str, table: str = "regatt", **kw: Any) -> PgVectorIndex:
         return cls(url, table, **kw)
 
     def build_hnsw(self, *, m: int = 16, ef_construction: int = 64) -> float:

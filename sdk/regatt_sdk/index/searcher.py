@@ -60,7 +60,7 @@ class Searcher:
         ann: bool = True,
         nprobe: int | None = None,
         steps: Sequence[Any] = (),
-    ) -> "Searcher":
+    ) -> Searcher:
         """A searcher over a feature store: its ANN index when it has a usable one (``ann`` and
         ``backend == "exact"``; a stale or foreign one is skipped with a ``RuntimeWarning``),
         else a ``backend`` index over the store's memory-mapped vectors."""
@@ -90,7 +90,7 @@ class Searcher:
         table: str = "regatt",
         ef_search: int | None = None,
         steps: Sequence[Any] = (),
-    ) -> "Searcher":
+    ) -> Searcher:
         """A searcher over a pgvector table (:class:`~regatt_sdk.index.pgvector.PgVectorIndex`)
         loaded by ``regatt index ... --db URL``; refuses a table made by another model than
         ``encoder``'s."""

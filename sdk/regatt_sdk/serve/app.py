@@ -160,18 +160,28 @@ class Service:
             if st.count == 0:
                 raise RegattError(f"feature store {c.store} is empty")
             if st.card_hash != str(self.encoder.card.hash):
-                raise RegattError(f"{c.store} was made with another model card ({st.card_hash}): serve the model that made it")
+                raise RegattError(
+                    f"{c.store} was made with another model card ({st.card_hash}): serve the model that made it"
+                )
             self.searcher = Searcher.for_store(c.store, self.encoder, ann=c.ann)
         elif c.db is not None:
             self.searcher = Searcher.for_db(c.db, self.encoder, table=c.table, ef_search=c.ef_search)
         if self.searcher is not None and c.dba > 0:
             from ..expansion import DatabaseAugmentation
 
-            _, index = DatabaseAugmentation(k=c.dba).apply(np.zeros((1, self.encoder.dim), np.float32), self.searcher.index)
+            _, index = DatabaseAugmentation(k=c.dba).apply(
+                np.zeros((1, self.encoder.dim), np.float32), self.searcher.index
+            )
             self.searcher = Searcher(index, self.searcher.names, self.encoder)
-        self.metrics.gauge("regatt_queue_depth", "Images admitted and not yet answered.", lambda: self.batcher.depth if self.batcher else 0)
+        self.metrics.gauge(
+            "regatt_queue_depth",
+            "Images admitted and not yet answered.",
+            lambda: self.batcher.depth if self.batcher else 0,
+        )
         self.metrics.gauge("regatt_process_resident_bytes", "Resident memory of the server process.", resident_bytes)
-        self.metrics.gauge("regatt_ready", "1 when the model is loaded and its golden check passed.", lambda: float(self.ready))
+        self.metrics.gauge(
+            "regatt_ready", "1 when the model is loaded and its golden check passed.", lambda: float(self.ready)
+        )
 
     async def start(self) -> None:
         c = self.config
@@ -198,7 +208,9 @@ class Service:
         try:
             self.batcher.admit()
         except QueueFull as exc:
-            raise ApiError(503, f"server busy: {exc}; retry later", {"Retry-After": str(self.config.retry_after_s)}) from None
+            raise ApiError(
+                503, f"server busy: {exc}; retry later", {"Retry-After": str(self.config.retry_after_s)}
+            ) from None
         c = self.config
 
         async def work():
@@ -226,7 +238,9 @@ class Service:
         s = self.searcher
         searcher = Searcher(s.index, s.names, steps=[QueryExpansion(k=qe)] if qe > 0 else [])
         scores, rows = searcher.search_vectors(vec, top)
-        return [{"rank": h.rank, "name": h.name, "score": h.score, "row": h.row} for h in searcher.hits(scores[0], rows[0])]
+        return [
+            {"rank": h.rank, "name": h.name, "score": h.score, "row": h.row} for h in searcher.hits(scores[0], rows[0])
+        ]
 
 
 async def read_body(receive, headers: dict[str, str], max_bytes: int) -> bytes:
@@ -342,7 +356,12 @@ def create_app(config: ServeConfig, service: Service | None = None):
         qe = parse_int(fields.get("qe"), "qe", 0, 0, 100)
         vec, size, used = await svc.describe(data, parse_roi(fields.get("roi")))
         hits = await asyncio.get_running_loop().run_in_executor(svc.search_pool, svc.search, vec, top, qe)
-        return {"hits": hits, "card_hash": str(svc.encoder.card.hash), "image_size": list(size), "used_size": list(used)}
+        return {
+            "hits": hits,
+            "card_hash": str(svc.encoder.card.hash),
+            "image_size": list(size),
+            "used_size": list(used),
+        }
 
     @app.get("/healthz", summary="Liveness")
     async def healthz():
