@@ -7,6 +7,7 @@ blue frame and its box (if any) drawn in yellow.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def save_result_grid(
     """Read the query and result images (paths; ``None`` or unreadable -> a blank tile) and write
     the grid to ``out`` (PNG). Returns the written path."""
     out = Path(out)
-    loaded = [(name, score, _read_or_none(path)) for name, score, path in results]
+    loaded = [(name, score, read_or_none(path)) for name, score, path in results]
     grid = result_grid(
         read_image(query_path),
         loaded,
@@ -175,7 +176,8 @@ def labelled_grid(
     return result_grid(query, shown, query_label=query_label, roi=roi, tile=tile, columns=columns)
 
 
-def _read_or_none(path: str | Path | None) -> np.ndarray | None:
+def read_or_none(path: str | os.PathLike | None) -> np.ndarray | None:
+    """The image at ``path`` as BGR uint8 ``(H, W, 3)``, or None when absent or unreadable (a blank tile)."""
     if path is None:
         return None
     try:
@@ -196,7 +198,7 @@ def save_labelled_grid(
 ) -> Path:
     """Read the query and the results' images (``(name, score, path, label)``; unreadable ->
     blank tile) and write :func:`labelled_grid` as PNG at ``out``."""
-    loaded = [(n, s, _read_or_none(p), lab) for n, s, p, lab in results]
+    loaded = [(n, s, read_or_none(p), lab) for n, s, p, lab in results]
     grid = labelled_grid(read_image(query_path), loaded, roi=roi, tile=tile, columns=columns,
                          query_label=query_label or Path(query_path).name)  # fmt: skip
     return write_png(out, grid)

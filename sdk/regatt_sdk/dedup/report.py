@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RegattError
-from ..grid import _tile, frame, write_png
-from ..imageio import read_image
+from ..grid import _tile, frame, read_or_none, write_png
 
 KEEP = (60, 200, 60)
 REMOVE = (50, 50, 230)
@@ -42,15 +41,6 @@ def contact_sheet(
     return np.vstack([np.hstack(cells[r : r + columns]) for r in range(0, len(cells), columns)])
 
 
-def _read(path: str | os.PathLike | None) -> np.ndarray | None:
-    if path is None:
-        return None
-    try:
-        return read_image(path)
-    except RegattError:
-        return None
-
-
 def write_report(out_dir: str | os.PathLike, groups: Sequence[dict], *, title: str = "regatt dedup",
                  tile: int = 180) -> Path:  # fmt: skip
     """Write ``OUT/group_NNNN.png`` per group and ``OUT/index.html``; returns the HTML path.
@@ -62,7 +52,7 @@ def write_report(out_dir: str | os.PathLike, groups: Sequence[dict], *, title: s
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for g in groups:
-        tiles = [(_read(m.get("path")), [f"{m['score']:.3f}  {m['action'].upper()}", str(m["name"])],
+        tiles = [(read_or_none(m.get("path")), [f"{m['score']:.3f}  {m['action'].upper()}", str(m["name"])],
                   m["action"] == "keep") for m in g["members"]]  # fmt: skip
         sheet = f"group_{int(g['id']):04d}.png"
         write_png(out / sheet, contact_sheet(tiles, tile=tile))

@@ -40,3 +40,19 @@ class Engine(Protocol):
     def describe(self) -> dict[str, Any]:
         """JSON-ready facts: ``engine``, ``device``, ``providers``, ``version``, ``threads``..."""
         ...
+
+
+class NamedIO:
+    """The input/output-name part of :class:`Engine` that every engine keeps the same way:
+    subclasses set ``_input`` (the single input's name) and ``_outputs`` (output names)."""
+
+    _input: str
+    _outputs: tuple[str, ...]
+
+    @property
+    def input_name(self) -> str:
+        return self._input
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self._outputs

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..optional import require
+from .base import NamedIO
 from .device import Device, parse_device
 from .ort import cpu_count
 
@@ -59,7 +60,7 @@ def cpu_supports(precision: str, target: str = "CPU") -> bool:
     return {"fp32": "FP32", "bf16": "BF16", "int8": "INT8"}[precision] in caps
 
 
-class OpenVinoEngine:
+class OpenVinoEngine(NamedIO):
     """An OpenVINO compiled model behind the :class:`~regatt_sdk.engines.base.Engine` interface.
 
     ``OpenVinoEngine(model, device="openvino", threads=None, precision="fp32", shapes="auto",
@@ -152,14 +153,6 @@ class OpenVinoEngine:
         while len(self._compiled) > self.cache_size:
             self._compiled.popitem(last=False)
         return request
-
-    @property
-    def input_name(self) -> str:
-        return self._input
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return self._outputs
 
     @property
     def providers(self) -> list[str]:

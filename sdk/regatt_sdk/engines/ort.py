@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..optional import require
+from .base import NamedIO
 from .device import Device, parse_device
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -180,7 +181,7 @@ def run_bound(session, input_name: str, feed, output_names: str | Sequence[str])
     return outs[0] if isinstance(output_names, str) else outs
 
 
-class OrtEngine:
+class OrtEngine(NamedIO):
     """An onnxruntime session behind the :class:`~regatt_sdk.engines.base.Engine` interface.
 
     ``OrtEngine(model, device="auto", threads=None)``; ``model`` a path or ONNX bytes. On CUDA or
@@ -204,14 +205,6 @@ class OrtEngine:
         self._input = self.session.get_inputs()[0].name
         self._outputs = tuple(o.name for o in self.session.get_outputs())
         self._bind = runs_on_gpu(self.session)
-
-    @property
-    def input_name(self) -> str:
-        return self._input
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return self._outputs
 
     @property
     def providers(self) -> list[str]:
