@@ -11,11 +11,10 @@ from pathlib import Path
 
 import typer
 
-from ..engines.device import HELP as DEVICE_HELP
 from ..engines.device import parse_device
 from ..imageio import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from ..sources import check_specs, parse_extensions
-from .engine_opts import engine_kwargs, engine_option, precision_option, say_choice
+from .engine_opts import device_option, engine_kwargs, engine_option, precision_option, say_choice
 from .errors import fail
 
 #: failures printed on stderr after a run; the full list is in the store's failures.jsonl
@@ -47,7 +46,7 @@ def encode(
     max_side: int = typer.Option(
         None, "--max-side", min=1, help="Resize the longest side to this (default: the model's)."
     ),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
+    device: str = device_option(),
     engine: str = engine_option(),
     precision: str = precision_option(),
     threads: int = typer.Option(None, "--threads", min=1, help="Inference threads (CPU)."),

@@ -1,14 +1,29 @@
-"""The ``--engine`` and ``--precision`` options shared by the commands that encode."""
+"""The options shared by the commands that encode: ``--device``, ``--engine``, ``--precision``,
+``--max-side`` and the index ``--backend``."""
 
 from __future__ import annotations
 
 import typer
+
+from ..engines.device import HELP as DEVICE_HELP
 
 ENGINE_HELP = (
     "Inference engine: onnxruntime, openvino (pip install 'regatt[openvino]') or auto (the fastest "
     "engine that passes its gate here, probed once per model and machine). Default: the device's engine."
 )
 PRECISION_HELP = "Compute precision: fp32, or bf16 (openvino on CPUs with BF16; gated by descriptor cosine)."
+
+
+def device_option():
+    return typer.Option("auto", "--device", help=DEVICE_HELP + ".")
+
+
+def max_side_option():
+    return typer.Option(None, "--max-side", min=1, help="Resize the longest side to this.")
+
+
+def backend_option():
+    return typer.Option("exact", "--backend", help="exact (numpy) or faiss.")
 
 
 def engine_option():

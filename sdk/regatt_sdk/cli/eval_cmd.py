@@ -19,10 +19,17 @@ from typing import Any
 import numpy as np
 import typer
 
-from ..engines.device import HELP as DEVICE_HELP
 from ..errors import RegattError
 from ..scales import format_scales
-from .engine_opts import engine_kwargs, engine_option, precision_option, say_choice
+from .engine_opts import (
+    backend_option,
+    device_option,
+    engine_kwargs,
+    engine_option,
+    max_side_option,
+    precision_option,
+    say_choice,
+)
 
 _TITLES = {
     "oxford5k": "Oxford5k", "paris6k": "Paris6k", "oxford105k": "Oxford105k",
@@ -188,11 +195,11 @@ def evaluate_cmd(
     distractors: Path = typer.Option(
         None, "--distractors", help="Extra database images (Oxford105k / Paris106k / R1M)."
     ),
-    backend: str = typer.Option("exact", "--backend", help="exact (numpy) or faiss."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
+    backend: str = backend_option(),
+    device: str = device_option(),
     engine: str = engine_option(),
     precision: str = precision_option(),
-    max_side: int = typer.Option(None, "--max-side", min=1, help="Resize the longest side to this."),
+    max_side: int = max_side_option(),
     query_scales: str = typer.Option(
         None,
         "--query-scales",

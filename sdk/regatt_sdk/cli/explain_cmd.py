@@ -14,8 +14,8 @@ from pathlib import Path
 
 import typer
 
-from ..engines.device import HELP as DEVICE_HELP
 from ..errors import RegattError
+from .engine_opts import device_option
 
 
 def explain_cmd(
@@ -37,7 +37,7 @@ def explain_cmd(
     top: int = typer.Option(8, "--top", "-k", min=0, help="Regions drawn on the left panel."),
     size: int = typer.Option(400, "--size", min=64, help="Longer side of each panel, pixels."),
     max_side: int = typer.Option(None, "--max-side", min=16, help="Resize the longest side to this."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
+    device: str = device_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the region list."),
 ) -> None:
     """Draw an image's regions coloured and ranked by their attention weights."""

@@ -12,9 +12,16 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from ..engines.device import HELP as DEVICE_HELP
 from ..errors import RegattError
-from .engine_opts import engine_kwargs, engine_option, precision_option, say_choice
+from .engine_opts import (
+    backend_option,
+    device_option,
+    engine_kwargs,
+    engine_option,
+    max_side_option,
+    precision_option,
+    say_choice,
+)
 
 Roi = tuple[float, float, float, float]
 
@@ -72,11 +79,11 @@ def search(
     images: Path = typer.Option(
         None, "--images", help="Folder holding the store's images, for --show (default: names are paths)."
     ),
-    backend: str = typer.Option("exact", "--backend", help="exact (numpy) or faiss."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
+    backend: str = backend_option(),
+    device: str = device_option(),
     engine: str = engine_option(),
     precision: str = precision_option(),
-    max_side: int = typer.Option(None, "--max-side", min=1, help="Resize the longest side to this."),
+    max_side: int = max_side_option(),
     query_scales: str = typer.Option(
         None,
         "--query-scales",

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 
-from ..engines.device import HELP as DEVICE_HELP
 from ..errors import RegattError
 from ..imageio import DEFAULT_MAX_PIXELS
+from .engine_opts import device_option
 
 
 def serve(
@@ -24,7 +24,7 @@ def serve(
     table: str = typer.Option("regatt", "--table", help="Table name in the --db database."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port to listen on."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP + "."),
+    device: str = device_option(),
     max_side: int = typer.Option(
         None, "--max-side", min=16, help="Resize the longest side to this (default: the model's)."
     ),
