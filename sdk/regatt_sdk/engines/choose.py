@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..card import ModelCard, golden_image
-from ..errors import ModelError
+from ..errors import MissingExtraError, ModelError
 from .base import Engine
 from .device import Device, parse_device
 from .gate import GateResult, check, model_key
@@ -55,8 +55,8 @@ def machine_key(threads: int) -> str:
     parts = [platform.machine(), model, " ".join(sorted(flags)), f"threads={threads}"]
     try:
         parts.append("ort=" + ort.import_ort().__version__)
-    except Exception:
-        pass
+    except (ImportError, MissingExtraError):  # no onnxruntime: that is part of the key too
+        parts.append("ort=none")
     from . import openvino as ovmod
 
     if ovmod.available():
@@ -64,8 +64,8 @@ def machine_key(threads: int) -> str:
 
         try:
             parts.append("openvino=" + version("openvino"))
-        except Exception:
-            pass
+        except ImportError:  # PackageNotFoundError: importable but without metadata
+            parts.append("openvino=unknown")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
