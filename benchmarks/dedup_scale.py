@@ -149,12 +149,12 @@ def main() -> None:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "")
     res = {"data": "synthetic descriptors and hashes (see the docstring)", "threshold": THRESHOLD, "dim": DIM,
-           "machine": {"cpu": model, "cpus": len(__import__("os").sched_getaffinity(0)), "python": platform.python_version(),
-                       "note": "shared machine, other jobs running"}, "results": rows}  # fmt: skip
+           "machine": {"cpu": model, "cpus": len(__import__("os").sched_getaffinity(0)), "load": __import__("os").getloadavg()[0], "python": platform.python_version()},
+           "results": rows}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "dedup_scale.json").write_text(json.dumps(res, indent=1))
     lines = ["# dedup scaling: grouping stored descriptors (SYNTHETIC data)", "",
-             f"Machine: {model}, {res['machine']['cpus']} CPUs (shared, other jobs running). "
+             f"Machine: {model}, {res['machine']['cpus']} CPUs, 1-min load average {res['machine']['load']:.1f} at the end. "
              "Made by `benchmarks/dedup_scale.py`; interleaved runs, each in its own process.", "",
              "| run | backend | median time (s) | peak RSS (MiB) | pairs found | planted-copy recall |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
