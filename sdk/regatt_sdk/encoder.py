@@ -142,6 +142,41 @@ class Encoder:
 
         ``max_side`` overrides the encoder's S for this call.
         """
+        return self._encode_at(images, roi, rois, batch_size, progress, max_side)
+
+    def encode_query(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        roi: Box | None = None,
+        *,
+        rois: Sequence[Box | None] | None = None,
+        batch_size: int = 8,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """:meth:`encode` for queries: at each of ``query_scales`` (summed, then L2) if set.
+
+        One image -> ``(D,)``; a list -> ``(N, D)``. Without ``query_scales``, same as ``encode``.
+        """
+        if not self.query_scales:
+            return self._encode_at(images, roi, rois, batch_size, progress, None)
+        parts = [
+            self._encode_at(images, roi, rois, batch_size, progress, scaled_longest(self.max_side, q))
+            for q in self.query_scales
+        ]
+        g = np.sum(parts, axis=0, dtype=np.float32)
+        return (g / np.linalg.norm(g, axis=-1, keepdims=True)).astype(np.float32)
+
+    def _encode_at(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        roi: Box | None,
+        rois: Sequence[Box | None] | None,
+        batch_size: int,
+        progress: bool,
+        max_side: int | None,
+    ) -> np.ndarray:
+        """The one path behind :meth:`encode` and :meth:`encode_query`: images prepared at
+        longest side ``max_side`` (None: the encoder's S) -> ``(D,)`` for one, ``(N, D)`` for a list."""
         if isinstance(images, (str, Path, np.ndarray)):
             if isinstance(images, np.ndarray) and images.ndim == 4:
                 raise ValueError("pass a list of (H, W, 3) arrays, or use encode_prepared for a batch")
@@ -172,35 +207,6 @@ class Encoder:
         if bar is not None:
             bar.close()
         return out
-
-    def encode_query(
-        self,
-        images: ImageLike | Sequence[ImageLike],
-        roi: Box | None = None,
-        *,
-        rois: Sequence[Box | None] | None = None,
-        batch_size: int = 8,
-        progress: bool = False,
-    ) -> np.ndarray:
-        """:meth:`encode` for queries: at each of ``query_scales`` (summed, then L2) if set.
-
-        One image -> ``(D,)``; a list -> ``(N, D)``. Without ``query_scales``, same as ``encode``.
-        """
-        if not self.query_scales:
-            return self.encode(images, roi, rois=rois, batch_size=batch_size, progress=progress)
-        parts = [
-            self.encode(
-                images,
-                roi,
-                rois=rois,
-                batch_size=batch_size,
-                progress=progress,
-                max_side=scaled_longest(self.max_side, q),
-            )
-            for q in self.query_scales
-        ]
-        g = np.sum(parts, axis=0, dtype=np.float32)
-        return (g / np.linalg.norm(g, axis=-1, keepdims=True)).astype(np.float32)
 
     # -- checks ---------------------------------------------------------------------------------
     def verify(self) -> float:
