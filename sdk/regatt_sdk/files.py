@@ -1,12 +1,14 @@
-"""Files: one staged (atomic) write, used by every writer of models, indexes and reports."""
+"""Files: one staged (atomic) write, used by every writer of models, indexes and reports; one
+manifest (JSON) reader; image suffixes and folder listings."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -79,6 +81,24 @@ def write_text_atomic(out_path: str | os.PathLike, text: str, *, fsync: bool = F
     with atomic_write(out_path, "w", fsync=fsync) as fh:
         fh.write(text)
     return Path(out_path)
+
+
+def read_json(
+    path: str | os.PathLike,
+    error: Callable[[str], Exception],
+    *,
+    missing: str,
+    unreadable: Callable[[Exception], str],
+) -> object:
+    """The JSON value in the UTF-8 file ``path``: the one reader of the manifests (feature store,
+    dedup moves). A missing file raises ``error(missing)``; one that cannot be read or is not JSON
+    raises ``error(unreadable(exc))``; both without the underlying traceback."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(missing) from None
+    except (OSError, ValueError) as exc:
+        raise error(unreadable(exc)) from None
 
 
 # -- image files -------------------------------------------------------------------------------

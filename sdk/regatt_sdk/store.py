@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import RegattError
-from .files import atomic_write
+from .files import atomic_write, read_json
 
 STORE_FORMAT = 1
 STORE_KIND = "regatt.features"
@@ -58,12 +58,12 @@ class Failure:
 
 def _read_manifest(path: Path) -> dict:
     file = path / MANIFEST
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StoreError(f"{path} is not a feature store (no {MANIFEST})") from None
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{file} is unreadable or not JSON: {exc}") from None
+    raw = read_json(
+        file,
+        StoreError,
+        missing=f"{path} is not a feature store (no {MANIFEST})",
+        unreadable=lambda exc: f"{file} is unreadable or not JSON: {exc}",
+    )
     if not isinstance(raw, dict) or raw.get("kind") != STORE_KIND:
         raise StoreError(f"{file} is not a regatt feature-store manifest")
     if raw.get("format") != STORE_FORMAT:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import RegattError
+from ..files import read_json
 
 MANIFEST = "regatt-dedup-moves.json"
 KIND = "regatt.dedup.moves"
@@ -58,12 +59,12 @@ def read_manifest(path: str | os.PathLike) -> dict:
     p = Path(path)
     if p.is_dir():
         p = p / MANIFEST
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RegattError(f"{p}: no move manifest here (regatt dedup --move-to writes {MANIFEST})") from None
-    except (OSError, ValueError) as exc:
-        raise RegattError(f"{p}: unreadable move manifest ({exc})") from None
+    data = read_json(
+        p,
+        RegattError,
+        missing=f"{p}: no move manifest here (regatt dedup --move-to writes {MANIFEST})",
+        unreadable=lambda exc: f"{p}: unreadable move manifest ({exc})",
+    )
     if not isinstance(data, dict) or data.get("kind") != KIND or not isinstance(data.get("moves"), list):
         raise RegattError(f"{p}: not a regatt dedup move manifest")
     return data
