@@ -21,15 +21,8 @@ import typer
 
 from ..errors import RegattError
 from ..scales import format_scales
-from .engine_opts import (
-    backend_option,
-    device_option,
-    engine_kwargs,
-    engine_option,
-    max_side_option,
-    precision_option,
-    say_choice,
-)
+from .engine_opts import backend_option, device_option, engine_option, max_side_option, precision_option
+from .query_opts import open_encoder, qe_option, query_scales_option, show_option
 
 _TITLES = {
     "oxford5k": "Oxford5k", "paris6k": "Paris6k", "oxford105k": "Oxford105k",
@@ -183,7 +176,7 @@ def evaluate_cmd(
         help="oxford5k, paris6k, oxford105k, paris106k, roxford5k, rparis6k, holidays or generic.",
     ),  # fmt: skip
     root: Path = typer.Option(..., "--root", help="The dataset's folder (official layout)."),
-    qe: int = typer.Option(5, "--qe", min=0, help="Also score average QE over the top K (0: off)."),
+    qe: int = qe_option(5, "Also score average QE"),
     alpha: float = typer.Option(
         0.0, "--alpha", min=0.0, help="QE weights sim^alpha (alpha-QE); 0 is the paper's average QE."
     ),
@@ -200,18 +193,14 @@ def evaluate_cmd(
     engine: str = engine_option(),
     precision: str = precision_option(),
     max_side: int = max_side_option(),
-    query_scales: str = typer.Option(
-        None,
-        "--query-scales",
-        help="Also score queries described at these multiples of S (summed; both results are reported), e.g. 1.5 or 1,1.5: larger than the database when objects are small in queries.",
+    query_scales: str = query_scales_option(
+        "Also score queries described at these multiples of S (summed; both results are reported)"
     ),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per inference batch."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
-    show: Path = typer.Option(
-        None,
-        "--show",
-        help="Write one PNG per query to this folder: query and top results, marked correct / wrong / junk.",
-    ),  # fmt: skip
+    show: Path = show_option(
+        "Write one PNG per query to this folder: query and top results, marked correct / wrong / junk."
+    ),
     show_count: int = typer.Option(20, "--show-count", min=1, help="Queries pictured by --show."),
     show_top: int = typer.Option(10, "--show-top", min=1, help="Results per picture (--show)."),
 ) -> None:
@@ -225,11 +214,9 @@ def evaluate_cmd(
         raise RegattError(f"{model}: model file not found")
     ds = load_dataset(key, root, gt=gt, distractors=distractors)
 
-    from ..encoder import Encoder
-
-    extra = {"query_scales": query_scales} if query_scales is not None else {}
-    encoder = Encoder(model, device=device, max_side=max_side, **engine_kwargs(engine, precision), **extra)
-    say_choice(encoder)
+    encoder = open_encoder(
+        model, device=device, max_side=max_side, engine=engine, precision=precision, query_scales=query_scales
+    )
     card_hash = str(encoder.card.hash)
     store_path = store or default_store(key, root, card_hash, int(encoder.max_side))
     t0 = time.monotonic()

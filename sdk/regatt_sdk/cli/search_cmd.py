@@ -13,15 +13,8 @@ import numpy as np
 import typer
 
 from ..errors import RegattError
-from .engine_opts import (
-    backend_option,
-    device_option,
-    engine_kwargs,
-    engine_option,
-    max_side_option,
-    precision_option,
-    say_choice,
-)
+from .engine_opts import backend_option, device_option, engine_option, max_side_option, precision_option
+from .query_opts import open_encoder, qe_option, query_scales_option, show_option
 
 Roi = tuple[float, float, float, float]
 
@@ -74,8 +67,8 @@ def search(
     query: Path = typer.Argument(None, help="Query image.", show_default=False),
     roi: str = typer.Option(None, "--roi", help="Query box x1,y1,x2,y2 in original pixels."),
     top: int = typer.Option(10, "--top", "-k", min=1, help="Number of results to print."),
-    qe: int = typer.Option(0, "--qe", min=0, help="Average query expansion over the top K (0: off)."),
-    show: Path = typer.Option(None, "--show", help="Write the query and results as a PNG grid."),
+    qe: int = qe_option(0, "Average query expansion"),
+    show: Path = show_option("Write the query and results as a PNG grid."),
     images: Path = typer.Option(
         None, "--images", help="Folder holding the store's images, for --show (default: names are paths)."
     ),
@@ -84,11 +77,7 @@ def search(
     engine: str = engine_option(),
     precision: str = precision_option(),
     max_side: int = max_side_option(),
-    query_scales: str = typer.Option(
-        None,
-        "--query-scales",
-        help="Describe the query at these multiples of S (summed), e.g. 1.5 or 1,1.5: larger than the database when objects are small in queries.",
-    ),
+    query_scales: str = query_scales_option("Describe the query at these multiples of S (summed)"),
     ann: bool = typer.Option(
         True, "--ann/--no-ann", help="Use the store's FAISS ANN index when it has one (regatt index --faiss)."
     ),
@@ -121,13 +110,12 @@ def search(
 
     import warnings
 
-    from ..encoder import Encoder
     from ..expansion import QueryExpansion
     from ..index.searcher import Searcher
 
-    extra = {"query_scales": query_scales} if query_scales is not None else {}
-    encoder = Encoder(model, device=device, max_side=max_side, **engine_kwargs(engine, precision), **extra)
-    say_choice(encoder)
+    encoder = open_encoder(
+        model, device=device, max_side=max_side, engine=engine, precision=precision, query_scales=query_scales
+    )
     steps = [QueryExpansion(k=qe)] if qe > 0 else []
     if db is not None:
         searcher = Searcher.for_db(db, encoder, table=table, ef_search=ef_search)
