@@ -10,6 +10,7 @@ import typer
 from regatt_sdk.errors import RegattError
 from regatt_sdk.scales import check_aggregation, format_scales, parse_scales
 
+from .backbone_opts import levels_option
 from .lazy import export_side
 
 
@@ -35,7 +36,7 @@ def export(
         None, "--attention-weights", help="File written by  regatt train."
     ),
     whitening: Optional[Path] = typer.Option(None, "--whitening", help="File written by  regatt whiten."),
-    levels: int = typer.Option(5, "--levels", "-L", help="R-MAC levels."),
+    levels: int = levels_option(),
     max_side: Optional[int] = typer.Option(
         None,
         "--max-side",

@@ -13,18 +13,12 @@ import typer
 
 from regatt_sdk.errors import RegattError
 
+from . import backbone_opts as opts
 from .lazy import export_side
 
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
-
-
-def _default_cache() -> Path:
-    import os
-
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "regatt" / "features"
 
 
 class _Bar:
@@ -75,8 +69,8 @@ def train(
     output: Path = typer.Option(
         Path("attention.pth"), "-o", "--output", help="Attention weights file to write (release format)."
     ),
-    backbone: str = typer.Option("efficientnet-lite0", "--backbone", help="Backbone from the registry."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Backbone state-dict file, or 'random'."),
+    backbone: str = opts.backbone_option(),
+    weights: Optional[str] = opts.weights_option(),
     attention: str = typer.Option("context", "--attention", help="context | regional"),
     objective: str = typer.Option(
         "classify",
@@ -89,7 +83,7 @@ def train(
     ),
     short_max: int = typer.Option(288, "--short-max", help="(the paper: 859)"),
     views: int = typer.Option(2, "--views", help="Views per photo, computed once and cached (view 0 = centre crop)."),
-    levels: int = typer.Option(5, "--levels", "-L", help="R-MAC levels."),
+    levels: int = opts.levels_option(),
     epochs: int = typer.Option(10, "--epochs"),
     lr: float = typer.Option(1e-3, "--lr"),
     momentum: float = typer.Option(0.9, "--momentum"),
@@ -138,16 +132,14 @@ def train(
         "--val-landmarks",
         help="Landmark objective: comma-separated folders to validate on (default: the 'val' part; '' for none).",
     ),
-    cache: Optional[Path] = typer.Option(
-        None, "--cache", help="Feature cache folder (default ~/.cache/regatt/features)."
-    ),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Keep no feature maps on disk."),
+    cache: Optional[Path] = opts.cache_option(),
+    no_cache: bool = opts.no_cache_option(),
     checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Default: <output>.ckpt/"),
     resume: bool = typer.Option(
         False, "--resume", help="Continue from the checkpoint of an interrupted run with the same settings."
     ),
-    threads: int = typer.Option(1, "--threads", help="CPU threads for PyTorch."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    threads: int = opts.threads_option(),
+    progress: bool = opts.progress_option(),
 ) -> None:
     """Train the regional attention on a frozen backbone; write release-format weights for
     ``regatt export --attention-weights``."""
@@ -179,7 +171,7 @@ def train(
         temperature=temperature,
         whitening=str(whitening) if whitening else None,
         seed=seed,
-        cache_dir=None if no_cache else str(cache or _default_cache()),
+        cache_dir=opts.feature_cache_dir(cache, no_cache),
         checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
         threads=threads,
         optimizer=optimizer,

@@ -10,8 +10,9 @@ import typer
 
 from regatt_sdk.errors import RegattError
 
+from . import backbone_opts as opts
 from .lazy import export_side
-from .train_cmd import _Bar, _default_cache
+from .train_cmd import _Bar
 
 
 def register(app: typer.Typer) -> None:
@@ -34,12 +35,12 @@ def whiten(
         "--landmarks",
         help="Only these landmark folders: train | val | test (the landmark-disjoint split) or NAME,NAME.",
     ),
-    backbone: str = typer.Option("efficientnet-lite0", "--backbone", help="Backbone from the registry."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Backbone state-dict file, or 'random'."),
+    backbone: str = opts.backbone_option(),
+    weights: Optional[str] = opts.weights_option(),
     max_side: int = typer.Option(
         384, "--max-side", "-S", help="Longest side the photos are resized to (use the S you will encode at)."
     ),
-    levels: int = typer.Option(5, "--levels", "-L", help="R-MAC levels."),
+    levels: int = opts.levels_option(),
     dim: Optional[int] = typer.Option(None, "--dim", help="Output dimensionality (default: the backbone's channels)."),
     shrinkage: float = typer.Option(
         0.0, "--shrinkage", help="Pull eigenvalues towards their mean, 0..1 (stabilises few photos)."
@@ -47,12 +48,10 @@ def whiten(
     power: float = typer.Option(
         0.5, "--power", help="pca only: eigenvalue power, 0.5 full whitening, 0 plain PCA rotation."
     ),
-    cache: Optional[Path] = typer.Option(
-        None, "--cache", help="Feature cache folder (default ~/.cache/regatt/features)."
-    ),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Keep no feature maps on disk."),
-    threads: int = typer.Option(1, "--threads", help="CPU threads for PyTorch."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    cache: Optional[Path] = opts.cache_option(),
+    no_cache: bool = opts.no_cache_option(),
+    threads: int = opts.threads_option(),
+    progress: bool = opts.progress_option(),
 ) -> None:
     """Learn the per-region whitening from photos; write the ``.npz`` for
     ``regatt export --whitening``."""
@@ -69,7 +68,7 @@ def whiten(
         dim=dim,
         shrinkage=shrinkage,
         power=power,
-        cache_dir=None if no_cache else str(cache or _default_cache()),
+        cache_dir=opts.feature_cache_dir(cache, no_cache),
         threads=threads,
         method=method,
         landmarks=landmarks,
