@@ -56,6 +56,10 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+DATABASE_SEED = 1
+QUERY_SEED = 2
+
+
 class Mixture:
     """The two-level Gaussian mixture on the unit sphere described in the module docstring."""
 
@@ -74,6 +78,20 @@ class Mixture:
         g = rng.standard_normal((count, self.dim), dtype=np.float32) / np.float32(np.sqrt(self.dim))
         return _unit(self.centers[ids] + np.float32(0.7) * g)
 
+    def database(self, n: int, block: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The benchmarks' database: ``n`` points (n, dim) float32 drawn ``block`` at a time from
+        ``default_rng(DATABASE_SEED)`` (the block size is part of the data), written into ``out``
+        (e.g. a memmap) when given, else a new array."""
+        out = np.empty((n, self.dim), dtype=np.float32) if out is None else out
+        rng = np.random.default_rng(DATABASE_SEED)
+        for start in range(0, n, block):
+            out[start : start + block] = self.sample(min(block, n - start), rng)
+        return out
+
+    def queries(self, count: int) -> np.ndarray:
+        """The benchmarks' queries: ``count`` fresh points (count, dim) from ``default_rng(QUERY_SEED)``."""
+        return self.sample(count, np.random.default_rng(QUERY_SEED))
+
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
@@ -81,10 +99,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def make_database(path: Path, n: int, mix: Mixture, block: int = 100_000) -> np.memmap:
     """Write ``n`` mixture points to a float32 memmap (n, dim) at ``path``, block by block."""
-    db = np.memmap(path, dtype="<f4", mode="w+", shape=(n, mix.dim))
-    rng = np.random.default_rng(1)
-    for start in range(0, n, block):
-        db[start : start + block] = mix.sample(min(block, n - start), rng)
+    db = mix.database(n, block, np.memmap(path, dtype="<f4", mode="w+", shape=(n, mix.dim)))
     db.flush()
     return np.memmap(path, dtype="<f4", mode="r", shape=(n, mix.dim))
 
@@ -126,7 +141,7 @@ def main() -> None:
     t = time.perf_counter()
     db = make_database(path, args.n, mix)
     gen_s = time.perf_counter() - t
-    queries = mix.sample(args.queries, np.random.default_rng(2))
+    queries = mix.queries(args.queries)
     print(f"data: {args.n} x {args.dim} in {gen_s:.1f} s ({path})", flush=True)
 
     t = time.perf_counter()

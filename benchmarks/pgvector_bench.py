@@ -19,40 +19,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "sdk"))
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from ann_bench import Mixture, recall_at  # noqa: E402
+from ann_bench import Mixture, one_by_one, recall_at  # noqa: E402
 from pgserver import start_postgres  # noqa: E402
 from regatt_sdk.index import topk  # noqa: E402
 from regatt_sdk.index.pgvector import PgVectorIndex, build_hnsw, connect, copy_rows, ensure_tables  # noqa: E402
 
 
-def median_latency(fn, queries: np.ndarray) -> float:
-    fn(queries[:1])
-    times = []
-    for q in queries:
-        t = time.perf_counter()
-        fn(q[None])
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def run_dim(url: str, n: int, dim: int, nq: int, efs: list[int]) -> dict:
     mix = Mixture(dim)
-    rng = np.random.default_rng(1)
-    db = np.concatenate([mix.sample(min(20_000, n - s), rng) for s in range(0, n, 20_000)])
-    queries = mix.sample(nq, np.random.default_rng(2))
+    db = mix.database(n, block=20_000)
+    queries = mix.queries(nq)
     t = time.perf_counter()
     _, truth = topk(queries, db, 10)
     table = f"bench{dim}"
@@ -75,7 +61,7 @@ def run_dim(url: str, n: int, dim: int, nq: int, efs: list[int]) -> dict:
     for ef in efs:
         index.ef_search = ef
         _, found = index.search(queries, 10)
-        lat = median_latency(lambda q: index.search(q, 10), queries[:100])
+        lat = one_by_one(lambda q: index.search(q, 10), queries[:100])
         out["hnsw"].append(
             {"ef_search": ef, "recall_at_10": round(recall_at(found, truth), 4), "latency_ms": round(lat * 1e3, 2)}
         )
@@ -83,8 +69,8 @@ def run_dim(url: str, n: int, dim: int, nq: int, efs: list[int]) -> dict:
     exact = PgVectorIndex(url, table, exact=True)
     _, found = exact.search(queries[:10], 10)
     out["postgres_exact"] = {"recall_at_10": round(recall_at(found, truth[:10]), 4),
-                             "latency_ms": round(median_latency(lambda q: exact.search(q, 10), queries[:10]) * 1e3, 1)}  # fmt: skip
-    out["numpy_exact_latency_ms"] = round(median_latency(lambda q: topk(q, db, 10), queries[:20]) * 1e3, 1)
+                             "latency_ms": round(one_by_one(lambda q: exact.search(q, 10), queries[:10]) * 1e3, 1)}  # fmt: skip
+    out["numpy_exact_latency_ms"] = round(one_by_one(lambda q: topk(q, db, 10), queries[:20]) * 1e3, 1)
     index.close()
     exact.close()
     return out
