@@ -35,34 +35,14 @@ def tiny_tree(tmp_path, photos):
     return root, bg
 
 
-def test_build_is_seeded_and_pastes_at_the_box(tiny_tree, tmp_path):
+#: the clutter set the build tests make: 2 landmarks x 2 photos x 2 scales, 5 distractors, S 128
+SMALL = dict(part=["arch", "tower"], per_landmark=2, scales=(0.3, 0.6), distractors=5, side=128)
+
+
+def test_build_pastes_at_the_box(tiny_tree, tmp_path):
     root, bg = tiny_tree
-    a = build_clutter_set(
-        root,
-        bg,
-        tmp_path / "a",
-        part=["arch", "tower"],
-        per_landmark=2,
-        scales=(0.3, 0.6),
-        distractors=5,
-        side=128,
-        seed=3,
-    )
-    b = build_clutter_set(
-        root,
-        bg,
-        tmp_path / "b",
-        part=["arch", "tower"],
-        per_landmark=2,
-        scales=(0.3, 0.6),
-        distractors=5,
-        side=128,
-        seed=3,
-    )
+    a = build_clutter_set(root, bg, tmp_path / "a", **SMALL, seed=3)
     assert len(a.queries) == 2 * 2 * 2 and len(a.database) == 6 + 5
-    assert [q.box for q in a.queries] == [q.box for q in b.queries]
-    for qa, qb in zip(a.queries, b.queries):
-        assert Path(qa.path).read_bytes() == Path(qb.path).read_bytes()
     # the backgrounds and distractors never overlap, and the queries' sources are database photos
     assert not {q.background for q in a.queries} & {p for p, lm in a.database if not lm}
     assert {q.source for q in a.queries} <= {p for p, lm in a.database if lm}
@@ -79,34 +59,36 @@ def test_build_is_seeded_and_pastes_at_the_box(tiny_tree, tmp_path):
         assert err < 10  # JPEG noise only
         if x2 + 4 <= w:  # the box is exact: 4 pixels off matches worse
             assert np.abs(img[y1:y2, x1 + 4 : x2 + 4].astype(float) - expect).mean() > err
-    c = build_clutter_set(
-        root,
-        bg,
-        tmp_path / "c",
-        part=["arch", "tower"],
-        per_landmark=2,
-        scales=(0.3, 0.6),
-        distractors=5,
-        side=128,
-        seed=4,
-    )
-    assert [q.box for q in c.queries] != [q.box for q in a.queries]
     again = load_clutter_set(tmp_path / "a")
     assert again.queries == a.queries and again.database == a.database
 
 
-def test_bad_input(tiny_tree, tmp_path):
+@pytest.mark.parametrize("seed, same", [(3, True), (4, False)])
+def test_build_is_seeded(tiny_tree, tmp_path, seed, same):
     root, bg = tiny_tree
-    with pytest.raises(ValueError, match="no landmark folder named nowhere"):
-        build_clutter_set(root, bg, tmp_path / "x", part=["arch", "nowhere"])
-    with pytest.raises(ValueError, match="need 8 backgrounds"):
-        build_clutter_set(
-            root, bg, tmp_path / "x", part=["arch", "tower"], per_landmark=2, scales=(0.3, 0.6), distractors=100
-        )
+    a = build_clutter_set(root, bg, tmp_path / "a", **SMALL, seed=3)
+    b = build_clutter_set(root, bg, tmp_path / "b", **SMALL, seed=seed)
+    assert ([q.box for q in a.queries] == [q.box for q in b.queries]) is same
+    pictures_equal = all(
+        Path(qa.path).read_bytes() == Path(qb.path).read_bytes() for qa, qb in zip(a.queries, b.queries)
+    )
+    assert pictures_equal is same
+
+
+@pytest.mark.parametrize(
+    "part, options, match",
+    [
+        (["arch", "nowhere"], {}, "no landmark folder named nowhere"),
+        (["arch", "tower"], dict(per_landmark=2, scales=(0.3, 0.6), distractors=100), "need 8 backgrounds"),
+        (["lonely"], dict(per_landmark=1, scales=(0.5,), distractors=1), "lonely: 1 photo"),
+    ],
+)
+def test_bad_input(tiny_tree, tmp_path, part, options, match):
+    root, bg = tiny_tree
     (root / "lonely").mkdir()
     cv2.imwrite(str(root / "lonely" / "a.jpg"), np.zeros((30, 30, 3), np.uint8))
-    with pytest.raises(ValueError, match="lonely: 1 photo"):
-        build_clutter_set(root, bg, tmp_path / "x", part=["lonely"], per_landmark=1, scales=(0.5,), distractors=1)
+    with pytest.raises(ValueError, match=match):
+        build_clutter_set(root, bg, tmp_path / "x", part=part, **options)
 
 
 def test_box_share_counts_regions_mostly_inside():
