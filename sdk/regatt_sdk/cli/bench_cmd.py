@@ -125,8 +125,9 @@ def _run(cfg, run_bench, show: bool) -> dict:
     """Run with a rich progress bar on stderr (or silently)."""
     if not show:
         return run_bench(cfg, lambda _what: None)
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+
+    from ..progress import Progress
 
     columns = (
         TextColumn("{task.description:<48}"),
@@ -134,10 +135,9 @@ def _run(cfg, run_bench, show: bool) -> dict:
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("starting", total=None)
+    with Progress(None, "starting", columns=columns) as bar:
 
         def tick(what: str) -> None:
-            bar.update(task, advance=1, description=what[:48])
+            bar.update(advance=1, label=what[:48])
 
-        return run_bench(cfg, tick, lambda n: bar.update(task, total=n))
+        return run_bench(cfg, tick, lambda n: bar.update(total=n))
