@@ -15,15 +15,7 @@ from regatt_sdk.index import faiss_index as fx  # noqa: E402
 from regatt_sdk.index import topk  # noqa: E402
 from regatt_sdk.index.faiss_index import FaissIndex  # noqa: E402
 from regatt_sdk.store import FeatureStore  # noqa: E402
-
-
-def clustered(n: int, dim: int, clusters: int, seed: int = 0) -> np.ndarray:
-    """``n`` unit rows (n, dim) around ``clusters`` random centres (cosine to centre ~0.8)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    x = centres[rng.integers(0, clusters, n)] + 0.7 * rng.standard_normal((n, dim)).astype(np.float32) / np.sqrt(dim)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+from vectors import clustered  # noqa: E402
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
