@@ -164,11 +164,11 @@ def test_resnet_stem_is_quantized_by_default_and_can_stay_fp32(fp32_model, photo
 
 def test_fused_uint8_pads_give_the_same_bytes(tmp_path):
     """DQ -> Pad -> Q of the dynamic TF-SAME padding becomes one uint8 Pad; outputs unchanged."""
-    import io
-
     import onnx
     import torch
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from onnx_trace import dynamic_hw_onnx
 
     timm_layers = pytest.importorskip("timm.layers")
     from regatt_export.backbones.same_pad import replace_same_convs
@@ -184,19 +184,8 @@ def test_fused_uint8_pads_give_the_same_bytes(tmp_path):
         timm_layers.Conv2dSame(8, 4, 5, stride=2),
     ).eval()
     replace_same_convs(net)
-    buf = io.BytesIO()
-    torch.onnx.export(
-        net,
-        (torch.randn(1, 3, 32, 32),),
-        buf,
-        input_names=["x"],
-        output_names=["y"],
-        dynamic_axes={"x": {2: "h", 3: "w"}},
-        opset_version=17,
-        dynamo=False,
-    )
     fp32 = tmp_path / "f.onnx"
-    fp32.write_bytes(buf.getvalue())
+    fp32.write_bytes(dynamic_hw_onnx(net))
     rng = np.random.default_rng(0)
 
     class Reader(CalibrationDataReader):

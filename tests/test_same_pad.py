@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
 
+from onnx_trace import dynamic_hw_onnx
 from regatt_export.backbones.same_pad import SamePadConv2d, replace_same_convs, same_pad_2d
 
 timm_layers = pytest.importorskip("timm.layers")
@@ -54,24 +53,14 @@ def test_onnx_export_is_one_dynamic_pad_and_exact_at_untraced_sizes():
     )
     assert replace_same_convs(net) == 2
     net.eval()
-    buf = io.BytesIO()
-    torch.onnx.export(
-        net,
-        (torch.randn(1, 3, 32, 32),),
-        buf,
-        input_names=["x"],
-        output_names=["y"],
-        dynamic_axes={"x": {2: "h", 3: "w"}},
-        opset_version=17,
-        dynamo=False,
-    )
-    model = onnx.load_from_string(buf.getvalue())
+    data = dynamic_hw_onnx(net)
+    model = onnx.load_from_string(data)
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("Pad") == 2
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
     gathers = [n for n in model.graph.node if n.op_type == "Gather"]
     assert all(producers.get(n.input[0]) == "Shape" for n in gathers), "a Gather on the data path"
-    sess = create_session(buf.getvalue(), providers=["CPUExecutionProvider"])
+    sess = create_session(data, providers=["CPUExecutionProvider"])
     for h, w in [(32, 32), (31, 17), (8, 45), (1, 1), (64, 3)]:
         x = torch.randn(1, 3, h, w)
         with torch.no_grad():
