@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import RegattError
-from ..files import read_json
+from ..files import atomic_write, read_json
 
 MANIFEST = "regatt-dedup-moves.json"
 KIND = "regatt.dedup.moves"
@@ -34,12 +34,9 @@ class MoveReport:
 
 
 def _write(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    """Replace the manifest at ``path`` atomically, data and directory entry fsync-ed."""
+    with atomic_write(path, "w", fsync=True) as f:
         json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def destination(src: Path, dest: Path, root: Path | None) -> Path:
