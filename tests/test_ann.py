@@ -43,6 +43,7 @@ def test_ivfpq_recall_with_reranking() -> None:
     _, truth = topk(q, db, 10)
     index = FaissIndex.build(db, "ivfpq", nlist=32, pq_bytes=8, nprobe=8)
     assert index.meta["train_rows"] == 6000 and index.ntotal == 6000
+    assert index.meta["train_s"] >= 0 and index.meta["add_s"] >= 0  # timings reach the built index
     _, raw = index.search(q, 10, rerank=0)
     scores, ids = index.search(q, 10, rerank=300)
     assert recall(ids, truth) >= 0.9 and recall(ids, truth) >= recall(raw, truth)

@@ -205,7 +205,7 @@ class FaissIndex:
         out = cls(index, database, meta)
         t1 = time.perf_counter()
         out._add_rows(database, chunk_rows)
-        meta["add_s"] = round(time.perf_counter() - t1, 3)
+        out.meta["add_s"] = round(time.perf_counter() - t1, 3)  # the constructor copied meta
         return out
 
     def _add_rows(self, rows: np.ndarray, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
