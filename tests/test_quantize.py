@@ -245,3 +245,166 @@ def test_keep_fp32_patterns_leave_those_nodes_unquantized(fp32_model, photo_dir,
         n for n in convs if "/layer4/" not in n.name and n.name not in card.provenance["quantization"]["excluded"]
     ]
     assert others and all(producer[n.input[1]].op_type == "DequantizeLinear" for n in others)
+
+
+def _export_same_pad_net(net, h: int = 32, w: int = 32) -> bytes:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.onnx.export(
+        net,
+        (torch.randn(1, 3, h, w),),
+        buf,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {2: "h", 3: "w"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return buf.getvalue()
+
+
+def test_same_pads_become_auto_pad_exactly_and_only_when_they_follow_the_rule():
+    """Dynamic TF-SAME Pad -> Conv pairs become one Conv(auto_pad=SAME_UPPER), bit-identical at
+    every size; a Pad whose amounts are not that convolution's SAME rule, or in front of a
+    dilated convolution (no auto_pad SAME in onnxruntime), is left alone."""
+    import onnx
+    import torch
+
+    timm_layers = pytest.importorskip("timm.layers")
+    from regatt_export.backbones.same_pad import replace_same_convs
+    from regatt_export.graph_edits import same_pads_to_auto_pad
+    from regatt_sdk.engines.ort import create_session
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        timm_layers.Conv2dSame(3, 8, 3, stride=2),
+        torch.nn.ReLU6(),
+        timm_layers.Conv2dSame(8, 8, 5, stride=2, groups=8),
+        torch.nn.ReLU6(),
+        timm_layers.Conv2dSame(8, 4, 3, stride=1, dilation=2),
+    ).eval()
+    assert replace_same_convs(net) == 3
+    raw = _export_same_pad_net(net)
+    model = onnx.load_from_string(raw)
+    assert same_pads_to_auto_pad(model) == 2
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Pad") == 1 and ops.count("Shape") == 2 and ops.count("Conv") == 3  # the dilated one's
+    a = create_session(raw, providers=["CPUExecutionProvider"])
+    b = create_session(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for h, w in [(32, 32), (31, 17), (1, 1), (2, 9), (45, 8)]:
+        x = rng.standard_normal((1, 3, h, w)).astype(np.float32)
+        np.testing.assert_array_equal(a.run(None, {"x": x})[0], b.run(None, {"x": x})[0])
+    # the same pads in front of a stride-1 convolution are not its SAME rule: kept
+    tampered = onnx.load_from_string(raw)
+    first = next(n for n in tampered.graph.node if n.op_type == "Conv")
+    next(a for a in first.attribute if a.name == "strides").ints[:] = [1, 1]
+    assert same_pads_to_auto_pad(tampered) == 1
+    assert [n.op_type for n in tampered.graph.node].count("Pad") == 2
+
+
+def test_openvino_runs_a_quantized_same_pad_graph_like_onnxruntime(tmp_path):
+    """The graph pattern behind the broken OpenVINO INT8: a 1x1 convolution with per-channel
+    bias, quantized, then a stride-2 TF-SAME depthwise convolution. With the dynamic Pad,
+    OpenVINO 2026.4 (dynamic shapes) used channel 0's bias for every channel (cosine 0.34);
+    after :func:`same_pads_to_auto_pad` both engines give the same numbers."""
+    ov = pytest.importorskip("openvino")
+    import onnx
+    import torch
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    timm_layers = pytest.importorskip("timm.layers")
+    from regatt_export.backbones.same_pad import replace_same_convs
+    from regatt_export.graph_edits import fuse_qdq_pads, same_pads_to_auto_pad
+    from regatt_sdk.engines.ort import create_session
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 1),
+        torch.nn.ReLU6(),
+        timm_layers.Conv2dSame(16, 16, 3, stride=2, groups=16),
+        torch.nn.ReLU6(),
+        torch.nn.Conv2d(16, 8, 1),
+    ).eval()
+    with torch.no_grad():
+        net[0].bias.copy_(torch.linspace(-2, 3, 16))  # channels with clearly different biases
+    replace_same_convs(net)
+    model = onnx.load_from_string(_export_same_pad_net(net))
+    assert same_pads_to_auto_pad(model) == 1
+    fp32, q = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    onnx.save(model, str(fp32))
+    rng = np.random.default_rng(0)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"x": rng.standard_normal((1, 3, 32 + i, 30 - i)).astype(np.float32)} for i in range(4)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(
+        str(fp32),
+        str(q),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["Conv", "Clip", "Pad"],
+        extra_options={"WeightSymmetric": True},
+    )
+    quantized = onnx.load(str(q))
+    fuse_qdq_pads(quantized)
+    onnx.save(quantized, str(q))
+    ort_session = create_session(q, providers=["CPUExecutionProvider"])
+    compiled = ov.Core().compile_model(str(q), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    for h, w in [(31, 40), (32, 32), (17, 50)]:
+        x = rng.standard_normal((1, 3, h, w)).astype(np.float32)
+        want = ort_session.run(None, {"x": x})[0]
+        got = compiled({0: x})[compiled.outputs[0]]
+        assert got.shape == want.shape
+        cos = float(want.ravel() @ got.ravel() / (np.linalg.norm(want) * np.linalg.norm(got)))
+        assert cos > 0.999, f"{h}x{w}: OpenVINO vs onnxruntime cosine {cos:.4f}"
+
+
+@pytest.fixture(scope="module")
+def same_pad_model(tmp_path_factory) -> Path:
+    """A random-weight EfficientNet-Lite0 encoder (TF-SAME stride-2 convolutions) whose batch
+    norms have random statistics, so its folded convolution biases differ per channel."""
+    import torch
+
+    from regatt_export.build import EncoderConfig, build_encoder
+    from regatt_export.onnx_export import export_onnx
+
+    encoder, card = build_encoder(EncoderConfig(backbone="efficientnet-lite0", weights="random", max_side=128))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for mod in encoder.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.copy_(torch.randn(mod.num_features, generator=g))
+                mod.bias.copy_(2 * torch.randn(mod.num_features, generator=g))
+    out = tmp_path_factory.mktemp("effnet") / "e.onnx"
+    export_onnx(encoder, card, out, sizes=(("portrait", 128, 96), ("square", 64, 64)))
+    return out
+
+
+def test_int8_same_pad_model_passes_the_openvino_gate(same_pad_model, photo_dir, tmp_path):
+    """The default backbone's INT8 QDQ export runs on OpenVINO with onnxruntime's descriptors
+    (the gate: cosine >= 0.99 at the golden and untraced sizes; 0.976 before the fix)."""
+    pytest.importorskip("openvino")
+    import onnx
+
+    from regatt_export.quantize import Int8Options, quantize_int8
+    from regatt_sdk.encoder import Encoder
+    from regatt_sdk.engines.gate import INT8_MIN_COSINE
+
+    out = tmp_path / "e.int8.onnx"
+    card, _ = quantize_int8(same_pad_model, out, photo_dir, Int8Options(count=4, holdout=2, min_cosine=0.5))
+    assert card.provenance["quantization"]["same_pads_as_auto_pad"] == 5
+    assert "Pad" not in {n.op_type for n in onnx.load(str(out)).graph.node}
+    enc = Encoder(out, engine="openvino", threads=1)  # refused (ModelError) when the gate fails
+    gate = next(g for g in enc.choice.gates if g.engine == "openvino")
+    assert gate.passed and gate.min_cosine >= INT8_MIN_COSINE and len(gate.checks) > 1

@@ -1,6 +1,6 @@
 """ONNX graph edits for the precision variants: which nodes are the backbone, the
-backbone's fp32 exceptions, and the clean-ups after quantization (uint8 Pads, inlined constant
-Identities)."""
+backbone's fp32 exceptions, dynamic TF-SAME pads turned into ``auto_pad``, and the clean-ups
+after quantization (uint8 Pads, inlined constant Identities)."""
 
 from __future__ import annotations
 
@@ -89,6 +89,167 @@ def default_fp32_nodes(backbone: str) -> tuple[str, ...]:
 
     spec = BACKBONES.get(backbone)
     return tuple(spec.int8_fp32_nodes) if spec is not None else ()
+
+
+#: (height, width) sizes at which a dynamic ``Pad`` is checked against the SAME_UPPER rule: both
+#: parities, smaller than a kernel, and a few larger sizes
+SAME_CHECK_SIZES: tuple[tuple[int, int], ...] = ((1, 1), (2, 3), (4, 5), (7, 6), (8, 9), (15, 16), (33, 50), (97, 64))
+
+
+def _same_upper(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """``(before, after)`` padding of ONNX ``auto_pad=SAME_UPPER`` (= TF "SAME") for one axis."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def _pads_graph(model, pad, producer: dict, init: dict):
+    """A model computing ``pad``'s ``pads`` input from its data input's ``Shape`` alone, or None
+    when the pads depend on anything else (values, another tensor, a graph input) or are a
+    constant."""
+    from onnx import TensorProto, helper
+
+    data, target = pad.input[0], pad.input[1]
+    if target in init or target not in producer or producer[target].op_type == "Constant":
+        return None
+    nodes, stack, used_init = {}, [target], set()
+    while stack:
+        t = stack.pop()
+        if t in init:
+            used_init.add(t)
+            continue
+        if t == data:
+            continue
+        node = producer.get(t)
+        if node is None:
+            return None  # a graph input other than the padded tensor
+        if id(node) in nodes:
+            continue
+        nodes[id(node)] = node
+        stack.extend(i for i in node.input if i)
+    readers = [n for n in nodes.values() if data in n.input]
+    if not readers or any(n.op_type != "Shape" for n in readers):
+        return None  # amounts that do not come from the padded tensor's shape alone
+    order = [n for n in model.graph.node if id(n) in nodes]
+    graph = helper.make_graph(
+        order,
+        "pads",
+        [helper.make_tensor_value_info(data, TensorProto.FLOAT, ["n", "c", "h", "w"])],
+        [helper.make_tensor_value_info(target, TensorProto.INT64, None)],
+        [init[t] for t in sorted(used_init)],
+    )
+    sub = helper.make_model(graph, opset_imports=model.opset_import)
+    sub.ir_version = model.ir_version
+    return sub
+
+
+def _conv_geometry(conv, init: dict, producer: dict) -> tuple[list[int], list[int], list[int]] | None:
+    """``(kernel, strides, dilations)`` of an undilated 2-D ``conv`` whose own padding is zero,
+    else None."""
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    if any(attrs.get("pads", [0])) or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b""):
+        return None
+    kernel = list(attrs.get("kernel_shape", []))
+    if not kernel:
+        weight = init.get(conv.input[1])
+        if weight is None and conv.input[1] in producer and producer[conv.input[1]].op_type == "DequantizeLinear":
+            weight = init.get(producer[conv.input[1]].input[0])
+        if weight is None:
+            return None
+        kernel = list(weight.dims[2:])
+    dilations = list(attrs.get("dilations", [1, 1]))
+    if len(kernel) != 2 or any(d != 1 for d in dilations):
+        return None  # onnxruntime refuses auto_pad SAME with dilations
+    return kernel, list(attrs.get("strides", [1, 1])), dilations
+
+
+def remove_dead_nodes(model) -> int:
+    """Drop nodes none of whose outputs is used (by a node or as a graph output); returns the count."""
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    removed = 0
+    while True:
+        used = {t for n in g.node for t in n.input} | outputs
+        dead = [n for n in g.node if not any(o in used for o in n.output if o)]
+        if not dead:
+            return removed
+        for n in dead:
+            g.node.remove(n)
+        removed += len(dead)
+
+
+def same_pads_to_auto_pad(model, sizes: tuple[tuple[int, int], ...] = SAME_CHECK_SIZES) -> int:
+    """Replace each dynamic TF-SAME ``Pad -> Conv`` pair by the ``Conv`` with ``auto_pad=SAME_UPPER``.
+
+    The backbones' TF-SAME convolutions export as a zero ``Pad`` whose ``pads`` come from the
+    input's shape (:mod:`regatt_export.backbones.same_pad`), then a ``Conv`` without padding.
+    ONNX's ``SAME_UPPER`` is the same rule (total padding of ``ceil(n / s)`` outputs, the odd
+    pixel after), evaluated by the runtime from the input shape, so the pair becomes one node and
+    the graph keeps no shape arithmetic. A pair is replaced only when its ``pads`` subgraph,
+    run by onnxruntime on inputs of every size in ``sizes`` (height and width both ways), gives
+    exactly the SAME_UPPER amounts for that convolution's kernel and strides. Dilated
+    convolutions keep their ``Pad`` (onnxruntime has no ``auto_pad`` SAME with dilations).
+
+    Why: OpenVINO's CPU plugin (2026.4, dynamic shapes) computes a convolution's per-channel bias
+    wrongly (channel 0's bias for every channel) when the quantized activation it writes is padded
+    by such a runtime-computed ``Pad`` before the next quantized convolution: the INT8 QDQ graph
+    then gave descriptors at cosine ~0.01 to onnxruntime's. Without the ``Pad`` both engines
+    agree; onnxruntime also loses a copy of the activation. Edits ``model`` in place and removes
+    the shape arithmetic left unused; returns the number of pairs replaced.
+    """
+    import numpy as np
+    from onnx import helper
+
+    from regatt_sdk.engines.ort import create_session
+
+    g = model.graph
+    init = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    outputs = {o.name for o in g.output}
+    replaced = []
+    for pad in [n for n in g.node if n.op_type == "Pad"]:
+        mode = next((a.s for a in pad.attribute if a.name == "mode"), b"constant")
+        outs = consumers.get(pad.output[0], [])
+        if mode != b"constant" or (len(pad.input) > 2 and pad.input[2]) or len(pad.input) < 2:
+            continue
+        if pad.output[0] in outputs or len(outs) != 1 or outs[0].op_type != "Conv" or outs[0].input[0] != pad.output[0]:
+            continue
+        conv = outs[0]
+        geometry = _conv_geometry(conv, init, producer)
+        sub = _pads_graph(model, pad, producer, init) if geometry is not None else None
+        if sub is None:
+            continue
+        (kh, kw), (sh, sw), (dh, dw) = geometry
+        session = create_session(sub.SerializeToString(), "cpu", 1)
+        matches = True
+        for h, w in list(sizes) + [(w, h) for h, w in sizes]:
+            try:
+                got = session.run(None, {pad.input[0]: np.zeros((1, 1, h, w), np.float32)})[0]
+            except Exception:  # a pads subgraph that reads more than H and W
+                matches = False
+                break
+            (top, bottom), (left, right) = _same_upper(h, kh, sh, dh), _same_upper(w, kw, sw, dw)
+            if np.asarray(got).tolist() != [0, 0, top, left, 0, 0, bottom, right]:
+                matches = False
+                break
+        if not matches:
+            continue
+        conv.input[0] = pad.input[0]
+        kept = [a for a in conv.attribute if a.name not in ("pads", "auto_pad")]
+        del conv.attribute[:]
+        conv.attribute.extend(kept + [helper.make_attribute("auto_pad", "SAME_UPPER")])
+        replaced.append(pad)
+    for pad in replaced:
+        g.node.remove(pad)
+    if replaced:
+        remove_dead_nodes(model)
+    return len(replaced)
 
 
 def fuse_qdq_pads(model) -> int:

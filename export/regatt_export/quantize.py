@@ -34,6 +34,7 @@ from .graph_edits import (
     first_conv_quantized_by_default,
     fuse_qdq_pads,
     inline_constant_identities,
+    same_pads_to_auto_pad,
 )
 from .parity import VariantParity, finish_variant, measure_parity
 
@@ -130,6 +131,7 @@ def quantize_int8(
 
     model = onnx.load(str(fp32_path))
     inline_constant_identities(model)
+    same_convs = same_pads_to_auto_pad(model)  # portable: OpenVINO mis-runs QDQ around dynamic Pads
     body = backbone_nodes(model)
     convs = [n for n in body if n.op_type == "Conv"]
     keep_first = options.exclude_first_conv
@@ -196,6 +198,7 @@ def quantize_int8(
             "excluded": exclude,
             "kept_fp32_patterns": list(keep),
             "uint8_pads": fused,
+            "same_pads_as_auto_pad": same_convs,
             "fp32_parts": "input normalisation, region pooling, whitening, attention, normalisations",
         }
         provenance["parity"] = parity.to_dict()
