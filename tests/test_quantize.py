@@ -247,25 +247,6 @@ def test_keep_fp32_patterns_leave_those_nodes_unquantized(fp32_model, photo_dir,
     assert others and all(producer[n.input[1]].op_type == "DequantizeLinear" for n in others)
 
 
-def _export_same_pad_net(net, h: int = 32, w: int = 32) -> bytes:
-    import io
-
-    import torch
-
-    buf = io.BytesIO()
-    torch.onnx.export(
-        net,
-        (torch.randn(1, 3, h, w),),
-        buf,
-        input_names=["x"],
-        output_names=["y"],
-        dynamic_axes={"x": {2: "h", 3: "w"}},
-        opset_version=17,
-        dynamo=False,
-    )
-    return buf.getvalue()
-
-
 def test_same_pads_become_auto_pad_exactly_and_only_when_they_follow_the_rule():
     """Dynamic TF-SAME Pad -> Conv pairs become one Conv(auto_pad=SAME_UPPER), bit-identical at
     every size; a Pad whose amounts are not that convolution's SAME rule, or in front of a
@@ -274,6 +255,7 @@ def test_same_pads_become_auto_pad_exactly_and_only_when_they_follow_the_rule():
     import torch
 
     timm_layers = pytest.importorskip("timm.layers")
+    from onnx_trace import dynamic_hw_onnx
     from regatt_export.backbones.same_pad import replace_same_convs
     from regatt_export.graph_edits import same_pads_to_auto_pad
     from regatt_sdk.engines.ort import create_session
@@ -287,7 +269,7 @@ def test_same_pads_become_auto_pad_exactly_and_only_when_they_follow_the_rule():
         timm_layers.Conv2dSame(8, 4, 3, stride=1, dilation=2),
     ).eval()
     assert replace_same_convs(net) == 3
-    raw = _export_same_pad_net(net)
+    raw = dynamic_hw_onnx(net)
     model = onnx.load_from_string(raw)
     assert same_pads_to_auto_pad(model) == 2
     ops = [n.op_type for n in model.graph.node]
@@ -317,6 +299,7 @@ def test_openvino_runs_a_quantized_same_pad_graph_like_onnxruntime(tmp_path):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     timm_layers = pytest.importorskip("timm.layers")
+    from onnx_trace import dynamic_hw_onnx
     from regatt_export.backbones.same_pad import replace_same_convs
     from regatt_export.graph_edits import fuse_qdq_pads, same_pads_to_auto_pad
     from regatt_sdk.engines.ort import create_session
@@ -332,7 +315,7 @@ def test_openvino_runs_a_quantized_same_pad_graph_like_onnxruntime(tmp_path):
     with torch.no_grad():
         net[0].bias.copy_(torch.linspace(-2, 3, 16))  # channels with clearly different biases
     replace_same_convs(net)
-    model = onnx.load_from_string(_export_same_pad_net(net))
+    model = onnx.load_from_string(dynamic_hw_onnx(net))
     assert same_pads_to_auto_pad(model) == 1
     fp32, q = tmp_path / "f.onnx", tmp_path / "q.onnx"
     onnx.save(model, str(fp32))
