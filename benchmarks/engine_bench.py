@@ -4,11 +4,12 @@ truthful fp32 peak (``regatt_sdk.bench.peak``).
     python benchmarks/engine_bench.py --model default.onnx:384x512 --model paper.onnx:768x1024 \
         [--int8 default-int8.onnx:384x512] --rounds 8 --out benchmarks/results/engines
 
-For each model: every engine/precision is opened through ``Encoder(engine=..., precision=...)``,
-so it passes its gate first (a refused one is listed with the reason, never timed); then rounds
-of one run each, in turn (A, B, C, A, B, C, ...), median ms per image; descriptor cosine to
-onnxruntime fp32 on the bench image; peak RSS of a fresh process per engine (open + 3 runs);
-the model's GFLOP/s (MACs from onnxruntime's profile) as a share of the measured and the
+For each model, ``regatt_sdk.bench.matrix.bench_model`` (the code ``regatt bench --engine``
+runs too): every engine/precision opened through ``Encoder(engine=..., precision=...)``, so it
+passes its gate first (a refused one is listed with the reason, never timed); then rounds of one
+run each, in turn (A, B, C, A, B, C, ...), median ms per image; descriptor cosine to
+onnxruntime on the bench image; peak RSS of a fresh process per engine (open + 3 runs); the
+model's GFLOP/s (MACs from onnxruntime's profile) as a share of the measured and the
 theoretical peak. Writes JSON + Markdown.
 """
 
@@ -17,113 +18,21 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from regatt_sdk.bench.machine import load_average, machine_info
-from regatt_sdk.bench.peak import machine_peak, share
-from regatt_sdk.bench.profile import profile_model
-from regatt_sdk.card import golden_image, read_card
-from regatt_sdk.encoder import Encoder
-from regatt_sdk.errors import ModelError
+from regatt_sdk.bench.matrix import FP32_VARIANTS, INT8_VARIANTS, apply_peak, bench_model
+from regatt_sdk.bench.peak import machine_peak
 
-VARIANTS = (("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"))
 PAPER_MS = {"none": 95.0, "regional": 115.0, "context": 123.0}  # the paper's GPU times, 1024 px
-
-RSS_CODE = """
-import sys, numpy as np
-from regatt_sdk.encoder import Encoder
-from regatt_sdk.card import golden_image
-enc = Encoder(sys.argv[1], engine=sys.argv[2], precision=sys.argv[3], threads=int(sys.argv[6]))
-x = golden_image(int(sys.argv[4]), int(sys.argv[5]), 3)[None]
-for _ in range(3):
-    enc.encode_prepared(x)
-# VmHWM, not ru_maxrss: on Linux ru_maxrss survives exec and reports the parent's peak
-print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024.0)
-"""
 
 
 def parse_spec(text: str) -> tuple[Path, int, int]:
     path, _, size = text.rpartition(":")
     h, _, w = size.partition("x")
     return Path(path), int(h), int(w)
-
-
-def peak_rss(path: Path, engine: str, precision: str, h: int, w: int, threads: int) -> float | None:
-    out = subprocess.run(
-        [sys.executable, "-c", RSS_CODE, str(path), engine, precision, str(h), str(w), str(threads)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    try:
-        return float(out.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return None
-
-
-def bench_model(path: Path, h: int, w: int, rounds: int, threads: int, variants, label: str) -> dict:
-    card = read_card(path)
-    x = golden_image(h, w, 11)[None]
-    opened: dict[str, Encoder] = {}
-    refused: dict[str, str] = {}
-    gate: dict[str, dict] = {}
-    for engine, precision in variants:
-        key = f"{engine} {precision}"
-        t = time.perf_counter()
-        try:
-            enc = Encoder(path, engine=engine, precision=precision, threads=threads, max_side=max(h, w))
-        except ModelError as exc:
-            refused[key] = str(exc)
-            continue
-        opened[key] = enc
-        g = enc.choice.gates[0]
-        gate[key] = {
-            "passed": g.passed,
-            "max_diff": g.max_diff,
-            "min_cosine": g.min_cosine,
-            "open_and_gate_s": time.perf_counter() - t,
-        }
-    first: dict[str, float] = {}
-    for key, enc in opened.items():
-        t = time.perf_counter()
-        enc.encode_prepared(x)
-        first[key] = 1000 * (time.perf_counter() - t)
-        enc.encode_prepared(x)  # openvino shapes=auto: the second sight compiles the static graph
-    times: dict[str, list[float]] = {k: [] for k in opened}
-    for _ in range(rounds):
-        for key, enc in opened.items():
-            t = time.perf_counter()
-            enc.encode_prepared(x)
-            times[key].append(1000 * (time.perf_counter() - t))
-    ref_key = "onnxruntime fp32" if "onnxruntime fp32" in opened else next(iter(opened))
-    ref = opened[ref_key].encode_prepared(x)[0]
-    prof = profile_model(path, x, threads, runs=2)
-    macs = prof.macs
-    rows = []
-    for key, enc in opened.items():
-        ms = float(np.median(times[key]))
-        vec = enc.encode_prepared(x)[0]
-        engine, precision = key.split()
-        rows.append(
-            {
-                "model": label, "engine": engine, "precision": precision, "file_precision": card.precision,
-                "input": f"{h}x{w}", "p50_ms": ms, "min_ms": float(np.min(times[key])), "first_call_ms": first[key],
-                "runs": len(times[key]), "cosine_to_ort_fp32": float(vec @ ref),
-                "max_diff_to_ort_fp32": float(np.abs(vec - ref).max()),
-                # an fp32 peak says nothing about bf16 or int8 compute: GFLOP/s and shares for fp32 only
-                "gflops_per_s": 2.0 * macs / (ms * 1e6) if macs and card.precision == "fp32" and precision == "fp32" else None,
-                "gate": gate[key],
-            }
-        )  # fmt: skip
-    base = next((r["p50_ms"] for r in rows if r["engine"] == "onnxruntime" and r["precision"] == "fp32"), None)
-    for r in rows:
-        r["speedup_vs_ort_fp32"] = base / r["p50_ms"] if base else None
-        r["peak_rss_mb"] = peak_rss(path, r["engine"], r["precision"], h, w, threads)
-    return {"model": label, "path": str(path), "backbone": card.backbone, "attention": card.attention, "macs": macs,
-            "rows": rows, "refused": refused}  # fmt: skip
 
 
 def write_markdown(result: dict, out: Path) -> None:
@@ -204,23 +113,14 @@ def main() -> None:
     models = []
     for spec in args.model:
         path, h, w = parse_spec(spec)
-        models.append(bench_model(path, h, w, args.rounds, args.threads, VARIANTS, path.stem))
+        models.append(bench_model(path, h, w, args.rounds, args.threads, FP32_VARIANTS, path.stem))
     for spec in args.int8:
         path, h, w = parse_spec(spec)
-        models.append(
-            bench_model(
-                path, h, w, args.rounds, args.threads, (("onnxruntime", "fp32"), ("openvino", "fp32")), path.stem
-            )
-        )
+        models.append(bench_model(path, h, w, args.rounds, args.threads, INT8_VARIANTS, path.stem))
     peak_end = machine_peak(args.threads, sizes=sizes, runs=5)
     measured = max(peak_start.measured_gflops, peak_end.measured_gflops)
     theoretical = max(p.theoretical_gflops or 0 for p in (peak_start, peak_end)) or None
-    notes = list(peak_start.notes) + list(peak_end.notes)
-    for block in models:
-        for r in block["rows"]:
-            r["pct_measured_peak"], bad = share(r["gflops_per_s"], measured)
-            r["pct_theoretical_peak"], bad2 = share(r["gflops_per_s"], theoretical)
-            notes += [f"{block['model']} {r['engine']} {r['precision']}: {b}" for b in (bad, bad2) if b]
+    notes = list(peak_start.notes) + list(peak_end.notes) + apply_peak(models, measured, theoretical)
     result = {
         "command": " ".join(sys.argv), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine_info(args.threads), "python": platform.python_version(), "threads": args.threads,

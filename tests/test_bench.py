@@ -187,6 +187,49 @@ def test_bench_precision_and_quality_columns(tiny_model: Path, tmp_path: Path, p
     assert by["int8"]["gemm_pct"] is None  # the fp32 GEMM peak says nothing about int8
 
 
+def test_bench_engines_side_by_side(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    """--engine onnxruntime --engine openvino: one gated, interleaved row per engine in the
+    engines x precisions table, shares of the truthful peak (measured and theoretical)."""
+    pytest.importorskip("openvino")
+    js = tmp_path / "e.json"
+    args = ["bench", str(tiny_model), "--size", "64x96", "--engines", "ort-cpu", *FAST, "--json", str(js)]
+    code = run_main([*args, "--engine", "onnxruntime", "--engine", "openvino", "--precision", "fp32"])
+    text = capsys.readouterr().out
+    assert code == 0
+    section = text.split("## Engines x precisions", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("| ") and "| engine |" not in line]
+    assert [line.split(" | ")[2:4] for line in table] == [["onnxruntime", "fp32"], ["openvino", "fp32"]]
+    report = json.loads(js.read_text())
+    (block,) = report["engines"]
+    rows = {r["engine"]: r for r in block["rows"]}
+    assert set(rows) == {"onnxruntime", "openvino"} and not block["refused"]
+    assert all(r["gate"]["passed"] and r["runs"] == 2 and r["p50_ms"] > 0 for r in rows.values())
+    assert rows["openvino"]["cosine_to_ort_fp32"] > 0.99999
+    assert rows["onnxruntime"]["pct_measured_peak"] > 0 and rows["onnxruntime"]["peak_rss_mb"] > 0
+    peak = report["peak"]
+    assert report["gemm_gflops_per_s"] == peak["measured_gflops"] > 0
+    assert {p["engine"].split()[0] for p in peak["start"]["probes"]} >= {"onnxruntime", "openvino", "numpy"}
+    pct = 100 * rows["onnxruntime"]["gflops_per_s"] / peak["measured_gflops"]
+    assert rows["onnxruntime"]["pct_measured_peak"] == pytest.approx(pct)
+
+
+def test_bench_engine_and_precision_choices(tmp_path: Path, capsys) -> None:
+    from regatt_sdk.bench.matrix import variants_for
+    from regatt_sdk.errors import RegattError
+
+    assert variants_for("fp32") == [("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]
+    assert variants_for("int8") == [("onnxruntime", "fp32"), ("openvino", "fp32")]  # the INT8 file as it is
+    assert variants_for("fp32", ["openvino"], ["bf16", "int8"]) == [("openvino", "bf16")]
+    assert variants_for("int8", ["onnxruntime"], ["int8", "fp32", "bf16"]) == [("onnxruntime", "fp32")]
+    with pytest.raises(RegattError):
+        variants_for("fp32", ["tensorflow"])
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    assert run_main(["bench", str(model), "--precision", "bf16"]) == 2  # --precision without --engine
+    assert run_main(["bench", str(model), "--engine", "tensorflow"]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
 def test_gemm_probes_check_their_products_and_report_throughput():
     pytest.importorskip("onnxruntime")
     from regatt_sdk.bench.gemm import ort_gemm, ort_gemm_int8

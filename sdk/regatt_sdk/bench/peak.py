@@ -169,9 +169,10 @@ def openvino_gemm(size: int, threads: int, runs: int = 10, warmup: int = 2) -> G
     return _probe("openvino MatMul", size, threads, runs, warmup, lambda: request.infer({0: a, 1: b}))
 
 
-def machine_peak(threads: int, sizes: tuple[int, ...] = SIZES, runs: int = 6) -> Peak:
+def machine_peak(threads: int, sizes: tuple[int, ...] = SIZES, runs: int = 6, *, clock: bool = True) -> Peak:
     """Best measured fp32 GEMM rate over the probes and sizes, and the theoretical FMA peak for
-    ``threads`` cores."""
+    ``threads`` cores (``clock=False``: probes only, no clock measurement and no theoretical peak,
+    e.g. for a second probe at the end of a run)."""
     probes: list[GemmResult] = []
     notes: list[str] = []
     for size in sizes:  # interleaved: each probe at each size, in turn
@@ -185,7 +186,7 @@ def machine_peak(threads: int, sizes: tuple[int, ...] = SIZES, runs: int = 6) ->
                 probes.append(r)
     best = max(probes, key=lambda r: r.best_gflops_per_s)
     fpc, units = flops_per_cycle()
-    ghz, source = measure_clock()
+    ghz, source = measure_clock() if clock else (None, "not measured")
     theoretical = fpc * ghz * threads if fpc and ghz else None
     if theoretical and best.best_gflops_per_s > theoretical:
         notes.append(

@@ -33,11 +33,7 @@ def markdown(report: dict) -> str:
         f"**Config:** {c['backbone']} ({c['weights']} weights), input {c['input']}, S={c['max_side']}, L={c['levels']}, "
         f"{c['warmup']} warm-up + {c['runs']} timed runs after the first call."
     )
-    lines.append(
-        f"**fp32 GEMM peak (onnxruntime MatMul {report['gemm']['start']['size']}³, {c['threads']} threads):** "
-        f"{report['gemm_gflops_per_s']:.1f} GFLOP/s (start {report['gemm']['start']['gflops_per_s']:.1f}, end "
-        f"{report['gemm']['end']['gflops_per_s']:.1f}; numpy {report['gemm']['numpy']['gflops_per_s']:.1f})."
-    )
+    lines.append(_peak_line(report))
     lines += ["", _table(report), ""]
     paper = report["paper"]
     lines.append(
@@ -50,6 +46,7 @@ def markdown(report: dict) -> str:
         state = "not measured" if t["met"] is None else ("**met**" if t["met"] else "**missed**")
         vals = ", ".join(f"{k} {_target_value(t['target'], v)}" for k, v in t["values"].items())
         lines.append(f"- {t['description']}: {state}" + (f" ({vals})" if vals else ""))
+    lines += _engines_section(report)
     lines += _profile_section(report)
     if report.get("images"):
         lines += [
@@ -69,6 +66,60 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _peak_line(report: dict) -> str:
+    """The truthful fp32 peak the % columns divide by: measured (best probe) and theoretical."""
+    p, threads = report["peak"], report["config"]["threads"]
+    start = p["start"]
+    theo = p.get("theoretical_gflops")
+    theory = (
+        f"theoretical **{theo:.1f} GFLOP/s** = {start['cores']} cores x {start['flops_per_cycle']} FLOP/cycle "
+        f"({start['units']}) x {start['clock_ghz']:.2f} GHz ({start['clock_source']})"
+        if theo
+        else f"theoretical peak unknown ({start['units']}; clock: {start['clock_source']})"
+    )
+    probes = ", ".join(f"{q['engine']} {q['best_gflops_per_s']:.1f}" for q in start["probes"])
+    return (
+        f"**fp32 peak ({threads} threads):** measured **{p['measured_gflops']:.1f} GFLOP/s** ({p['measured_by']}; "
+        f"best of the GEMM probes at the start and the end; start: {probes}); {theory}."
+    )
+
+
+def _engines_section(report: dict) -> list[str]:
+    """Engines x precisions side by side (``--engine``), one interleaved run per model."""
+    blocks = report.get("engines") or []
+    if not blocks:
+        return []
+    out = [
+        "",
+        "## Engines x precisions (one interleaved run per model)",
+        "",
+        "| model | input | engine | precision | p50 ms | x onnxruntime | cosine to onnxruntime | first call ms "
+        "| peak RSS MB | GFLOP/s | % measured peak | % theoretical peak |",
+        "|---|---|---|---|" + "---:|" * 8,
+    ]
+    reasons = []
+    for b in blocks:
+        for r in b["rows"]:
+            out.append(
+                f"| {b['model']} | {r['input']} | {r['engine']} | {r['label']} | {_f(r['p50_ms'])} "
+                f"| {_f(r['speedup_vs_ort_fp32'], '{:.2f}x')} | {_f(r['cosine_to_ort_fp32'], '{:.6f}')} "
+                f"| {_f(r['first_call_ms'], '{:.0f}')} | {_f(r['peak_rss_mb'], '{:.0f}')} | {_f(r['gflops_per_s'])} "
+                f"| {_f(r.get('pct_measured_peak'), '{:.0f}%')} | {_f(r.get('pct_theoretical_peak'), '{:.0f}%')} |"
+            )
+        for key, why in b["refused"].items():
+            engine, _, precision = key.partition(" ")
+            out.append(f"| {b['model']} | | {engine} | {precision} | refused | | | | | | | |")
+            reasons.append(f"- {b['model']}, {key}: {why}")
+    out += [
+        "",
+        "x onnxruntime and cosine: against onnxruntime on the same file (fp32 compute; an INT8 file as it is). "
+        "GFLOP/s and peak shares for fp32 compute on fp32 files only.",
+    ]
+    if reasons:
+        out += ["", "Refused by the gate:", ""] + reasons
+    return out
+
+
 def _target_value(key: str, value: float) -> str:
     if key == "head_share":
         return f"{100 * value:.1f}%"
@@ -80,9 +131,10 @@ def _target_value(key: str, value: float) -> str:
 def _table(report: dict) -> str:
     head = (
         "| engine | variant | precision | p50 ms | p90 ms | mean ms | img/s | first call ms | session s | peak RSS MB (+growth) "
-        "| backbone p50 ms | head ms | head/backbone | GMAC | GFLOP/s | % GEMM | vs eager | mAP | cos to fp32 | paper s (ours/paper) |"
+        "| backbone p50 ms | head ms | head/backbone | GMAC | GFLOP/s | % peak | % theor. | vs eager | mAP | cos to fp32 "
+        "| paper s (ours/paper) |"
     )
-    sep = "|" + "---|" * 3 + "---:|" * 17
+    sep = "|" + "---|" * 3 + "---:|" * 18
     rows = [head, sep]
     for r in report["results"]:
         rows.append(
@@ -90,7 +142,8 @@ def _table(report: dict) -> str:
             f"| {_f(r['images_per_s'], '{:.2f}')} | {_f(r['first_call_ms'])} | {_f(r['session_s'], '{:.2f}')} "
             f"| {_f(r['peak_rss_mb'], '{:.0f}')} (+{_f(r['rss_growth_mb'], '{:.0f}')}) | {_f(r['backbone_p50_ms'])} "
             f"| {_f(r['head_ms'])} | {_pct(r['head_share'])} | {_f(r['gmacs'])} | {_f(r['gflops_per_s'])} "
-            f"| {_f(r['gemm_pct'], '{:.0f}%')} | {_f(r['speedup_vs_eager'], '{:.2f}x')} "
+            f"| {_f(r['gemm_pct'], '{:.0f}%')} | {_f(r.get('theoretical_pct'), '{:.0f}%')} "
+            f"| {_f(r['speedup_vs_eager'], '{:.2f}x')} "
             f"| {_f(r.get('map'), '{:.2f}')} | {_f(r.get('parity_min_cosine'), '{:.4f}')} "
             f"| {_f(r['paper_s'], '{:.3f}')} ({_f(r['vs_paper'], '{:.1f}x')}) |"
         )

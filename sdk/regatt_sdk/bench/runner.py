@@ -1,8 +1,12 @@
-"""Orchestration of one ``regatt bench`` run: models, engines, GEMM probe, profile, rows.
+"""Orchestration of one ``regatt bench`` run: models, engines, fp32 peak, profile, rows.
 
 With no model file the paper's configuration is built (torch needed, or a complete cache):
 each variant with random weights, exported to ONNX, plus the backbone-only graph. With a model
 file only onnxruntime runs (no torch), and the backbone's share comes from profiling.
+``engine_matrix`` adds engines x precisions side by side per model (:mod:`.matrix`, the code
+``benchmarks/engine_bench.py`` runs). Every % column is a share of the machine's truthful fp32
+peak (:func:`.peak.machine_peak`: the best of onnxruntime, OpenVINO and NumPy GEMMs at the start
+and the end of the run, and the theoretical FMA peak).
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from ..card import read_card
 from ..engines.ort import cpu_count
 from ..errors import MissingExtraError, RegattError
 from . import engines as eng
-from .gemm import numpy_gemm, ort_gemm
+from . import matrix
 from .machine import load_average, machine_info
 from .paper import PAPER_HARDWARE, PAPER_ROWS, PAPER_TIMES_S
+from .peak import machine_peak, share
 from .profile import Profile, profile_model
 from .targets import evaluate_targets
 
@@ -53,6 +58,10 @@ class BenchConfig:
     gemm_size: int = 2048
     gemm_runs: int = 8
     profile_runs: int = 2
+    #: engines timed side by side per model (``regatt bench --engine``): onnxruntime, openvino
+    engine_matrix: tuple[str, ...] = ()
+    #: their precisions (``--precision``); None: each engine's own (see :func:`.matrix.variants_for`)
+    matrix_precisions: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -192,8 +201,16 @@ def _apply_profile(row: dict[str, object], prof: Profile | None) -> None:
         row["backbone_method"] = "onnxruntime profile (kernel-time fraction of p50)"
 
 
-def finish_rows(rows: list[dict[str, object]], macs: dict[str, float], gemm: float, paper_config: bool) -> None:
-    """Derived columns: head share, GFLOP/s, % of GEMM peak, speed-up vs eager, the paper."""
+def finish_rows(
+    rows: list[dict[str, object]],
+    macs: dict[str, float],
+    gemm: float,
+    paper_config: bool,
+    theoretical: float | None = None,
+    notes: list[str] | None = None,
+) -> None:
+    """Derived columns: head share, GFLOP/s, % of the measured (``gemm``) and theoretical fp32
+    peak, speed-up vs eager, the paper. A share over 100 % is noted as a probe bug."""
     eager = {r["variant"]: r["p50_ms"] for r in rows if r["engine"] == eng.EAGER}
     for r in rows:
         v = str(r["variant"])
@@ -204,7 +221,10 @@ def finish_rows(rows: list[dict[str, object]], macs: dict[str, float], gemm: flo
         r["gmacs"] = total / 1e9 if total else None
         r["gflops_per_s"] = 2.0 * total / (float(r["p50_ms"]) * 1e6) if total else None
         cpu = r["engine"] in (eng.EAGER, "ort-cpu")
-        r["gemm_pct"] = 100.0 * r["gflops_per_s"] / gemm if cpu and r["gflops_per_s"] and gemm else None
+        r["gemm_pct"], bad = share(r["gflops_per_s"] if cpu else None, gemm)
+        r["theoretical_pct"], bad2 = share(r["gflops_per_s"] if cpu else None, theoretical)
+        if notes is not None:
+            notes += [f"{r['variant']} {r['engine']}: {b}" for b in (bad, bad2) if b]
         r["speedup_vs_eager"] = eager[v] / float(r["p50_ms"]) if v in eager and r["engine"] != eng.EAGER else None
         r["paper_s"] = PAPER_TIMES_S.get(v)
         r["paper_comparable"] = paper_config
@@ -220,10 +240,10 @@ def run_bench(cfg: BenchConfig, tick: Tick, total: Callable[[int], None] | None 
     engines = resolve_engines(cfg, torch_side is not None, notes)
     if total is not None:
         per = len(engines) * (1 + cfg.warmup + cfg.runs) + 2
-        total(len(cfg.variants) * (per + 1) + 3 + (0 if cfg.model else 1))
-    tick("GEMM probe")
-    gemm_first = ort_gemm(cfg.gemm_size, threads, cfg.gemm_runs)
-    blas = numpy_gemm(cfg.gemm_size, threads, cfg.gemm_runs)
+        side = 3 * len(matrix.ENGINES) + cfg.runs if cfg.engine_matrix else 0
+        total(len(cfg.variants) * (per + 1 + side) + 3 + (0 if cfg.model else 1))
+    tick("fp32 peak probes")
+    peak_first = machine_peak(threads, sizes=(cfg.gemm_size,), runs=cfg.gemm_runs)
     with tempfile.TemporaryDirectory(prefix="regatt-bench-") as tmp:
         workdir = Path(cfg.cache) if cfg.cache else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -253,11 +273,16 @@ def run_bench(cfg: BenchConfig, tick: Tick, total: Callable[[int], None] | None 
         images = _run_images(cfg, models, engines, threads, tick) if cfg.images else None
         if cfg.quality is not None:
             _add_quality(cfg, models, rows, tick)
-    tick("GEMM probe (again)")
-    gemm_last = ort_gemm(cfg.gemm_size, threads, cfg.gemm_runs)
-    gemm = max(gemm_first.gflops_per_s, gemm_last.gflops_per_s)
+        side_by_side = _run_matrix(cfg, models, macs, threads, tick) if cfg.engine_matrix else []
+    tick("fp32 peak probes (again)")
+    peak_last = machine_peak(threads, sizes=(cfg.gemm_size,), runs=cfg.gemm_runs, clock=False)
+    gemm = max(peak_first.measured_gflops, peak_last.measured_gflops)
+    theoretical = peak_first.theoretical_gflops
+    best = peak_first if peak_first.measured_gflops >= peak_last.measured_gflops else peak_last
+    notes += list(peak_first.notes) + list(peak_last.notes)
     paper_config = models.backbone_name == PAPER_BACKBONE and max(cfg.height, cfg.width) == 1024
-    finish_rows(rows, macs, gemm, paper_config)
+    finish_rows(rows, macs, gemm, paper_config, theoretical, notes)
+    notes += matrix.apply_peak(side_by_side, gemm, theoretical)
     machine["load_average_end"] = load_average()
     if models.bench_models is not None:
         machine["torch"] = models.bench_models.torch_version()
@@ -282,12 +307,15 @@ def run_bench(cfg: BenchConfig, tick: Tick, total: Callable[[int], None] | None 
             "input": f"{cfg.height}x{cfg.width} (HxW), batch 1, uint8 BGR",
         },
         "results": rows,
+        "engines": side_by_side,
         "gemm_gflops_per_s": gemm,
-        "gemm": {
-            "start": gemm_first.to_dict(),
-            "end": gemm_last.to_dict(),
-            "numpy": blas.to_dict(),
-            "used": "max of start and end (onnxruntime)",
+        "peak": {
+            "measured_gflops": gemm,
+            "measured_by": best.measured_by,
+            "theoretical_gflops": theoretical,
+            "start": peak_first.to_dict(),
+            "end": peak_last.to_dict(),
+            "used": "best of onnxruntime MatMul, OpenVINO MatMul and NumPy BLAS, start and end of the run",
         },
         "macs": {"profile": {v: p.macs for v, p in profiles.items()}, "torch": macs_torch},
         "profiles": {v: p.to_dict() for v, p in profiles.items()},
@@ -311,6 +339,22 @@ def _run_engine(
         backbone = eng.open_ort_backbone(engine, models.backbone_path, threads)
         m = eng.measure(lambda: eng.open_ort(engine, path, threads), backbone, image, cfg.warmup, cfg.runs, step)
     return _timing_row(engine, variant, m, threads, models.precision.get(variant, "fp32"))
+
+
+def _run_matrix(
+    cfg: BenchConfig, models: Models, macs: dict[str, float], threads: int, tick: Tick
+) -> list[dict[str, object]]:
+    """Engines x precisions per model, each model's variants interleaved (:func:`.matrix.bench_model`)."""
+    blocks = []
+    for key, path in models.paths.items():
+        variants = matrix.variants_for(read_card(path).precision, cfg.engine_matrix, cfg.matrix_precisions)
+        blocks.append(
+            matrix.bench_model(
+                path, cfg.height, cfg.width, cfg.runs, threads, variants, key, macs=macs.get(key), tick=tick
+            )
+        )
+        gc.collect()
+    return blocks
 
 
 def _add_quality(cfg: BenchConfig, models: Models, rows: list[dict[str, object]], tick: Tick) -> None:

@@ -2,7 +2,9 @@
 
 Without a model: the paper's configuration (Caffe ResNet-101, S=1024, 1024x768 input) with
 random weights, for the variants none / regional / context, on eager PyTorch, onnxruntime CPU
-and (when available) CUDA / TensorRT. Writes ``bench.json``, ``bench.md`` and ``bench.png``.
+and (when available) CUDA / TensorRT. ``--engine onnxruntime --engine openvino`` (and
+``--precision``) add engines x precisions side by side per model (``bench.matrix``, shared with
+``benchmarks/engine_bench.py``). Writes ``bench.json``, ``bench.md`` and ``bench.png``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Optional
 import typer
 
 from ..errors import RegattError
+from .engine_opts import engines_option, precisions_option
 
 
 def register(app: typer.Typer) -> None:
@@ -70,9 +73,18 @@ def bench(
     ),
     out: Optional[Path] = typer.Option(None, "--out", help="Write bench.json, bench.md and bench.png here."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON here."),
+    engine: Optional[list[str]] = engines_option(),
+    precision: Optional[list[str]] = precisions_option(),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress on stderr."),
 ) -> None:
-    """Benchmark per-image latency (p50/p90), backbone vs head, GFLOP/s vs GEMM peak, beside the paper."""
+    """Benchmark per-image latency (p50/p90), backbone vs head, GFLOP/s vs the machine's fp32 peak, beside the paper.
+
+    With --engine (repeatable), each model also runs on those engines and precisions side by
+    side, in one interleaved run, each gated first:  regatt bench fp32.onnx int8.onnx --engine
+    onnxruntime --engine openvino
+    """
+    from ..bench.matrix import ENGINES as MATRIX_ENGINES
+    from ..bench.matrix import PRECISIONS
     from ..bench.report import markdown, write_json, write_png
     from ..bench.runner import VARIANTS, BenchConfig, run_bench
 
@@ -87,6 +99,15 @@ def bench(
             raise RegattError(f"{m}: model file not found")
     if quality is not None and not models:
         raise RegattError("--quality needs MODEL files with real weights (the built-in timing models are random)")
+    side_engines = tuple(dict.fromkeys(engine or ()))
+    side_precisions = tuple(dict.fromkeys(precision)) if precision else None
+    if side_precisions and not side_engines:
+        raise RegattError("--precision chooses the precisions of --engine: give --engine onnxruntime/openvino too")
+    bad = [e for e in side_engines if e not in MATRIX_ENGINES] + [
+        p for p in side_precisions or () if p not in PRECISIONS
+    ]
+    if bad:
+        raise RegattError(f"{bad}: --engine takes {', '.join(MATRIX_ENGINES)}; --precision {', '.join(PRECISIONS)}")
     cfg = BenchConfig(
         model=models[0] if models else None,
         compare=tuple(models[1:]),
@@ -105,6 +126,8 @@ def bench(
         max_images=max_images,
         gemm_size=gemm_size,
         profile_runs=profile_runs,
+        engine_matrix=side_engines,
+        matrix_precisions=side_precisions,
     )
     report = _run(cfg, run_bench, progress)
     text = markdown(report)

@@ -1,5 +1,6 @@
 """The options shared by the commands that encode: ``--device``, ``--engine``, ``--precision``,
-``--max-side`` and the index ``--backend``."""
+``--max-side`` and the index ``--backend``; ``regatt bench`` takes ``--engine`` and
+``--precision`` repeated (engines x precisions side by side)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,24 @@ def engine_option():
 
 def precision_option():
     return typer.Option("fp32", "--precision", help=PRECISION_HELP)
+
+
+def engines_option():
+    return typer.Option(
+        None,
+        "--engine",
+        help="Also time these engines side by side on each model in one interleaved run (repeatable): "
+        "onnxruntime, openvino. Each engine/precision passes its gate first; a refused one is listed with the reason.",
+    )
+
+
+def precisions_option():
+    return typer.Option(
+        None,
+        "--precision",
+        help="Precisions for --engine (repeatable): fp32, bf16 (openvino on CPUs with BF16), int8 (an INT8 file as "
+        "it is). Default: each engine's own (onnxruntime fp32; openvino fp32 and bf16; INT8 files as they are).",
+    )
 
 
 def engine_kwargs(engine: str | None, precision: str) -> dict:
