@@ -114,6 +114,27 @@ def test_encoder_uses_the_engine_it_is_given(tiny_model):
     assert vec.shape == (enc.dim,) and calls == [((1, 64, 96, 3), ("descriptor",))]
 
 
+def test_memory_plans_reach_the_session_and_give_the_same_descriptors(tiny_model):
+    """``memory=``: ``pattern`` is onnxruntime's default, ``arena`` turns the per-shape memory
+    pattern off, ``lean`` the arena too; the descriptors are the same bits either way."""
+    from regatt_sdk.card import golden_image
+    from regatt_sdk.encoder import Encoder
+
+    images = [golden_image(64, 96, 3), golden_image(80, 60, 4)]
+    want = {"pattern": (True, True), "arena": (False, True), "lean": (False, False)}
+    vecs = {}
+    for plan, (pattern, arena) in want.items():
+        enc = Encoder(tiny_model, device="cpu", threads=1, max_side=96, memory=plan)
+        opts = enc.engine.session.get_session_options()
+        assert (opts.enable_mem_pattern, opts.enable_cpu_mem_arena) == (pattern, arena), plan
+        assert enc.engine.describe()["memory"] == plan
+        vecs[plan] = enc.encode(images)
+    np.testing.assert_array_equal(vecs["arena"], vecs["pattern"])
+    np.testing.assert_array_equal(vecs["lean"], vecs["pattern"])
+    with pytest.raises(ModelError, match="memory plan 'small'"):
+        Encoder(tiny_model, device="cpu", memory="small")
+
+
 def test_unknown_device_fails_before_any_work(tiny_model):
     from regatt_sdk.encoder import Encoder
 

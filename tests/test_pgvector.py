@@ -102,7 +102,8 @@ def test_hnsw_search_matches_exact(pg_url: str, dim: int) -> None:
     q = clustered(30, dim, 40, seed=dim + 1)
     index = build_index(db, "pgvector", url=pg_url, table=f"t_hnsw{dim}", card_hash="c")
     assert isinstance(index, PgVectorIndex) and index.kind == ("vector" if dim <= 2000 else "halfvec")
-    plan = index.conn.execute(f"SELECT indexdef FROM pg_indexes WHERE indexname = 't_hnsw{dim}_hnsw'").fetchone()[0]
+    with index.connection() as conn:
+        plan = conn.execute(f"SELECT indexdef FROM pg_indexes WHERE indexname = 't_hnsw{dim}_hnsw'").fetchone()[0]
     assert "hnsw" in plan and (("halfvec" in plan) == (dim > 2000))
     truth_s, truth = build_index(db).search(q, 10)
     scores, rows = index.search(q, 10)
@@ -135,3 +136,31 @@ def test_qe_and_dba_on_top(pg_url: str, tmp_path: Path) -> None:
     _, expected = dba.apply(q, mem.index)
     assert augmented.backend == "exact"
     np.testing.assert_array_equal(augmented.search(q, 10)[1], expected.search(q, 10)[1])
+
+
+def test_pooled_index_searches_from_threads(pg_url: str) -> None:
+    """Threads searching one index through a pool of 3 get the answers of a single-connection
+    index, HNSW and exact (``rank``) calls mixed, and the pool never exceeds its size."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    db = clustered(1500, 40, 30, seed=11)
+    q = clustered(24, 40, 30, seed=12)
+    build_index(db, "pgvector", url=pg_url, table="t_pool", card_hash="c").close()
+    single = PgVectorIndex(pg_url, "t_pool")
+    want = single.search(q, 10)
+    want_rank = single.rank(q[:3])
+    single.close()
+    pooled = PgVectorIndex(pg_url, "t_pool", pool_size=3)
+    try:
+        with ThreadPoolExecutor(6) as ex:
+            hnsw = list(ex.map(lambda i: pooled.search(q[i : i + 1], 10), range(len(q))))
+            ranks = list(ex.map(lambda i: pooled.rank(q[i : i + 1]), range(3)))
+        np.testing.assert_array_equal(np.concatenate([r for _, r in hnsw]), want[1])
+        np.testing.assert_allclose(np.concatenate([s for s, _ in hnsw]), want[0], atol=1e-6)
+        np.testing.assert_array_equal(np.concatenate([r for _, r in ranks]), want_rank[1])
+        stats = pooled._pool.get_stats()
+        assert stats["pool_size"] == 3 and stats.get("connections_num", 3) == 3, stats
+    finally:
+        pooled.close()
+    with pytest.raises(ValueError, match="pool_size"):
+        PgVectorIndex(pg_url, "t_pool", pool_size=0)

@@ -136,6 +136,7 @@ def test_health_metrics_openapi(server: Server) -> None:
     assert server.json("GET", "/healthz") == (200, {"status": "ok"})
     status, ready = server.json("GET", "/readyz")
     assert status == 200 and ready["ready"] and ready["golden_max_diff"] <= 1e-4 and ready["index"]["rows"] == 6
+    assert ready["memory"] == "arena"  # the server's default memory plan
     status, head, text = server.request("GET", "/metrics")
     assert status == 200 and head["content-type"].startswith("text/plain")
     text = text.decode()
@@ -232,6 +233,68 @@ def test_search_over_postgres(pg_url: str, tiny_model: Path, store: Path, photo_
         assert srv.json("GET", "/readyz")[1]["index"]["backend"] == "pgvector"
     finally:
         srv.stop()
+
+
+def with_app_name(url: str, name: str) -> str:
+    """``url`` with libpq's ``application_name`` set, so the test can find its connections."""
+    return url + ("&" if "?" in url else "?") + f"application_name={name}"
+
+
+def backend_pids(url: str, app: str) -> set[int]:
+    """Server processes of the connections that ``app`` holds open at ``url``."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app,)).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_concurrent_searches_share_a_db_pool(
+    pg_url: str, tiny_model: Path, store: Path, photo_dir: Path, tmp_path: Path
+) -> None:
+    """``serve --db --db-pool 3``: concurrent searches get the same hits as one at a time, over
+    the same three connections, opened at start (not one per request, not one for all)."""
+    pytest.importorskip("psycopg_pool")
+    from regatt_sdk.index.pgvector import load_store
+
+    load_store(store, pg_url, table="serve_pool")
+    app = "regatt_pool_test"
+    srv = Server(
+        tiny_model, "--db", with_app_name(pg_url, app), "--table", "serve_pool", "--max-side", SIDE,
+        "--db-pool", "3", log=tmp_path / "log",
+    )  # fmt: skip
+    try:
+        pids = backend_pids(pg_url, app)
+        assert len(pids) == 3, pids
+        photos = sorted(photo_dir.glob("*.jpg"))
+        alone = {}
+        for path in photos:
+            status, body = srv.json("POST", "/v1/search?top=4&qe=1", path.read_bytes())
+            assert status == 200, body
+            alone[path.name] = body["hits"]
+            assert body["hits"][0]["name"].endswith(path.name)
+        results: list = [None] * 18
+        barrier = threading.Barrier(len(results))
+
+        def go(i: int) -> None:
+            path = photos[i % len(photos)]
+            barrier.wait()
+            results[i] = (path.name, srv.json("POST", "/v1/search?top=4&qe=1", path.read_bytes()))
+
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(len(results))]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        for name, (status, body) in results:
+            assert status == 200, body
+            assert [(h["rank"], h["name"], h["row"]) for h in body["hits"]] == [
+                (h["rank"], h["name"], h["row"]) for h in alone[name]
+            ]
+            # a query batched with others differs from its batch-of-one descriptor in the last bits
+            np.testing.assert_allclose([h["score"] for h in body["hits"]], [h["score"] for h in alone[name]], atol=1e-5)
+        assert backend_pids(pg_url, app) == pids  # the same connections served every request
+    finally:
+        srv.stop()
+    assert backend_pids(pg_url, app) == set()  # closed on shutdown
 
 
 def test_help_texts_keep_the_extras_they_name() -> None:

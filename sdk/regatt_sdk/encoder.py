@@ -27,11 +27,14 @@ class Encoder:
     """Encode images with an exported regatt model.
 
     ``Encoder(model_path, device="auto", max_side=None, threads=None, engine=None,
-    precision="fp32")``; ``device`` is any form :func:`regatt_sdk.engines.parse_device` accepts
+    precision="fp32", memory="pattern")``; ``device`` is any form :func:`regatt_sdk.engines.parse_device` accepts
     (``cpu``, ``cuda:1``, ``openvino:GPU``...). ``engine``: ``"onnxruntime"``, ``"openvino"``,
     ``"auto"`` (the fastest engine that passes its gate here, probed once and cached; ``.choice``
     says which and why), ``None`` (the device's engine), or any
-    :class:`~regatt_sdk.engines.Engine` object (used as given, ungated). ``precision``:
+    :class:`~regatt_sdk.engines.Engine` object (used as given, ungated). ``memory``: the
+    onnxruntime session's memory plan (:data:`regatt_sdk.engines.ort.MEMORY_PLANS`: ``"pattern"``,
+    onnxruntime's default, or ``"arena"``, whose RSS settles whatever the image sizes, as a
+    long-running server needs, or ``"lean"``). ``precision``:
     ``"fp32"`` or ``"bf16"`` (OpenVINO on CPUs with BF16; opt-in). A named engine and precision
     are gated (:mod:`regatt_sdk.engines.gate`) before use and refused with the reason
     (:class:`ModelError`) when they fail. The encoder keeps the model card, the preprocessing
@@ -53,6 +56,7 @@ class Encoder:
         engine: str | Engine | None = None,
         precision: str = "fp32",
         query_scales: ScaleSpec | None = None,
+        memory: str = "pattern",
     ):
         self.model_path = Path(model_path)
         self.card = read_card(self.model_path)
@@ -60,7 +64,7 @@ class Encoder:
         self.engine_asked = engine if isinstance(engine, str) else None
         if engine is None or isinstance(engine, str):
             name = engine or parse_device(device).engine
-            self.engine, self.choice = select(self.model_path, self.card, device, name, precision, threads)
+            self.engine, self.choice = select(self.model_path, self.card, device, name, precision, threads, memory)
         else:
             self.engine = engine
         self.max_side = int(max_side or self.card.max_side)

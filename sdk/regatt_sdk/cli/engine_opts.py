@@ -1,5 +1,5 @@
 """The options shared by the commands that encode: ``--device``, ``--engine``, ``--precision``,
-``--max-side`` and the index ``--backend``; ``regatt bench`` takes ``--engine`` and
+``--max-side``, ``--memory`` and the index ``--backend``; ``regatt bench`` takes ``--engine`` and
 ``--precision`` repeated (engines x precisions side by side)."""
 
 from __future__ import annotations
@@ -13,6 +13,12 @@ ENGINE_HELP = (
     "engine that passes its gate here, probed once per model and machine). Default: the device's engine."
 )
 PRECISION_HELP = "Compute precision: fp32, or bf16 (openvino on CPUs with BF16; gated by descriptor cosine)."
+MEMORY_HELP = (
+    "onnxruntime memory plan: arena (the CPU arena without per-shape memory patterns: RSS settles "
+    "whatever the image sizes, same speed), pattern (onnxruntime's default: a memory pattern per "
+    "input shape, the arena grows with each new larger shape) or lean (no arena: least memory, "
+    "about 30 % slower)."
+)
 
 
 def device_option():
@@ -51,6 +57,10 @@ def precisions_option():
         help="Precisions for --engine (repeatable): fp32, bf16 (openvino on CPUs with BF16), int8 (an INT8 file as "
         "it is). Default: each engine's own (onnxruntime fp32; openvino fp32 and bf16; INT8 files as they are).",
     )
+
+
+def memory_option(default: str):
+    return typer.Option(default, "--memory", help=MEMORY_HELP + f" Default: {default}.")
 
 
 def engine_kwargs(engine: str | None, precision: str) -> dict:

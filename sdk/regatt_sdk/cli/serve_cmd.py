@@ -9,7 +9,7 @@ import typer
 
 from ..errors import RegattError
 from ..imageio import DEFAULT_MAX_PIXELS
-from .engine_opts import device_option
+from .engine_opts import device_option, memory_option
 
 
 def serve(
@@ -29,6 +29,7 @@ def serve(
         None, "--max-side", min=16, help="Resize the longest side to this (default: the model's)."
     ),
     threads: int = typer.Option(None, "--threads", min=1, help="Inference threads (CPU)."),
+    memory: str = memory_option("arena"),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="Most same-size images run as one batch."),
     window_ms: float = typer.Option(
         5.0, "--window-ms", min=0, help="How long the first image of a batch waits for others."
@@ -50,6 +51,9 @@ def serve(
     ef_search: int = typer.Option(
         None, "--ef-search", min=1, help="HNSW candidates per query with --db (default 100)."
     ),
+    db_pool: int = typer.Option(
+        4, "--db-pool", min=1, help="Connections to the --db database, opened at start (as many searches at once)."
+    ),
     ann: bool = typer.Option(True, "--ann/--no-ann", help="Use the store's FAISS ANN index when it has one."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
@@ -65,10 +69,10 @@ def serve(
     from ..serve.app import ServeConfig, run
 
     config = ServeConfig(
-        model=model, store=store, db=db, table=table, device=device, max_side=max_side, threads=threads,
+        model=model, store=store, db=db, table=table, device=device, max_side=max_side, threads=threads, memory=memory,
         max_batch=max_batch, window_ms=window_ms, max_queue=max_queue, timeout_s=timeout,
         max_bytes=max_bytes, max_pixels=max_pixels, decode_workers=workers, dba=dba, ann=ann,
-        ef_search=ef_search,
+        ef_search=ef_search, db_pool=db_pool,
     )  # fmt: skip
     run(config, host, port, log_level=log_level)
 

@@ -110,7 +110,9 @@ def _save_cache(key: str, entry: dict[str, Any]) -> None:
         pass  # a read-only home only costs a probe next time
 
 
-def _open(name: str, model: Path, device: Device, threads: int | None, precision: str) -> Engine:
+def _open(
+    name: str, model: Path, device: Device, threads: int | None, precision: str, memory: str = "pattern"
+) -> Engine:
     if name == "onnxruntime":
         if precision != "fp32":
             raise ModelError(
@@ -118,7 +120,7 @@ def _open(name: str, model: Path, device: Device, threads: int | None, precision
             )
         from .ort import OrtEngine
 
-        return OrtEngine(model, device if device.engine == "onnxruntime" else Device("cpu"), threads)
+        return OrtEngine(model, device if device.engine == "onnxruntime" else Device("cpu"), threads, memory=memory)
     from . import openvino as ovmod
 
     ovmod.import_openvino()
@@ -150,8 +152,16 @@ def gate_engine(engine: Engine, model: Path, card: ModelCard, precision: str, th
     )
 
 
-def _gated(name: str, model: Path, card: ModelCard, device: Device, threads: int | None, precision: str):
-    engine = _open(name, model, device, threads, precision)
+def _gated(
+    name: str,
+    model: Path,
+    card: ModelCard,
+    device: Device,
+    threads: int | None,
+    precision: str,
+    memory: str = "pattern",
+):
+    engine = _open(name, model, device, threads, precision, memory)
     result = gate_engine(engine, model, card, precision, threads)
     return engine, result
 
@@ -179,9 +189,15 @@ def select(
     engine: str = "onnxruntime",
     precision: str = "fp32",
     threads: int | None = None,
+    memory: str = "pattern",
 ) -> tuple[Engine, EngineChoice]:
     """The gated engine for ``model`` and why it was chosen; raises :class:`ModelError` with the
-    gate's reason when the engine asked for (or every candidate of ``auto``) is refused."""
+    gate's reason when the engine asked for (or every candidate of ``auto``) is refused.
+    ``memory``: the onnxruntime session's memory plan (:data:`.ort.MEMORY_PLANS`; OpenVINO keeps
+    its own, bounded by its compiled-shape LRU)."""
+    from .ort import check_memory
+
+    check_memory(memory)
     model = Path(model)
     dev = parse_device(device)
     if engine not in CHOICES:
@@ -200,11 +216,11 @@ def select(
     else:
         why = ""
     if engine != "auto":
-        eng, result = _gated(engine, model, card, dev, threads, precision)
+        eng, result = _gated(engine, model, card, dev, threads, precision, memory)
         if not result.passed:
             raise ModelError(f"{model}: {result.reason}")
         return eng, EngineChoice(engine, precision, why or result.reason, [result])
-    return _auto(model, card, dev, threads, precision)
+    return _auto(model, card, dev, threads, precision, memory)
 
 
 def _ort_has_gpu(dev: Device) -> bool:
@@ -221,7 +237,7 @@ def _ort_has_gpu(dev: Device) -> bool:
 
 
 def _auto(
-    model: Path, card: ModelCard, dev: Device, threads: int | None, precision: str
+    model: Path, card: ModelCard, dev: Device, threads: int | None, precision: str, memory: str = "pattern"
 ) -> tuple[Engine, EngineChoice]:
     from . import openvino as ovmod
     from .ort import cpu_count
@@ -230,7 +246,7 @@ def _auto(
     key = f"{model_key(model, card)}|{machine_key(nthreads)}|{precision}"
     cached = _load_cache().get(key)
     if isinstance(cached, dict) and cached.get("engine") in ENGINES:
-        eng, result = _gated(cached["engine"], model, card, dev, threads, precision)
+        eng, result = _gated(cached["engine"], model, card, dev, threads, precision, memory)
         if result.passed:
             return eng, EngineChoice(
                 cached["engine"],
@@ -248,7 +264,7 @@ def _auto(
     refused: list[str] = []
     for name in candidates:
         try:
-            eng, result = _gated(name, model, card, dev, threads, precision)
+            eng, result = _gated(name, model, card, dev, threads, precision, memory)
         except ModelError as exc:
             refused.append(f"{name}: {exc}")
             continue

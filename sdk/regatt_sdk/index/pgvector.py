@@ -18,17 +18,22 @@ in batches, one transaction each: a killed load leaves whole batches, and a re-r
 rows the table lacks (rows already there are checked against the store by name). The model card
 hash is recorded in ``T_meta``; a store made by another model is refused.
 
+Connections: a :class:`PgVectorIndex` holds a fixed pool of ``pool_size`` connections
+(``psycopg_pool``; 1 for a command, a few for ``regatt serve --db-pool``), opened once and
+reused by every call; each call takes one for its duration, so up to ``pool_size`` searches run
+at once and a broken connection is replaced by the pool.
+
 Shapes: queries ``(Q, D)`` float32; results ``(scores (Q, k) float32, rows (Q, k) int64)``, best
 first, ``-1`` rows (score ``-inf``) when fewer than ``k`` were found.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,9 +59,11 @@ class DatabaseError(RegattError):
 
 
 def import_psycopg():
-    """``psycopg`` (with pgvector's adapters importable) or a ``MissingExtraError`` naming ``regatt[postgres]``."""
+    """``psycopg`` (with pgvector's adapters and ``psycopg_pool`` importable) or a
+    ``MissingExtraError`` naming ``regatt[postgres]``."""
     psycopg = require("psycopg", extra="postgres", package="psycopg[binary]", what="PostgreSQL search (--db)")
     require("pgvector.psycopg", extra="postgres", package="pgvector", what="PostgreSQL search (--db)")
+    require("psycopg_pool", extra="postgres", package="psycopg-pool", what="PostgreSQL search (--db)")
     return psycopg
 
 
@@ -97,6 +104,25 @@ def connect(url: str):
     return conn
 
 
+def open_pool(url: str, size: int):
+    """A fixed pool of ``size`` autocommit connections to ``url`` (pgvector's types registered on
+    each), opened now; the database was checked by :func:`connect` first."""
+    import_psycopg()
+    from pgvector.psycopg import register_vector
+    from psycopg_pool import ConnectionPool, PoolTimeout
+
+    pool = ConnectionPool(
+        url, min_size=size, max_size=size, kwargs={"autocommit": True, "connect_timeout": 10},
+        configure=register_vector, open=False, num_workers=1, name="regatt",
+    )  # fmt: skip
+    try:
+        pool.open(wait=True, timeout=30)
+    except PoolTimeout:
+        pool.close()
+        raise DatabaseError(f"{redact(url)}: could not open {size} connections within 30 s") from None
+    return pool
+
+
 def _array(value: Any) -> np.ndarray:
     """A fetched ``vector`` value (pgvector's ``Vector`` or a sequence) as (D,) float32."""
     value = value.to_numpy() if hasattr(value, "to_numpy") else value
@@ -111,25 +137,38 @@ def redact(url: str) -> str:
 class PgVectorIndex:
     """A pgvector table as a :class:`~regatt_sdk.index.VectorIndex` (see the module docstring).
 
-    ``PgVectorIndex(url, table="regatt", ef_search=100, exact=False)`` opens an existing table;
-    :meth:`create` makes one. ``exact=True`` searches with a sequential scan (no HNSW), for
-    recall checks. Thread-safe: one connection, calls serialised by a lock.
+    ``PgVectorIndex(url, table="regatt", ef_search=100, exact=False, pool_size=1)`` opens an
+    existing table; :meth:`create` makes one. ``exact=True`` searches with a sequential scan (no
+    HNSW), for recall checks. Thread-safe: ``pool_size`` connections opened once, one per call
+    in progress (:meth:`connection`); :meth:`close` closes them.
     """
 
     backend = "pgvector"
     #: query-side steps that need a matrix (database augmentation) build this backend in memory
     memory_backend = "exact"
 
-    def __init__(self, url: str, table: str = "regatt", *, ef_search: int = DEFAULT_EF_SEARCH, exact: bool = False):
+    def __init__(
+        self,
+        url: str,
+        table: str = "regatt",
+        *,
+        ef_search: int = DEFAULT_EF_SEARCH,
+        exact: bool = False,
+        pool_size: int = 1,
+    ):
         self.url = url
         self.table = check_table(table)
         self.ef_search = int(ef_search)
         self.exact = exact
-        self._lock = threading.Lock()
-        self.conn = connect(url)
-        meta = read_meta(self.conn, self.table)
+        if int(pool_size) < 1:
+            raise ValueError(f"pool_size must be at least 1, got {pool_size}")
+        self.pool_size = int(pool_size)
+        conn = connect(url)  # the clear errors: unreachable, no pgvector, no table
+        try:
+            meta = read_meta(conn, self.table)
+        finally:
+            conn.close()
         if meta is None:
-            self.conn.close()
             raise DatabaseError(
                 f"{redact(url)} has no regatt table '{self.table}': load a store into it with  "
                 f"regatt index MODEL --resume -o STORE --db URL"
@@ -137,6 +176,13 @@ class PgVectorIndex:
         self.meta = meta
         self._dim = int(meta["dim"])
         self.kind = index_type(self._dim)
+        self._pool = open_pool(url, self.pool_size)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        """One of the pool's connections, for the duration of the ``with`` block."""
+        with self._pool.connection() as conn:
+            yield conn
 
     @classmethod
     def create(
@@ -153,8 +199,8 @@ class PgVectorIndex:
     # -- the VectorIndex interface --------------------------------------------------------------
     @property
     def size(self) -> int:
-        with self._lock:
-            return int(self.conn.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0])
+        with self.connection() as conn:
+            return int(conn.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0])
 
     @property
     def dim(self) -> int:
@@ -166,8 +212,8 @@ class PgVectorIndex:
 
     def names(self) -> list[str]:
         """The name of every row, in row order (row ``i`` -> ``names()[i]``)."""
-        with self._lock:
-            rows = self.conn.execute(f"SELECT row, name FROM {self.table} ORDER BY row").fetchall()
+        with self.connection() as conn:
+            rows = conn.execute(f"SELECT row, name FROM {self.table} ORDER BY row").fetchall()
         for i, (row, _) in enumerate(rows):
             if row != i:
                 raise DatabaseError(f"table {self.table} has a gap at row {i}: reload it from its store")
@@ -180,11 +226,11 @@ class PgVectorIndex:
             raise DatabaseError(f"cannot add {v.shape[1]}-d vectors to a table of {self.dim}-d ones")
         start = self.size
         names = list(names) if names is not None else [f"row{start + i}" for i in range(v.shape[0])]
-        with self._lock:
-            copy_rows(self.conn, self.table, start, names, v)
+        with self.connection() as conn:
+            copy_rows(conn, self.table, start, names, v)
 
-    def _search_one(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.exact:
+    def _search_one(self, conn, q: np.ndarray, k: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+        if exact:
             sql = f"SELECT row, embedding <#> %s AS d FROM {self.table} ORDER BY d LIMIT %s"
             params: tuple = (q, k)
         else:
@@ -200,20 +246,21 @@ class PgVectorIndex:
                 f"ORDER BY {order} LIMIT %s) c ORDER BY d, row"
             )
             params = (q, qq, k)
-        with self.conn.transaction():
-            if self.exact:
-                self.conn.execute("SET LOCAL enable_indexscan = off")
+        with conn.transaction():
+            if exact:
+                conn.execute("SET LOCAL enable_indexscan = off")
             else:
-                self.conn.execute(f"SET LOCAL hnsw.ef_search = {max(self.ef_search, k)}")
-            rows = self.conn.execute(sql, params).fetchall()
+                conn.execute(f"SET LOCAL hnsw.ef_search = {max(self.ef_search, k)}")
+            rows = conn.execute(sql, params).fetchall()
         ids = np.full(k, -1, dtype=np.int64)
         scores = np.full(k, -np.inf, dtype=np.float32)
         for j, (row, d) in enumerate(rows):
             ids[j], scores[j] = row, -d
         return scores, ids
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` by inner product: ``(scores (Q, k), rows (Q, k))`` (HNSW unless ``exact``)."""
+    def search(self, queries: np.ndarray, k: int, *, exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` by inner product: ``(scores (Q, k), rows (Q, k))`` (HNSW unless ``exact``,
+        default the index's own)."""
         q = as_queries(queries)
         if q.shape[1] != self.dim:
             raise RegattError(
@@ -223,26 +270,21 @@ class PgVectorIndex:
         k = int(k)
         if k <= 0:
             raise ValueError(f"k must be at least 1, got {k}")
-        with self._lock:
-            out = [self._search_one(row, k) for row in q]
+        exact = self.exact if exact is None else exact
+        with self.connection() as conn:
+            out = [self._search_one(conn, row, k, exact) for row in q]
         return np.stack([s for s, _ in out]), np.stack([i for _, i in out])
 
     def rank(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every row ranked (an exact scan): ``(scores (Q, N), rows (Q, N))``."""
-        exact, self.exact = self.exact, True
-        try:
-            return self.search(queries, max(self.size, 1))
-        finally:
-            self.exact = exact
+        return self.search(queries, max(self.size, 1), exact=True)
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """Stored rows ``ids`` (K,) -> (K, D) float32 (in the order of ``ids``)."""
         ids = np.asarray(ids, dtype=np.int64).ravel()
-        with self._lock:
+        with self.connection() as conn:
             got = dict(
-                self.conn.execute(
-                    f"SELECT row, embedding FROM {self.table} WHERE row = ANY(%s)", (ids.tolist(),)
-                ).fetchall()
+                conn.execute(f"SELECT row, embedding FROM {self.table} WHERE row = ANY(%s)", (ids.tolist(),)).fetchall()
             )
         missing = [int(i) for i in ids if int(i) not in got]
         if missing:
@@ -252,8 +294,8 @@ class PgVectorIndex:
     @property
     def database(self) -> np.ndarray:
         """Every stored vector (N, D) float32, in row order (read once, for database augmentation)."""
-        with self._lock:
-            rows = self.conn.execute(f"SELECT embedding FROM {self.table} ORDER BY row").fetchall()
+        with self.connection() as conn:
+            rows = conn.execute(f"SELECT embedding FROM {self.table} ORDER BY row").fetchall()
         return np.stack([_array(r[0]) for r in rows]) if rows else np.zeros((0, self.dim), np.float32)
 
     def save(self, path: str | os.PathLike):
@@ -266,11 +308,12 @@ class PgVectorIndex:
 
     def build_hnsw(self, *, m: int = 16, ef_construction: int = 64) -> float:
         """Create the HNSW index if missing; returns the seconds it took (0 when it existed)."""
-        with self._lock:
-            return build_hnsw(self.conn, self.table, self.dim, m=m, ef_construction=ef_construction)
+        with self.connection() as conn:
+            return build_hnsw(conn, self.table, self.dim, m=m, ef_construction=ef_construction)
 
     def close(self) -> None:
-        self.conn.close()
+        """Close the pool's connections (waits for calls in progress)."""
+        self._pool.close()
 
     def __repr__(self) -> str:
         return f"PgVectorIndex({redact(self.url)!r}, table={self.table!r}, dim={self.dim}, index={self.kind})"

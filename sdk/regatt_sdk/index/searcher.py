@@ -90,13 +90,14 @@ class Searcher:
         table: str = "regatt",
         ef_search: int | None = None,
         steps: Sequence[Any] = (),
+        pool_size: int = 1,
     ) -> Searcher:
         """A searcher over a pgvector table (:class:`~regatt_sdk.index.pgvector.PgVectorIndex`)
-        loaded by ``regatt index ... --db URL``; refuses a table made by another model than
-        ``encoder``'s."""
+        loaded by ``regatt index ... --db URL``, through ``pool_size`` connections; refuses a
+        table made by another model than ``encoder``'s."""
         from .pgvector import DEFAULT_EF_SEARCH, DatabaseError, PgVectorIndex, redact
 
-        index = PgVectorIndex(url, table, ef_search=ef_search or DEFAULT_EF_SEARCH)
+        index = PgVectorIndex(url, table, ef_search=ef_search or DEFAULT_EF_SEARCH, pool_size=pool_size)
         if encoder is not None and index.card_hash != str(encoder.card.hash):
             index.close()
             raise DatabaseError(

@@ -71,6 +71,9 @@ class ServeConfig:
     device: str = "auto"
     max_side: int | None = None
     threads: int | None = None
+    #: the onnxruntime memory plan (``engines.ort.MEMORY_PLANS``): ``arena`` keeps RSS flat
+    #: whatever the upload sizes, at onnxruntime's default speed
+    memory: str = "arena"
     max_batch: int = 8
     window_ms: float = 5.0
     max_queue: int = 64
@@ -81,6 +84,8 @@ class ServeConfig:
     dba: int = 0
     ann: bool = True
     ef_search: int | None = None
+    #: connections to the ``db`` database, opened at start; as many searches run at once
+    db_pool: int = 4
     retry_after_s: int = 1
 
 
@@ -143,7 +148,9 @@ class Service:
         self.batcher: MicroBatcher | None = None
         self.golden_diff: float | None = None
         self.decode_pool = ThreadPoolExecutor(max(1, config.decode_workers), thread_name_prefix="regatt-decode")
-        self.search_pool = ThreadPoolExecutor(1, thread_name_prefix="regatt-search")
+        # a database answers several searches at once (one connection each); an in-memory index one
+        searchers = max(1, config.db_pool) if config.db is not None else 1
+        self.search_pool = ThreadPoolExecutor(searchers, thread_name_prefix="regatt-search")
 
     def load(self) -> None:
         """Open the model (golden check), the store or database, and apply DBA once."""
@@ -151,7 +158,7 @@ class Service:
         from ..index.searcher import Searcher
 
         c = self.config
-        self.encoder = Encoder(c.model, device=c.device, max_side=c.max_side, threads=c.threads)
+        self.encoder = Encoder(c.model, device=c.device, max_side=c.max_side, threads=c.threads, memory=c.memory)
         self.golden_diff = self.encoder.verify()
         if c.store is not None:
             from ..store import FeatureStore
@@ -165,13 +172,18 @@ class Service:
                 )
             self.searcher = Searcher.for_store(c.store, self.encoder, ann=c.ann)
         elif c.db is not None:
-            self.searcher = Searcher.for_db(c.db, self.encoder, table=c.table, ef_search=c.ef_search)
+            self.searcher = Searcher.for_db(
+                c.db, self.encoder, table=c.table, ef_search=c.ef_search, pool_size=max(1, c.db_pool)
+            )
         if self.searcher is not None and c.dba > 0:
             from ..expansion import DatabaseAugmentation
 
             _, index = DatabaseAugmentation(k=c.dba).apply(
                 np.zeros((1, self.encoder.dim), np.float32), self.searcher.index
             )
+            close = getattr(self.searcher.index, "close", None)
+            if close is not None and index is not self.searcher.index:
+                close()  # the augmented rows are searched in memory: no more database calls
             self.searcher = Searcher(index, self.searcher.names, self.encoder)
         self.metrics.gauge(
             "regatt_queue_depth",
@@ -375,6 +387,7 @@ def create_app(config: ServeConfig, service: Service | None = None):
         return {
             "ready": True, "model": str(config.model), "card_hash": str(c.hash), "dim": c.dim,
             "max_side": svc.encoder.max_side, "providers": svc.encoder.providers, "golden_max_diff": svc.golden_diff,
+            "memory": getattr(svc.encoder.engine, "memory", None),
             "index": None if svc.searcher is None else {"backend": svc.searcher.index.backend, "rows": len(svc.searcher.names)},
         }  # fmt: skip
 
