@@ -12,7 +12,7 @@ import torch
 from regatt_export.build import EncoderConfig, build_encoder
 from regatt_export.onnx_export import ParityError, check_parity, export_onnx
 from regatt_sdk import Encoder
-from regatt_sdk.card import ModelCard
+from regatt_sdk.card import ModelCard, read_card
 
 SIZES = (
     ("portrait", 130, 70),
@@ -47,6 +47,8 @@ def test_export_parity_many_sizes(tmp_path, backbone, attention, levels):
     more = check_parity(enc, out, sizes=extra)
     assert all(r.ok for r in more), more
     assert card.attention == attention and card.levels == levels and card.backbone == backbone
+    # TF-SAME (dynamic Pad) convolutions only in EfficientNet; each became Conv(auto_pad)
+    assert (card.provenance["graph_edits"]["same_pads_as_auto_pad"] > 0) == backbone.startswith("efficientnet")
 
 
 def test_card_roundtrip_and_golden(tiny_model):
@@ -140,3 +142,84 @@ def test_efficientnet_top1_on_imagenet_sample(shared_dir):
             pred = trunk.classifier(trunk(x).mean(dim=(2, 3))).argmax().item()
         correct += wnids[pred] == os.path.basename(f).split("_")[0]
     assert correct / len(subset) >= 0.7
+
+
+@pytest.fixture(scope="module")
+def default_export(tmp_path_factory):
+    """The built-in default (EfficientNet-Lite0, packaged weights) exported, checked at 3 sizes."""
+    enc, card = build_encoder(EncoderConfig())
+    out = tmp_path_factory.mktemp("default") / "default.onnx"
+    card, rows = export_onnx(enc, card, out, sizes=SIZES[:3])
+    return enc, card, rows, out
+
+
+def _attrs(node) -> dict:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def test_default_export_has_no_dynamic_pad_before_a_depthwise_conv(default_export):
+    """The fp32 file's strided TF-SAME convolutions are Conv(auto_pad=SAME_UPPER) with no Pad
+    in front, and that edited graph matched PyTorch at untraced sizes of both parities."""
+    import onnx
+
+    enc, card, rows, out = default_export
+    assert card.backbone == "efficientnet-lite0" and card.precision == "fp32"
+    g = onnx.load(str(out)).graph
+    producer = {o: n for n in g.node for o in n.output}
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    depthwise = [n for n in convs if _attrs(n).get("group", 1) > 1]
+    assert depthwise and not [n for n in depthwise if n.input[0] in producer and producer[n.input[0]].op_type == "Pad"]
+    assert "Pad" not in {n.op_type for n in g.node}
+    same = [n for n in convs if _attrs(n).get("auto_pad") == b"SAME_UPPER"]
+    assert len(same) == card.provenance["graph_edits"]["same_pads_as_auto_pad"]
+    strided_dw = [n for n in depthwise if list(_attrs(n).get("strides", [1, 1])) != [1, 1]]
+    assert strided_dw and all(n in same for n in strided_dw)
+    assert all(r.ok for r in rows) and read_card(out) == card
+    # more untraced sizes, odd and even on each axis (the pads differ by parity)
+    more = check_parity(enc, out, sizes=(("odd", 77, 123), ("even-odd", 64, 37), ("small", 9, 17)))
+    assert all(r.ok for r in more), more
+
+
+def test_default_export_passes_the_openvino_fp32_gate(default_export):
+    """OpenVINO runs the edited fp32 graph within the fp32 gate (golden and untraced sizes)."""
+    pytest.importorskip("openvino")
+    from regatt_sdk.engines.gate import FP32_ATOL
+
+    _, _, _, out = default_export
+    enc = Encoder(out, engine="openvino", threads=1)  # refused (ModelError) when the gate fails
+    gate = next(g for g in enc.choice.gates if g.engine == "openvino")
+    assert gate.passed and gate.max_diff <= FP32_ATOL and len(gate.checks) > 1
+
+
+def test_graph_edit_leaves_graphs_without_pairs_unchanged(default_export, tmp_path):
+    """``edit_graph`` rewrites nothing when there is no dynamic TF-SAME Pad -> Conv pair: an
+    already edited export (so INT8/fp16 do not edit twice), and a net whose only Pads are a
+    constant one and the one in front of a dilated convolution."""
+    import shutil
+
+    import onnx
+
+    timm_layers = pytest.importorskip("timm.layers")
+    from onnx_trace import dynamic_hw_onnx
+    from regatt_export.backbones.same_pad import replace_same_convs
+    from regatt_export.onnx_export import edit_graph
+
+    edited = tmp_path / "edited.onnx"
+    shutil.copyfile(default_export[3], edited)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.ZeroPad2d((1, 0, 1, 0)),
+        torch.nn.Conv2d(3, 8, 3, stride=2),
+        torch.nn.ReLU(),
+        timm_layers.Conv2dSame(8, 4, 3, stride=1, dilation=2),
+    ).eval()
+    assert replace_same_convs(net) == 1
+    plain = tmp_path / "plain.onnx"
+    plain.write_bytes(dynamic_hw_onnx(net))
+    for path in (edited, plain):
+        before = path.read_bytes()
+        assert edit_graph(path) == {"same_pads_as_auto_pad": 0}
+        assert path.read_bytes() == before
+    assert [n.op_type for n in onnx.load(str(plain)).graph.node].count("Pad") == 2

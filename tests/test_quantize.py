@@ -386,7 +386,9 @@ def test_int8_same_pad_model_passes_the_openvino_gate(same_pad_model, photo_dir,
 
     out = tmp_path / "e.int8.onnx"
     card, _ = quantize_int8(same_pad_model, out, photo_dir, Int8Options(count=4, holdout=2, min_cosine=0.5))
-    assert card.provenance["quantization"]["same_pads_as_auto_pad"] == 5
+    # the fp32 export made the edit (5 stride-2 TF-SAME convolutions); quantization found none left
+    assert card.provenance["graph_edits"]["same_pads_as_auto_pad"] == 5
+    assert card.provenance["quantization"]["same_pads_as_auto_pad"] == 0
     assert "Pad" not in {n.op_type for n in onnx.load(str(out)).graph.node}
     enc = Encoder(out, engine="openvino", threads=1)  # refused (ModelError) when the gate fails
     gate = next(g for g in enc.choice.gates if g.engine == "openvino")

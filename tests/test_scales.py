@@ -168,6 +168,27 @@ def test_multiscale_export_parity_at_untraced_sizes(tiny_backbone, tmp_path, agg
         assert float((enc(image) - single(image)).abs().max()) > 1e-3
 
 
+def test_multiscale_efficientnet_export_has_every_scale_s_same_pads_as_auto_pad(tmp_path):
+    """Each scale's copy of the backbone (the second one behind the in-graph resize) loses its
+    dynamic TF-SAME Pads to Conv(auto_pad=SAME_UPPER); the edited graph matches PyTorch."""
+    import onnx
+
+    from regatt_export.build import EncoderConfig, build_encoder
+    from regatt_export.onnx_export import export_onnx
+
+    single, card1 = build_encoder(EncoderConfig(backbone="efficientnet-lite0", weights="random", max_side=128))
+    enc, card = build_encoder(
+        EncoderConfig(backbone="efficientnet-lite0", weights="random", max_side=128, scales=(1.0, 1 / math.sqrt(2)))
+    )
+    out1, out = tmp_path / "one.onnx", tmp_path / "ms.onnx"
+    card1, _ = export_onnx(single, card1, out1, sizes=UNTRACED[:1])
+    card, rows = export_onnx(enc, card, out, sizes=(UNTRACED[0], UNTRACED[4]))
+    assert all(r.ok and r.max_abs_diff <= 1e-5 for r in rows), rows
+    per_scale = card1.provenance["graph_edits"]["same_pads_as_auto_pad"]
+    assert per_scale > 0 and card.provenance["graph_edits"]["same_pads_as_auto_pad"] == 2 * per_scale
+    assert "Pad" not in {n.op_type for n in onnx.load(str(out)).graph.node}
+
+
 def test_regions_aggregation_is_one_mean_over_all_regions(tiny_backbone):
     enc, _ = _build((1.0, 1.5), "regions")
     image = torch.from_numpy(golden_image(90, 120, 2)[None])

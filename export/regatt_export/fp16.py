@@ -21,7 +21,7 @@ from regatt_sdk.card import ModelCard, read_card
 from regatt_sdk.files import staged_file
 
 from .calibration import ImageSet, parity_set
-from .graph_edits import _float_tensors, backbone_nodes, inline_constant_identities
+from .graph_edits import _float_tensors, backbone_nodes, inline_constant_identities, same_pads_to_auto_pad
 from .parity import VariantParity, finish_variant, measure_parity
 
 #: worst-image cosine to fp32 accepted by default: fp16 (10-bit mantissa) keeps descriptors at
@@ -141,6 +141,7 @@ def convert_fp16(
 
     card = read_card(fp32_path)
     model = onnx.load(str(fp32_path))
+    same_convs = same_pads_to_auto_pad(model)  # 0 on files from ``export_onnx`` (already edited)
     converted = convert_backbone_fp16(model)
     with staged_file(out_path, ".fp16.onnx.tmp") as tmp:
         onnx.save(model, tmp)
@@ -149,6 +150,7 @@ def convert_fp16(
         provenance = dict(card.provenance)
         provenance["fp16"] = {
             "nodes": converted,
+            "same_pads_as_auto_pad": same_convs,
             "fp32_parts": "input normalisation, region pooling, whitening, attention, reductions, normalisations",
         }
         parity = None

@@ -3,8 +3,10 @@
 The graph's input is the resized image ``(N, H, W, 3)`` BGR (uint8 or float32, any N, H, W);
 its output ``descriptor (N, D)``; with ``explain=True`` also ``boxes (R, 4)``, ``valid (R,)``,
 ``weights (N, R)`` and ``regions (N, R, D)`` (the regional vectors, checked like the descriptor). The model card (with a golden vector) goes into ``metadata_props``.
-Nothing is written at the destination unless onnxruntime agrees with PyTorch at every check
-size, none of which is the traced size.
+The traced graph's dynamic TF-SAME ``Pad -> Conv`` pairs become ``Conv(auto_pad=SAME_UPPER)``
+(:func:`regatt_export.graph_edits.same_pads_to_auto_pad`) before the check, so the check is of
+the edited graph. Nothing is written at the destination unless onnxruntime agrees with PyTorch at
+every check size, none of which is the traced size.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from regatt_sdk.card import CARD_KEY, Golden, ModelCard, golden_image
 from regatt_sdk.files import staged_file
 
 from .encoder import ExplainEncoder, RegionalAttentionEncoder
+from .graph_edits import same_pads_to_auto_pad
 
 TRACE_SIZE = (1, 200, 264)
 #: (name, height, width): portrait, landscape, square, 1:4, 4:1, tiny, odd
@@ -127,6 +130,18 @@ def write_card(onnx_path: str | Path, card: ModelCard) -> None:
     onnx.save(model, str(onnx_path))
 
 
+def edit_graph(onnx_path: str | Path) -> dict[str, int]:
+    """Apply the exact graph edits to the traced file at ``onnx_path`` (in place); returns
+    ``{"same_pads_as_auto_pad": pairs replaced}`` (the file is rewritten only when it changed)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    same = same_pads_to_auto_pad(model)
+    if same:
+        onnx.save(model, str(onnx_path))
+    return {"same_pads_as_auto_pad": same}
+
+
 def export_onnx(
     encoder: nn.Module,
     card: ModelCard,
@@ -137,7 +152,8 @@ def export_onnx(
     atol: float = 1e-5,
     sizes: tuple[tuple[str, int, int], ...] = CHECK_SIZES,
 ) -> tuple[ModelCard, list[ParityRow]]:
-    """Export, embed the card, check parity; write ``out_path`` only if every check passes.
+    """Export, edit the graph (:func:`edit_graph`, counts in ``card.provenance["graph_edits"]``),
+    embed the card, check parity; write ``out_path`` only if every check passes.
 
     ``encoder`` is a :class:`RegionalAttentionEncoder` or a multi-scale one
     (:class:`regatt_export.scales.MultiScaleEncoder`, which resizes inside the graph).
@@ -176,8 +192,13 @@ def export_onnx(
                 do_constant_folding=True,
             )
         wrapped.eval()
+        provenance = {**card.provenance, "graph_edits": edit_graph(tmp)}
         card = replace(
-            card, input_dtype=input_dtype, outputs=tuple(outputs), golden=make_golden(encoder, input_dtype, atol)
+            card,
+            input_dtype=input_dtype,
+            outputs=tuple(outputs),
+            golden=make_golden(encoder, input_dtype, atol),
+            provenance=provenance,
         )
         write_card(tmp, card)
         rows = check_parity(encoder, tmp, input_dtype, sizes, atol)

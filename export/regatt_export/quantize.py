@@ -131,7 +131,10 @@ def quantize_int8(
 
     model = onnx.load(str(fp32_path))
     inline_constant_identities(model)
-    same_convs = same_pads_to_auto_pad(model)  # portable: OpenVINO mis-runs QDQ around dynamic Pads
+    # OpenVINO mis-runs QDQ around dynamic Pads. ``export_onnx`` already made this edit (its count
+    # is in provenance["graph_edits"]); on such a file it finds no pair (0): files from older
+    # exports get it here.
+    same_convs = same_pads_to_auto_pad(model)
     body = backbone_nodes(model)
     convs = [n for n in body if n.op_type == "Conv"]
     keep_first = options.exclude_first_conv
