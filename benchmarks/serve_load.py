@@ -241,6 +241,7 @@ def markdown(r: dict) -> str:
     size = r["photo_size"]
     size_text = f"of {size[0]}x{size[1]}" if isinstance(size, list) else f"in {size} (mixed)"
     flags = f"--requests {s['requests']} --warmup {warm}" + (" --sizes all" if isinstance(size, str) else "")
+    flags += "" if enc else " --no-encoder"
     lines = [
         "# regatt serve under a bounded load", "",
         f"`python benchmarks/serve_load.py MODEL --max-side {r['max_side']} --clients {s['clients']} "
