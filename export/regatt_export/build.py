@@ -21,10 +21,10 @@ from .scales import MultiScaleEncoder
 from .weights import WeightsError, assign_strict, load_state_dict  # noqa: F401
 
 DEFAULT_BACKBONE = "efficientnet-lite0"
-#: The built-in default ships no attention: no trained attention beat plain R-MAC + whitening
-#: on the held-out landmark check (benchmarks/results/quality.md); its whitening was learned at
-#: S=384 and the check holds at S=512, the default model's longest side.
-DEFAULT_ATTENTION = "none"
+#: The built-in default ships context attention trained for retrieval on the train landmarks of
+#: landmarks-train with clutter views (``regatt train --objective landmark``), chosen on the val
+#: landmarks by benchmarks/heldout_report.py (benchmarks/results/heldout.md; PROVENANCE.md).
+DEFAULT_ATTENTION = "context"
 DEFAULT_MAX_SIDE = 512
 #: scales of the built-in default (benchmarks/results/scales.md); other models default to (1,)
 DEFAULT_SCALES: tuple[float, ...] = (1.0,)
