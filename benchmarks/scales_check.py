@@ -102,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         "--db-per-landmark", type=int, default=0, help="keep only this many clean photos per landmark (0: all)"
     )
     ap.add_argument("--no-paris", action="store_true")
+    ap.add_argument(
+        "--clutter-side",
+        type=int,
+        default=512,
+        help="longest side of the clutter queries: 1024 makes them like phone photos (a high-resolution "
+        "photo with the object small in it; the pasted photos keep their own pixels), 512 = S",
+    )
     args = ap.parse_args(argv)
     sets = {k: SETS[k] for k in args.sets}
     work = args.work
@@ -116,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             part,
             args.per_landmark,
             distractors=args.distractors,
+            side=args.clutter_side,
         )
         for part in ("val", "test")
     }
@@ -158,9 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             out[f"clutter_{part}"] = clutter_map(
                 take(qvec, [q.path for q in cs.queries]), take(dvec, [p for p, _ in cs.database]), cs
             )
-        out["landmarks_test"] = landmark_map(take(dvec, test_files), test_labels)
+        out["landmarks_test"] = landmark_map(take(dvec, test_files), test_labels, take(qvec, test_files))
         if paris_files:
-            out["paris"] = landmark_map(take(dvec, paris_files), paris_labels)
+            out["paris"] = landmark_map(take(dvec, paris_files), paris_labels, take(qvec, paris_files))
         return out
 
     rows = []
@@ -261,7 +269,8 @@ def markdown(result: dict) -> str:
         "",
         "Clutter checks: "
         + "; ".join(
-            f"{k}: {v['queries']} queries, {v['database']} database photos ({v['distractors']} distractors"
+            f"{k}: {v['queries']} queries of longest side {v.get('side', 512)} px, {v['database']} database photos "
+            f"({v['distractors']} distractors"
             + (
                 f", at most {v['db_per_landmark']} clean photos per landmark besides the pasted ones"
                 if v["db_per_landmark"]

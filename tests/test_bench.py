@@ -238,3 +238,19 @@ def test_gemm_probes_check_their_products_and_report_throughput():
     i8 = ort_gemm_int8(96, threads=1, runs=2, warmup=1)  # raises if MatMulInteger computes a wrong product
     assert f32.gflops_per_s > 0 and i8.gflops_per_s > 0
     assert i8.engine.startswith("onnxruntime MatMulInteger") and i8.size == 96
+
+
+def test_landmark_map_with_query_side_vectors() -> None:
+    import numpy as np
+
+    from regatt_sdk.bench.quality import landmark_map
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16))
+    labels = [str(i % 3) for i in range(12)]
+    v = centres[[i % 3 for i in range(12)]] + 0.05 * rng.normal(size=(12, 16))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    assert landmark_map(v, labels) == landmark_map(v, labels, v) == 100.0
+    # queries described "another way" that point at the wrong landmark rank the positives last
+    wrong = v[[(i + 1) % 12 for i in range(12)]]
+    assert landmark_map(v, labels, wrong) < 50.0

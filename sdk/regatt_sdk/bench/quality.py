@@ -27,9 +27,11 @@ def landmark_set(root: Path) -> tuple[list[Path], list[str]]:
     return files, labels
 
 
-def landmark_map(vectors: np.ndarray, labels: list[str]) -> float:
-    """mAP in percent over all photos as queries; ``vectors (N, D)`` unit rows."""
-    sims = vectors @ vectors.T
+def landmark_map(vectors: np.ndarray, labels: list[str], queries: np.ndarray | None = None) -> float:
+    """mAP in percent over all photos as queries; ``vectors (N, D)`` unit rows. ``queries (N, D)``:
+    the same photos described another way (e.g. at a query-side scale), row ``i`` searching
+    ``vectors`` without its own row; default ``vectors`` itself."""
+    sims = (vectors if queries is None else queries) @ vectors.T
     names = [str(i) for i in range(len(labels))]
     aps = []
     for q in range(len(labels)):
