@@ -4,7 +4,10 @@ Backbone: the default's (EfficientNet-Lite0, its packaged ImageNet weights), pho
 longest side S (512: the default model's). Variants: classic global poolings (GeM p=3, MAC,
 SPoC), plain R-MAC, R-MAC with each whitening (the packaged ImageNet-sample one; PCA on the
 regions of the ``train`` landmarks of ``landmarks-train`` = the paper's "PCA Landmark"; Lw,
-the learned whitening from same-landmark pairs of the ``train`` landmarks) and each attention
+the learned whitening from same-landmark pairs of the ``train`` landmarks; "PCA mixed" and "Lw
+mixed", the same two with the regions of the ``--mix-photos`` (the ImageNet sample) weighted
+equally with the train landmarks' in the mean and the covariance: the PCA's, Lw's ``Sigma_D``)
+and each attention
 (none, the packaged one, any ``--attention NAME=FILE``), without and with AQE (top 5).
 
 Checks (the landmark-disjoint split of :mod:`regatt_export.splits`; ``val`` only for choices):
@@ -55,6 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--landmarks", type=Path, default=SHARED / "landmarks-train")
     ap.add_argument("--paris", type=Path, default=SHARED / "paris6k-subset")
     ap.add_argument("--backgrounds", type=Path, default=SHARED / "imagenet-extra")
+    ap.add_argument(
+        "--mix-photos",
+        type=Path,
+        default=SHARED / "imagenet-sample",
+        help="Photos whose regions the 'mixed' whitenings weigh equally with the train landmarks'",
+    )
     ap.add_argument(
         "--clutter-dir", type=Path, default=Path("/tmp/regatt-clutter"), help="Where the clutter queries are written"
     )
@@ -227,11 +236,20 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, flush=True)  # noqa: E731
     from regatt_export.backbones import build_backbone, get_spec
+    from regatt_export.datasets import list_images
     from regatt_export.encoder import RegionalAttentionEncoder
     from regatt_export.head import Attention
     from regatt_export.official import load_whitening_arrays, load_whitening_file
     from regatt_export.splits import landmark_split
-    from regatt_export.whiten import full_image_cache, learn_lw, whitening_from_moments
+    from regatt_export.whiten import (
+        full_image_cache,
+        learn_lw,
+        lw_from_moments,
+        matching_pair_covariance,
+        mixture_moments,
+        photo_means,
+        whitening_from_moments,
+    )
 
     t_start = time.perf_counter()
     name = "efficientnet-lite0"
@@ -262,6 +280,10 @@ def main(argv=None) -> int:
         f"{len(all_paths)} photos at S={args.max_side} (train landmarks {len(split['train'])}: {len(train_paths)} photos)"
     )
     bank = PhotoBank(encoder, cache, all_paths, log, args.bank)
+    mix_paths = [str(it.path) for it in list_images(args.mix_photos)]
+    assert not set(mix_paths) & set(all_paths), "the mixed-in photos must not be check or train photos"
+    log(f"{len(mix_paths)} photos of {args.mix_photos} for the mixed whitenings")
+    mix_bank = PhotoBank(encoder, cache, mix_paths, log, args.bank / "mix-photos" if args.bank else None)
 
     # -- whitenings: packaged, PCA Landmark and Lw on the train landmarks ------------------
     t0 = time.perf_counter()
@@ -283,7 +305,12 @@ def main(argv=None) -> int:
     for extra in args.whitening:
         label, path = extra.split("=", 1)
         whitenings[label] = (load_whitening_file(path, spec.channels), path)
-    candidates: dict[str, dict[float, object]] = {"PCA landmark": {}, "Lw landmark": {}}
+    candidates: dict[str, dict[float, object]] = {
+        "PCA landmark": {},
+        "Lw landmark": {},
+        "PCA mixed": {},
+        "Lw mixed": {},
+    }
     timings = {}
     t0 = time.perf_counter()
     tmu = tvec.mean(axis=0)
@@ -291,6 +318,20 @@ def main(argv=None) -> int:
     tcov = (xc.T @ xc).astype(np.float64) / max(len(xc) - 1, 1)
     del xc
     cov_s = time.perf_counter() - t0
+    # the mixed whitenings: train-landmark regions and mix-photo regions weighted 1/2 each
+    t0 = time.perf_counter()
+    mvec = mix_bank.rmax.double().numpy()
+    mmu = mvec.mean(axis=0)
+    xc = (mvec - mmu).astype(np.float32)
+    mcov = (xc.T @ xc).astype(np.float64) / max(len(xc) - 1, 1)
+    del xc
+    mix_mu, mix_cov = mixture_moments([(tmu, tcov), (mmu, mcov)])
+    # Lw mixed: Sigma_S from the train landmarks' matching pairs; Sigma_D over both photo sets
+    txi = photo_means(tvec, tseg, len(train_paths))
+    sigma_s = matching_pair_covariance(txi, tlabels)
+    mxi = photo_means(mvec, mix_bank.seg.numpy(), len(mix_paths))
+    _, sigma_d = mixture_moments([(x.mean(axis=0), np.cov(x.T)) for x in (txi, mxi)])
+    mix_s = time.perf_counter() - t0
     for s in SHRINK_GRID:
         t0 = time.perf_counter()
         mean, comps, _ = whitening_from_moments(tmu, tcov, tvec.shape[1], s, 0.5)
@@ -300,8 +341,17 @@ def main(argv=None) -> int:
         mean, comps, _ = learn_lw(tvec, tseg, tlabels, None, s)
         timings[f"Lw landmark {s}"] = time.perf_counter() - t0 + learn_s
         candidates["Lw landmark"][s] = load_whitening_arrays(mean, comps, f"lw {s}")
+        t0 = time.perf_counter()
+        mean, comps, _ = whitening_from_moments(mix_mu, mix_cov, tvec.shape[1], s, 0.5)
+        timings[f"PCA mixed {s}"] = time.perf_counter() - t0 + learn_s + cov_s + mix_s
+        candidates["PCA mixed"][s] = load_whitening_arrays(mean, comps, f"pca mixed {s}")
+        t0 = time.perf_counter()
+        mean, comps, _ = lw_from_moments(mix_mu, sigma_s, sigma_d, tvec.shape[1], s)
+        timings[f"Lw mixed {s}"] = time.perf_counter() - t0 + learn_s + mix_s
+        candidates["Lw mixed"][s] = load_whitening_arrays(mean, comps, f"lw mixed {s}")
     log(
-        f"whitenings learned on {len(train_paths)} photos / {tvec.shape[0]} regions ({max(timings.values()):.0f} s the slowest)"
+        f"whitenings learned on {len(train_paths)} photos / {tvec.shape[0]} regions (mixed: + {len(mix_paths)} photos / "
+        f"{mvec.shape[0]} regions) ({max(timings.values()):.0f} s the slowest)"
     )
 
     # -- scoring ----------------------------------------------------------------------------
@@ -372,10 +422,10 @@ def main(argv=None) -> int:
             if best is None or r["choice"] > best[1]:
                 best = (s, r["choice"])
         chosen[fam] = best[0]
-        whitenings[f"{fam} (shrinkage {best[0]})"] = (
-            grid[best[0]],
-            f"train landmarks, {len(train_paths)} photos, shrinkage chosen on val",
-        )
+        source = f"train landmarks, {len(train_paths)} photos"
+        if fam.endswith("mixed"):
+            source += f" + {args.mix_photos.name}, {len(mix_paths)} photos, weighted equally"
+        whitenings[f"{fam} (shrinkage {best[0]})"] = (grid[best[0]], f"{source}, shrinkage chosen on val")
     grid_rows = rows.pop("_grid")
 
     for wlabel, (wh, wnote) in [("none", (None, ""))] + list(whitenings.items()):
@@ -395,7 +445,7 @@ def main(argv=None) -> int:
         for fam, s in chosen.items():
             wh = candidates[fam][s]
             save_whitening(
-                args.save_whitening / f"{fam.split()[0].lower()}-landmark.npz",
+                args.save_whitening / f"{fam.lower().replace(' ', '-')}.npz",
                 wh.mean.numpy(),
                 wh.components.numpy(),
                 shrinkage=s,
@@ -418,6 +468,12 @@ def main(argv=None) -> int:
         "checks": {c: {"photos": len(sets[c]["paths"])} for c in checks},
         "split": {k: v for k, v in split.items()},
         "shrinkage_grid": list(SHRINK_GRID),
+        "mix_photos": {
+            "folder": str(args.mix_photos),
+            "photos": len(mix_paths),
+            "regions": int(mvec.shape[0]),
+            "weighting": "train-landmark and mix-photo regions weighted 1/2 each (mean, covariance; Lw: Sigma_D)",
+        },
         "chosen_shrinkage": chosen,
         "grid": grid_rows,
         "learn_seconds": timings,
@@ -450,7 +506,9 @@ def write_markdown(result: dict, path: Path) -> None:
         "`lm-val` / `lm-test` (the val / test landmarks of landmarks-train, 10 each, every photo a query),",
         "`clutter-val` / `clutter-test` (150 photos of those landmarks pasted into ImageNet photos at 30/45/60 % of the",
         "sides, against their clean photos + 300 ImageNet distractors; the pasted photo is junk). Whitenings `PCA landmark`",
-        "and `Lw landmark` are learned on the 30 train landmarks only. **Choices use only "
+        "and `Lw landmark` are learned on the 30 train landmarks only; `PCA mixed` / `Lw mixed` weigh their regions",
+        f"equally with those of {result['mix_photos']['photos']} photos of `{Path(result['mix_photos']['folder']).name}`"
+        " (mean and covariance; Lw: the photo covariance, its pair covariance stays the landmarks'). **Choices use only "
         + result["choice_rule"]
         + "**",
         f"(shrinkage chosen: {result['chosen_shrinkage']}); `paris`, `lm-test`, `clutter-test` are the reported numbers.",

@@ -258,3 +258,20 @@ def test_whiten_lw_bad_inputs(landmark_dir, tmp_path, capsys):
     shutil.copytree(landmark_dir / "coffee", flat)
     err = _fails(["whiten", str(flat), *out, "--method", "lw", *base], capsys)
     assert "no landmark sub-folders" in err
+
+
+def test_mixture_moments_weigh_each_set_equally():
+    """The moments of the union of a small and a large set, each weighted 1/2, equal those of
+    the plain union after repeating the small set's rows to the large set's size."""
+    from regatt_export.whiten import mixture_moments
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(30, 4)) + 5.0
+    b = rng.normal(size=(90, 4)) @ rng.normal(size=(4, 4))
+    moments = [(x.mean(0), np.cov(x.T, bias=True)) for x in (a, b)]
+    mu, cov = mixture_moments(moments)
+    union = np.concatenate([np.repeat(a, 3, axis=0), b])
+    assert np.allclose(mu, union.mean(0))
+    assert np.allclose(cov, np.cov(union.T, bias=True))
+    plain = np.concatenate([a, b])  # unweighted, the large set dominates: not the same
+    assert not np.allclose(mu, plain.mean(0), atol=0.1)

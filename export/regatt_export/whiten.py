@@ -209,6 +209,55 @@ def _shrunk_eig(cov: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarr
     return np.maximum(shrunk, max(shrunk.max() * 1e-9, 1e-12)), u
 
 
+def photo_means(vectors: np.ndarray, photo: np.ndarray, n: int) -> np.ndarray:
+    """Mean regional vector of each photo: ``vectors (M, C)``, ``photo (M,)`` in ``0..n-1`` ->
+    ``(n, C)`` float64. Raises :class:`DataError` if a photo has no regional vector."""
+    counts = np.bincount(photo, minlength=n).astype(np.float64)
+    if np.any(counts == 0):
+        raise DataError("every photo needs at least one regional vector")
+    xi = np.zeros((n, vectors.shape[1]))
+    np.add.at(xi, photo, vectors.astype(np.float64))
+    return xi / counts[:, None]
+
+
+def matching_pair_covariance(xi: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Lw's ``Sigma_S (C, C)``: the covariance of ``x_a - x_b`` over the matching pairs (two
+    photos of one landmark) of the photo vectors ``xi (N, C)`` with landmarks ``labels (N,)``."""
+    classes, inv = np.unique(np.asarray(labels), return_inverse=True)
+    sizes = np.bincount(inv).astype(np.float64)
+    if len(classes) < 2 or np.any(sizes < 2):
+        raise DataError("learned whitening (lw) needs at least 2 landmarks with at least 2 photos each")
+    cmean = np.zeros((len(classes), xi.shape[1]))
+    np.add.at(cmean, inv, xi)
+    cmean /= sizes[:, None]
+    within = xi - cmean[inv]
+    # sum over the matching pairs of one landmark of (x_a - x_b)(x_a - x_b)^T = n_k * scatter_k
+    return (within * sizes[inv, None]).T @ within * 2.0 / max(float((sizes * (sizes - 1)).sum()), 1.0)
+
+
+def mixture_moments(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``(C,)`` and covariance ``(C, C)`` of the union of several sets, each weighted
+    equally whatever its size, from each set's ``(mean (C,), covariance (C, C))``: the mean of
+    the means and the mean of the covariances plus the spread of the means about their mean."""
+    mus = np.stack([np.asarray(m, dtype=np.float64) for m, _ in parts])
+    mu = mus.mean(axis=0)
+    d = mus - mu
+    cov = np.mean([np.asarray(c, dtype=np.float64) for _, c in parts], axis=0) + d.T @ d / len(parts)
+    return mu, cov
+
+
+def lw_from_moments(
+    mu: np.ndarray, sigma_s: np.ndarray, sigma_d: np.ndarray, dim: int, shrinkage: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`learn_lw` from the regional mean ``mu (C,)``, the matching-pair covariance
+    ``sigma_s (C, C)`` and the covariance of the photo vectors ``sigma_d (C, C)``."""
+    lam_s, u_s = _shrunk_eig(sigma_s, shrinkage)
+    p_w = (u_s / np.sqrt(lam_s)[None, :]).T  # (C, C): Sigma_S^-1/2 up to a rotation
+    lam_d, u_d = _shrunk_eig(p_w @ sigma_d @ p_w.T, 0.0)
+    components = (u_d[:, :dim].T @ p_w).astype(np.float32)
+    return (-np.asarray(mu)).astype(np.float32), components, lam_d
+
+
 def learn_lw(
     vectors: np.ndarray, photo: np.ndarray, labels: np.ndarray, dim: int | None = None, shrinkage: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -226,30 +275,11 @@ def learn_lw(
         raise DataError(f"--shrinkage must be in [0, 1], got {shrinkage}")
     labels = np.asarray(labels)
     n = len(labels)
-    x = vectors.astype(np.float64)
-    counts = np.bincount(photo, minlength=n).astype(np.float64)
-    if np.any(counts == 0):
-        raise DataError("every photo needs at least one regional vector")
-    xi = np.zeros((n, c))
-    np.add.at(xi, photo, x)
-    xi /= counts[:, None]
-    classes, inv = np.unique(labels, return_inverse=True)
-    sizes = np.bincount(inv).astype(np.float64)
-    if len(classes) < 2 or np.any(sizes < 2):
-        raise DataError("learned whitening (lw) needs at least 2 landmarks with at least 2 photos each")
-    cmean = np.zeros((len(classes), c))
-    np.add.at(cmean, inv, xi)
-    cmean /= sizes[:, None]
-    within = xi - cmean[inv]
-    # sum over the matching pairs of one landmark of (x_a - x_b)(x_a - x_b)^T = n_k * scatter_k
-    sigma_s = (within * sizes[inv, None]).T @ within * 2.0 / max(float((sizes * (sizes - 1)).sum()), 1.0)
-    lam_s, u_s = _shrunk_eig(sigma_s, shrinkage)
-    p_w = (u_s / np.sqrt(lam_s)[None, :]).T  # (C, C): Sigma_S^-1/2 up to a rotation
+    xi = photo_means(vectors, photo, n)
+    sigma_s = matching_pair_covariance(xi, labels)
     xc = xi - xi.mean(axis=0)
-    sigma_d = p_w @ (xc.T @ xc / max(n - 1, 1)) @ p_w.T
-    lam_d, u_d = _shrunk_eig(sigma_d, 0.0)
-    components = (u_d[:, :dim].T @ p_w).astype(np.float32)
-    return (-x.mean(axis=0)).astype(np.float32), components, lam_d
+    sigma_d = xc.T @ xc / max(n - 1, 1)
+    return lw_from_moments(vectors.astype(np.float64).mean(axis=0), sigma_s, sigma_d, dim, shrinkage)
 
 
 def save_whitening(path: str | Path, mean: np.ndarray, components: np.ndarray, **meta: float) -> Path:
