@@ -185,6 +185,32 @@ def main(argv: list[str] | None = None) -> int:
             **checks(combine([per_scale[s] for s in q_s]), combine([per_scale[s] for s in db_s])),
         }
     )
+    # the same preset through the product path: Encoder(query_scales=...).encode_query resizes the
+    # ORIGINAL photo to round(1.5 S) (the rows above upsample the S-prepared image in the graph)
+    from regatt_sdk import Encoder
+
+    sdk_q = np.array(per_scale[1.0])
+    queries = sorted(
+        {q.path for cs in clutter.values() for q in cs.queries} | {str(p) for p in test_files + list(paris_files)}
+    )
+    t = time.perf_counter()
+    qenc = Encoder(parts[1.0], device="cpu", query_scales=q_s)
+    qv = np.load(work / "sdk-query-side.npy") if (work / "sdk-query-side.npy").is_file() else None
+    if qv is None or len(qv) != len(queries):
+        qv = np.stack([qenc.encode_query(p) for p in queries])
+        np.save(work / "sdk-query-side.npy", qv)
+    for p, v in zip(queries, qv):
+        sdk_q[row_of[p]] = v
+    print(f"query side through Encoder(query_scales={q_s}): {len(queries)} queries in {time.perf_counter() - t:.0f} s")
+    rows.append(
+        {
+            "scales": "1",
+            "aggregation": "sum",
+            "query_scales": "1.5 (Encoder.encode_query, original pixels)",
+            "name": name + " (SDK)",
+            **checks(sdk_q, combine([per_scale[s] for s in db_s])),
+        }
+    )
     timed = {f"part {s:.4f}": p for s, p in parts.items()}
     if not args.no_regions:
         for name in [n for n in REGIONS_SETS if n in sets]:
