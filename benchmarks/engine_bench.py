@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -42,8 +43,13 @@ def write_markdown(result: dict, out: Path) -> None:
         "# Engines x precisions (one interleaved run)",
         "",
         f"Machine: {m.get('cpu_model', '?')}, {result['threads']} threads, load average at start {result['load_start']}, "
-        f"at end {result['load_end']}. **The machine was shared with other jobs** (load average far above its 2 "
-        "cores): absolute times are inflated and noisy; ratios within a model's block were measured interleaved.",
+        f"at end {result['load_end']}. "
+        + (
+            "**The machine was shared with other jobs** (load average above its cores): absolute times are "
+            "inflated and noisy; ratios within a model's block were measured interleaved."
+            if max(result["load_start"][0], result["load_end"][0]) > (os.cpu_count() or 1)
+            else "Quiet machine (load average below its cores); runs interleaved within each model's block."
+        ),
         "",
         f"Truthful fp32 peak: measured **{result['peak_gflops']:.0f} GFLOP/s** (best of onnxruntime MatMul, OpenVINO MatMul, "
         f"NumPy BLAS, at {', '.join(str(s) for s in result['peak_sizes'])}^3, start and end of the run; best: {peak['measured_by']}); "
