@@ -4,12 +4,16 @@ For each scale set (``1``, ``1,1/sqrt2``, ``1,sqrt2``, ``1/sqrt2,1,sqrt2``, ``1,
 query-side preset (database at 1, queries at 1.5): mAP on the clutter check of ``val`` landmarks
 (used to choose), and on the reported held-out checks: the clutter check of ``test`` landmarks,
 the ``test`` landmark photos (every photo a query) and the Paris subset; ms per image and
-images/s at 384x512 on this CPU, models timed interleaved in one run.
+images/s on this CPU at a 3:4 image of each model's prepared side (S=512: 384x512; a model with a
+scale > 1 is fed ``round(max(scales) * S)``), models timed interleaved in one run.
 
-How it is computed, and why it is exact: a ``sum`` model's descriptor is the L2-normalised sum of
-its per-scale descriptors, and each per-scale descriptor is what a one-scale export ``--scales s``
-computes (the same in-graph resize; the multi-scale graph matches PyTorch to 1e-7). So each image
-is encoded once per distinct scale with one-scale exports, and the sets are sums of those. The
+How it is computed: a ``sum`` model's descriptor is the L2-normalised sum of its per-scale
+descriptors, and each per-scale descriptor is approximated by a one-scale export ``--scales s``:
+the photo prepared at ``round(s * S)`` from its own pixels when ``s >= 1`` (exact for the
+largest scale of a set), at S and resized in the graph when ``s < 1``. A whole model describes
+its smaller scales by resizing its larger input in the graph instead, which differs from the
+SDK's resize of the original photo by interpolation only. So each image is encoded once per
+distinct scale with one-scale exports, and the sets are sums of those. The
 ``regions`` aggregation cannot be split that way: its models are exported and run whole on the
 clutter checks. Real multi-scale exports are timed beside the one-scale parts.
 
@@ -46,10 +50,20 @@ def export_model(scales: tuple[float, ...], aggregation: str, out: Path) -> Path
     from regatt_export.build import EncoderConfig, build_encoder
     from regatt_export.onnx_export import CHECK_SIZES, export_onnx
 
+    if out.exists() and _exported_before_input_side(out, scales):
+        out.unlink()  # upsampled its S-sized input; its encodings too
+        out.with_suffix(".npy").unlink(missing_ok=True)
     if not out.exists():
         enc, card = build_encoder(EncoderConfig(scales=scales, scale_aggregation=aggregation))
         export_onnx(enc, card, out, sizes=CHECK_SIZES)
     return out
+
+
+def _exported_before_input_side(model: Path, scales: tuple[float, ...]) -> bool:
+    """A cached export with a scale > 1 whose card predates ``input_side`` (fed at S)."""
+    from regatt_sdk.card import read_card
+
+    return max(scales) > 1 and read_card(model).input_side is None
 
 
 def encode(model: Path, files: list, cache: Path) -> np.ndarray:
@@ -68,19 +82,20 @@ def combine(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def time_models(models: dict[str, Path], repeats: int) -> dict[str, float]:
-    """Median ms per 384x512 image of each model, runs interleaved (A, B, A, B...)."""
+    """Median ms per 3:4 image at each model's prepared side (``Encoder.prepare_side``; S=512:
+    384x512), runs interleaved (A, B, A, B...)."""
     from regatt_sdk import Encoder
     from regatt_sdk.card import golden_image
 
     encs = {k: Encoder(p, device="cpu") for k, p in models.items()}
-    image = golden_image(384, 512, 3)[None]
-    for e in encs.values():
-        e.encode_prepared(image)
+    images = {k: golden_image(int(round(0.75 * e.prepare_side)), e.prepare_side, 3)[None] for k, e in encs.items()}
+    for k, e in encs.items():
+        e.encode_prepared(images[k])
     times: dict[str, list[float]] = {k: [] for k in encs}
     for _ in range(repeats):
         for k, e in encs.items():
             t = time.perf_counter()
-            e.encode_prepared(image)
+            e.encode_prepared(images[k])
             times[k].append(time.perf_counter() - t)
     return {k: 1000 * float(np.median(v)) for k, v in times.items()}
 
@@ -289,7 +304,8 @@ def markdown(result: dict) -> str:
     lines = [
         "# Scale trade-off of the default model (EfficientNet-Lite0, S=512)",
         "",
-        f"Made by `benchmarks/scales_check.py`; {result['machine']}; timing: a 384x512 image, median of "
+        f"Made by `benchmarks/scales_check.py`; {result['machine']}; timing: a 3:4 image at each model's prepared side (384x512 at S; a scale > 1 feeds "
+        "round(max(scales) * 512)), median of "
         "interleaved runs, onnxruntime CPU. Val landmarks choose, the other columns are reported: "
         f"val {', '.join(result['split']['val'])}; test {', '.join(result['split']['test'])}.",
         "",

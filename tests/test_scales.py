@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from regatt_sdk.card import golden_image
-from regatt_sdk.scales import MIN_SCALED_SIDE, ScaleError, parse_scales, scaled_shape
+from regatt_sdk.scales import MIN_SCALED_SIDE, ScaleError, graph_factors, parse_scales, scaled_shape
 
 torch = pytest.importorskip("torch")
 
@@ -118,21 +118,23 @@ def _build(scales, aggregation="sum", attention="context"):
 
 
 def test_in_graph_sizes_follow_the_sdk_rule(tiny_backbone):
-    """The multi-scale sum equals L2 of the one-scale descriptors at the SDK's sizes."""
+    """The multi-scale sum equals L2 of the one-scale descriptors at the SDK's sizes: the
+    prepared input resized by ``s / max(scales)`` (the largest scale is the input as given)."""
     import torch.nn.functional as F
 
     from regatt_export.scales import bilinear_resize
 
     scales = (1 / math.sqrt(2), 1.0, 1.5)
     enc, _ = _build(scales)
+    assert enc.factors == (1 / math.sqrt(2) / 1.5, 1 / 1.5, 1.0) == graph_factors(scales)
     for h, w in ((77, 123), (128, 96), (16, 16), (33, 200)):
         image = torch.from_numpy(golden_image(h, w, 5)[None])
         with torch.no_grad():
             want = []
-            for s in scales:
-                sh, sw = scaled_shape(h, w, s)
+            for f in enc.factors:
+                sh, sw = scaled_shape(h, w, f)
                 x = enc.base.normalize_input(image)
-                if s != 1.0:
+                if f != 1.0:
                     resized = bilinear_resize(x, torch.tensor(sh), torch.tensor(sw))
                     assert resized.shape[2:] == (sh, sw)
                     ref = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False)
@@ -327,3 +329,119 @@ def test_eval_cli_reports_both_query_sides(tiny_onnx, tmp_path, capsys):
     res = json.loads(out_json.read_text())
     assert res["query_scales"] == [1.5] and 0 <= res["map_query_scales"] <= 100 and 0 <= res["map"] <= 100
     assert res["results_query_scales"] != res["results"] or res["map_query_scales"] == res["map"]
+
+
+# -- a scale > 1 sees the photo's own pixels ---------------------------------------------------
+def _fine_photo(height: int, width: int, seed: int) -> np.ndarray:
+    """A photo whose detail (1-px stripes, per-pixel noise) upsampling an S-sized copy loses."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    stripes = np.where((xx + 2 * yy) % 3 == 0, 90, -90)[..., None]
+    return np.clip(golden_image(height, width, seed).astype(np.int32) + stripes, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def upscale_models(tiny_backbone, tmp_path_factory):
+    """``(multi, base)``: scales 1,1.5 at S=128 (uint8 input) and its own one-scale base exported
+    with a float32 input (so a reference can feed it an exact float resize)."""
+    from dataclasses import replace
+
+    from regatt_export.onnx_export import export_onnx
+
+    enc, card = _build((1.0, 1.5))
+    root = tmp_path_factory.mktemp("upscale")
+    multi, base = root / "ms.onnx", root / "base-f32.onnx"
+    card, rows = export_onnx(enc, card, multi, sizes=UNTRACED + (("fed 192x144", 192, 144),))
+    assert all(r.ok and r.max_abs_diff <= 1e-5 for r in rows), rows
+    one = replace(card, scales=(1.0,), scale_aggregation="sum", input_side=None, golden=None)
+    export_onnx(enc.base, one, base, input_dtype="float32", sizes=UNTRACED[:2])
+    return multi, base
+
+
+def test_scale_above_one_describes_the_original_pixels(upscale_models):
+    """Through the Encoder, a 1,1.5 model on a photo larger than S equals L2 of the sum of the
+    one-scale unit descriptors of the photo prepared at round(1.5 S) from its own pixels and of
+    that input resized by 1/1.5 (to round(S)): not of an upsampled S-sized copy."""
+    from regatt_sdk import Encoder
+    from regatt_sdk.preprocess import prepare
+
+    multi, base = upscale_models
+    photo = _fine_photo(300, 400, 4)
+    got = Encoder(multi, device="cpu").encode(photo)
+    one = Encoder(base, device="cpu")
+    fed = prepare(photo, 192).astype(np.float32)  # round(1.5 * 128), from the original pixels
+    assert fed.shape == (144, 192, 3)
+    h, w = scaled_shape(144, 192, 1 / 1.5)
+    assert (h, w) == (96, 128)  # scale 1 lands at S
+    at_s = cv2.resize(fed, (w, h), interpolation=cv2.INTER_LINEAR)  # half-pixel bilinear, no antialias
+    g = one.encode_prepared(at_s[None])[0] + one.encode_prepared(fed[None])[0]
+    want = g / np.linalg.norm(g)
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    # the scale-1.5 term really is the original pixels: upsampling the S-sized photo differs
+    up = cv2.resize(prepare(photo, 128).astype(np.float32), (192, 144), interpolation=cv2.INTER_LINEAR)
+    g_up = one.encode_prepared(at_s[None])[0] + one.encode_prepared(up[None])[0]
+    assert float(np.abs(g_up / np.linalg.norm(g_up) - want).max()) > 1e-3
+
+
+def test_card_and_prepare_side_of_a_scale_above_one(upscale_models):
+    from regatt_sdk import Encoder
+    from regatt_sdk.card import ModelCard
+
+    multi, _ = upscale_models
+    e = Encoder(multi, device="cpu")
+    card = e.card
+    assert (card.max_side, card.scales, card.input_side, card.prepare_side) == (128, (1.0, 1.5), 192, 192)
+    assert (e.max_side, e.prepare_side) == (128, 192) and "prepare_side=192" in repr(e)
+    photo = _fine_photo(300, 400, 6)
+    assert e.load(photo).shape == (144, 192, 3)
+    other = Encoder(multi, device="cpu", max_side=100)  # S overridden: fed round(1.5 * 100)
+    assert (other.max_side, other.prepare_side) == (100, 150) and other.load(photo).shape[:2] == (112, 150)
+    np.testing.assert_allclose(e.encode(photo, max_side=100), other.encode(photo), atol=1e-6)
+    # query scales multiply the fed side, so every graph scale moves with them (q * s * S)
+    q = Encoder(multi, device="cpu", query_scales="1.5")
+    np.testing.assert_allclose(q.encode_query(photo), e.encode(photo, max_side=192), atol=1e-6)
+    assert Encoder(multi, device="cpu", max_side=288).prepare_side == 288 * 3 // 2
+    # a card without the field (older exports) is prepared at S; its JSON never gains the key
+    old = ModelCard.from_json(card.to_json().replace('"input_side": 192, ', ""))
+    assert old.input_side is None and old.prepare_side == 128 and old.prepare_side_for(100) == 100
+    assert "input_side" not in old.to_json() and '"input_side": 192' in card.to_json()
+
+
+@pytest.mark.parametrize("scales", [(1.0, 1 / math.sqrt(2)), (0.5, 0.75)])
+def test_scales_up_to_one_keep_the_input_at_s(tiny_backbone, tmp_path, scales):
+    """Scales <= 1: prepared at S, factors are the scales, no input_side on the card."""
+    from regatt_export.onnx_export import export_onnx
+    from regatt_sdk import Encoder
+    from regatt_sdk.preprocess import prepare
+
+    enc, card = _build(scales)
+    assert enc.factors == scales and card.input_side is None and "input_side" not in card.to_json()
+    out = tmp_path / "down.onnx"
+    card, rows = export_onnx(enc, card, out, sizes=UNTRACED[:3])
+    assert all(r.ok for r in rows), rows
+    e = Encoder(out, device="cpu")
+    assert e.prepare_side == e.max_side == 128
+    photo = _fine_photo(300, 400, 8)
+    fed = prepare(photo, 128)
+    assert e.load(photo).shape == fed.shape
+    with torch.no_grad():
+        want = enc(torch.from_numpy(fed[None])).numpy()[0]
+    np.testing.assert_allclose(e.encode(photo), want, atol=1e-5)
+
+
+def test_store_encodes_a_scale_above_one_at_the_fed_side(upscale_models, tmp_path):
+    """encode_to_store prepares at the Encoder's prepare_side (the manifest keeps S)."""
+    from regatt_sdk import Encoder
+    from regatt_sdk.pipeline import encode_to_store
+    from regatt_sdk.store import FeatureStore, load_features
+
+    multi, _ = upscale_models
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(photos / f"p{i}.png"), _fine_photo(300 + 20 * i, 400, 10 + i))
+    e = Encoder(multi, device="cpu")
+    encode_to_store(e, [photos], tmp_path / "store", progress=False)
+    names, vectors = load_features(tmp_path / "store")
+    want = e.encode([str(photos / n) for n in names])
+    np.testing.assert_allclose(vectors, want, atol=1e-6)
+    assert FeatureStore.open(tmp_path / "store").manifest["model"]["max_side"] == 128

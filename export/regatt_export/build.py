@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from regatt_sdk.card import ModelCard
-from regatt_sdk.scales import check_aggregation, parse_scales
+from regatt_sdk.scales import check_aggregation, input_side, parse_scales
 
 from . import __version__
 from .backbones import build_backbone, get_spec
@@ -88,7 +88,9 @@ def build_encoder(cfg: EncoderConfig) -> tuple[RegionalAttentionEncoder | MultiS
     """Build the encoder (eval mode) and the card describing it (without a golden vector).
 
     With scales other than ``(1,)`` the module is a :class:`MultiScaleEncoder` around the
-    single-scale one (its ``.base``).
+    single-scale one (its ``.base``). With a scale > 1 the card's ``input_side`` is
+    ``round(max(scales) * S)`` (the side the SDK prepares photos at; the graph resizes that input
+    by ``s / max(scales)``); with every scale <= 1 it is left unset (prepared at S).
     """
     cfg = resolve(cfg)
     torch.manual_seed(cfg.seed)
@@ -135,6 +137,7 @@ def build_encoder(cfg: EncoderConfig) -> tuple[RegionalAttentionEncoder | MultiS
     aggregation = cfg.scale_aggregation if cfg.scales != (1.0,) else "sum"
     if cfg.scales != (1.0,):
         encoder = MultiScaleEncoder(encoder, cfg.scales, aggregation).eval()
+    fed = input_side(cfg.max_side, cfg.scales)
     card = ModelCard(
         backbone=spec.name,
         dim=encoder.dim,
@@ -151,6 +154,7 @@ def build_encoder(cfg: EncoderConfig) -> tuple[RegionalAttentionEncoder | MultiS
         preset=preset,
         scales=tuple(cfg.scales),
         scale_aggregation=aggregation,
+        input_side=fed if fed != cfg.max_side else None,
         versions=_versions(),
         provenance={
             "official": cfg.official,

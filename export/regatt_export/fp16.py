@@ -133,7 +133,7 @@ def convert_fp16(
 ) -> tuple[ModelCard, VariantParity | None]:
     """Write an fp16-backbone copy of ``fp32_path`` at ``out_path`` after the parity gate.
 
-    Parity images: ``parity_dir`` photos, else generated test images at the card's ``max_side``.
+    Parity images: ``parity_dir`` photos, else generated test images at the card's ``prepare_side``.
     When no provider here can run fp16 kernels, the gate is skipped (returned parity is None,
     and the card says so); it never passes a graph that ran and disagreed.
     """
@@ -145,7 +145,7 @@ def convert_fp16(
     converted = convert_backbone_fp16(model)
     with staged_file(out_path, ".fp16.onnx.tmp") as tmp:
         onnx.save(model, tmp)
-        images: ImageSet = parity_set(parity_dir, [], card.max_side, parity_count)
+        images: ImageSet = parity_set(parity_dir, [], card.prepare_side, parity_count)
         providers = _runnable_providers(Path(tmp))
         provenance = dict(card.provenance)
         provenance["fp16"] = {

@@ -3,7 +3,7 @@
 Only the backbone is quantized (by default its convolutions, minus the first one); the input
 normalisation, the region pooling, whitening, attention and every normalisation stay fp32.
 Calibration feeds real photos prepared exactly as the SDK prepares them
-(:func:`regatt_sdk.preprocess.prepare` at the card's ``max_side``, or a smaller calibration side).
+(:func:`regatt_sdk.preprocess.prepare` at the card's ``prepare_side``, or a smaller calibration side).
 Nothing is written unless the quantized graph's descriptors have a cosine of at least
 ``min_cosine`` to the fp32 graph's on photos disjoint from the calibration set.
 """
@@ -60,7 +60,8 @@ DEFAULT_OP_TYPES = ("Conv", "Relu", "Clip", "Add", "MaxPool", "Pad")
 class Int8Options:
     """How to calibrate and what to quantize.
 
-    ``side``: longest side of the calibration photos (default: the card's ``max_side``; smaller
+    ``side``: longest side of the calibration photos (default: the card's ``prepare_side``, the
+    side the SDK feeds the graph: S, or ``round(max(scales) * S)`` with a scale > 1; smaller
     is faster and calibrates the same activations at a coarser scale). ``count``: photos used,
     evenly spread over the folder. ``holdout``: photos kept out of calibration for the parity
     gate when ``parity_dir`` is not given. ``op_types``: op types quantized inside the backbone.
@@ -115,13 +116,13 @@ def quantize_int8(
 
     method = _calibration_method(options.method)
     card = read_card(fp32_path)
-    side = int(options.side or card.max_side)
+    side = int(options.side or card.prepare_side)
     files = list_images(calibration_dir)
     use_holdout = options.parity_dir is None
     calib_files, held = split_holdout(files, options.holdout if use_holdout else 0)
     calib_files = spread(calib_files, options.count)
     calib = prepared_images(calib_files, side)
-    parity_images = parity_set(options.parity_dir, held, card.max_side, options.parity_count)
+    parity_images = parity_set(options.parity_dir, held, card.prepare_side, options.parity_count)
     if options.parity_dir is not None:
         overlap = {Path(p).resolve() for p in list_images(options.parity_dir)} & {p.resolve() for p in calib_files}
         if overlap:

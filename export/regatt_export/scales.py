@@ -2,9 +2,12 @@
 made of plain tensor ops, and the encoder that runs backbone + regions + head per scale.
 
 The prepared input ``(N, H, W, 3)`` is described at each scale ``s`` at the size
-:func:`regatt_sdk.scales.scaled_shape` gives (longest side ``round(s * max(H, W))``, both sides by
+:func:`regatt_sdk.scales.scaled_shape` gives for its factor ``f = s / max(1, max(scales))``
+(:func:`regatt_sdk.scales.graph_factors`: longest side ``round(f * max(H, W))``, both sides by
 the preprocessing rule, NumPy rounding), computed here from the input's shape with float64 tensor
-ops so the ONNX graph stays dynamic. Aggregation: ``sum`` (the per-scale descriptors summed,
+ops so the ONNX graph stays dynamic. With a scale > 1 the SDK feeds ``round(max(scales) * S)``
+(the card's ``input_side``), so scale ``s`` lands at ``round(s * S)`` from the photo's own pixels
+and the largest scale is the input as given; with every scale <= 1 the factors are the scales. Aggregation: ``sum`` (the per-scale descriptors summed,
 then L2) or ``regions`` (the regional vectors of all scales in one attention-weighted mean).
 """
 
@@ -13,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from regatt_sdk.scales import AGGREGATIONS
+from regatt_sdk.scales import AGGREGATIONS, graph_factors
 
 from .encoder import RegionalAttentionEncoder
 from .head import release_normalize
@@ -72,6 +75,8 @@ class MultiScaleEncoder(nn.Module):
             raise ValueError("a multi-scale encoder needs at least one scale")
         self.base = base
         self.scales = tuple(float(s) for s in scales)
+        #: the resize factor of the prepared input per scale (``s / max(scales)`` when one is > 1)
+        self.factors = graph_factors(self.scales)
         self.aggregation = aggregation
 
     @property
@@ -83,16 +88,17 @@ class MultiScaleEncoder(nn.Module):
         return self.base.spec
 
     def per_scale(self, image: torch.Tensor):
-        """``[(rmax, rmean, gmean, valid)]`` per scale (see :meth:`RegionalAttentionEncoder.regional`)."""
+        """``[(rmax, rmean, gmean, valid)]`` per scale (see :meth:`RegionalAttentionEncoder.regional`),
+        each from the input resized by that scale's factor (:attr:`factors`)."""
         x = self.base.normalize_input(image)
         height = torch.scalar_tensor(image.shape[1], dtype=torch.float64)
         width = torch.scalar_tensor(image.shape[2], dtype=torch.float64)
         parts = []
-        for s in self.scales:
-            if s == 1.0:
+        for f in self.factors:
+            if f == 1.0:
                 xs, hs, ws = x, height, width
             else:
-                hs, ws = scaled_size(height, width, s)
+                hs, ws = scaled_size(height, width, f)
                 xs = bilinear_resize(x, hs, ws)
             feat = self.base.backbone(xs)
             parts.append(self.base.regional_boxes(self.base.boxes_hw(hs, ws), feat))

@@ -69,9 +69,32 @@ class ModelCard:
     #: regional vectors of all scales in one attention-weighted mean)
     scales: tuple[float, ...] = (1.0,)
     scale_aggregation: str = "sum"
+    #: the longest side images are prepared at when it is not ``max_side`` (S): a graph with a
+    #: scale > 1 is fed ``round(max(scales) * S)`` and resizes by ``s / max(scales)`` per scale.
+    #: None (every scale <= 1, and cards older than the field): prepared at S, resized by ``s``.
+    #: Left out of the JSON when None, so those cards (and their hashes) are unchanged.
+    input_side: int | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        if data["input_side"] is None:
+            del data["input_side"]
+        return json.dumps(data, sort_keys=True)
+
+    @property
+    def prepare_side(self) -> int:
+        """The longest side the SDK prepares images at for this model: ``input_side`` or S."""
+        return int(self.input_side or self.max_side)
+
+    def prepare_side_for(self, max_side: int | None = None) -> int:
+        """:attr:`prepare_side` when S is ``max_side`` instead of the card's (None: the card's)."""
+        if max_side is None:
+            return self.prepare_side
+        if self.input_side is None:
+            return int(max_side)
+        from .scales import input_side
+
+        return input_side(int(max_side), self.scales)
 
     @classmethod
     def from_json(cls, text: str) -> ModelCard:

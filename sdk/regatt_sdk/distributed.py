@@ -81,7 +81,7 @@ class EncodeActor:
 
         self.encoder = Encoder(model, device=device, max_side=max_side, threads=threads)
         self.batch_size = batch_size
-        self.load = make_loader(int(self.encoder.max_side), max_pixels=max_pixels, min_side=min_side,
+        self.load = make_loader(int(self.encoder.prepare_side), max_pixels=max_pixels, min_side=min_side,
                             upscale_small=upscale_small, rois=rois)  # fmt: skip
         self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="regatt-decode")
         self.shard_dir = Path(shard_dir)

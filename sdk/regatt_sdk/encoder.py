@@ -39,11 +39,15 @@ class Encoder:
     are gated (:mod:`regatt_sdk.engines.gate`) before use and refused with the reason
     (:class:`ModelError`) when they fail. The encoder keeps the model card, the preprocessing
     and the batching; the graph runs on ``.engine``.
-    ``max_side`` overrides the card's longest side S (default 1024). ``encode(image)`` takes a
+    ``max_side`` overrides the card's longest side S (default 1024); ``.prepare_side`` is the
+    longest side images are prepared at: S, or ``round(max(scales) * S)`` for a multi-scale
+    model with a scale > 1 (its graph resizes to each scale, so every scale sees the photo's own
+    pixels; the card's ``input_side``). ``encode(image)`` takes a
     path or a BGR uint8 array ``(H, W, 3)`` and returns float32 ``(D,)``; ``encode(list)``
     returns ``(N, D)`` in input order. ``query_scales`` (e.g. ``(1.5,)`` or ``"1,1.5"``):
-    :meth:`encode_query` prepares queries at longest side ``round(q * S)`` for each ``q`` and
-    sums the descriptors (then L2), so small objects in queries meet the database's scale.
+    :meth:`encode_query` prepares queries at longest side ``round(q * prepare_side)`` for each
+    ``q`` (``round(q * S)`` for a one-scale model) and sums the descriptors (then L2), so small
+    objects in queries meet the database's scale.
     """
 
     def __init__(
@@ -70,6 +74,8 @@ class Encoder:
         self.max_side = int(max_side or self.card.max_side)
         if self.max_side < 16:
             raise ModelError(f"max_side {self.max_side} is too small: use at least 16")
+        #: the longest side images are prepared at (the card's ``input_side`` rule at this S)
+        self.prepare_side = self.card.prepare_side_for(max_side)
         self.device = device
         #: multiples of S at which :meth:`encode_query` describes queries (None: as the database)
         self.query_scales = None if query_scales is None else parse_scales(query_scales, self.max_side, "query_scales")
@@ -85,14 +91,17 @@ class Encoder:
 
     def __repr__(self) -> str:
         c = self.card
+        side = f", prepare_side={self.prepare_side}" if self.prepare_side != self.max_side else ""
         return (
             f"Encoder({str(self.model_path)!r}, backbone={c.backbone}, attention={c.attention}, "
-            f"dim={c.dim}, max_side={self.max_side}, providers={self.providers})"
+            f"dim={c.dim}, max_side={self.max_side}{side}, providers={self.providers})"
         )
 
     # -- single steps -----------------------------------------------------------------------
     def load(self, image: ImageLike, roi: Box | None = None, max_side: int | None = None) -> np.ndarray:
-        """Decode (if a path) and prepare one image: resized BGR uint8 ``(h, w, 3)``."""
+        """Decode (if a path) and prepare one image: resized BGR uint8 ``(h, w, 3)``.
+
+        ``max_side``: the prepared longest side (default :attr:`prepare_side`)."""
         if isinstance(image, (str, Path)):
             bgr = read_image(image)
             source = str(image)
@@ -102,7 +111,7 @@ class Encoder:
         else:
             raise TypeError(f"expected a path or a numpy array, got {type(image).__name__}")
         try:
-            return prepare(bgr, max_side or self.max_side, roi)
+            return prepare(bgr, max_side or self.prepare_side, roi)
         except ValueError as exc:
             raise ImageError(source, str(exc)) from None
 
@@ -144,9 +153,10 @@ class Encoder:
     ) -> np.ndarray:
         """One image -> ``(D,)``; a list -> ``(N, D)`` (same-size images batched together).
 
-        ``max_side`` overrides the encoder's S for this call.
+        ``max_side`` overrides the encoder's S for this call (prepared by the card's rule).
         """
-        return self._encode_at(images, roi, rois, batch_size, progress, max_side)
+        side = None if max_side is None else self.card.prepare_side_for(max_side)
+        return self._encode_at(images, roi, rois, batch_size, progress, side)
 
     def encode_query(
         self,
@@ -164,7 +174,7 @@ class Encoder:
         if not self.query_scales:
             return self._encode_at(images, roi, rois, batch_size, progress, None)
         parts = [
-            self._encode_at(images, roi, rois, batch_size, progress, scaled_longest(self.max_side, q))
+            self._encode_at(images, roi, rois, batch_size, progress, scaled_longest(self.prepare_side, q))
             for q in self.query_scales
         ]
         g = np.sum(parts, axis=0, dtype=np.float32)
@@ -180,7 +190,7 @@ class Encoder:
         max_side: int | None,
     ) -> np.ndarray:
         """The one path behind :meth:`encode` and :meth:`encode_query`: images prepared at
-        longest side ``max_side`` (None: the encoder's S) -> ``(D,)`` for one, ``(N, D)`` for a list."""
+        longest side ``max_side`` (None: :attr:`prepare_side`) -> ``(D,)`` for one, ``(N, D)`` for a list."""
         if isinstance(images, (str, Path, np.ndarray)):
             if isinstance(images, np.ndarray) and images.ndim == 4:
                 raise ValueError("pass a list of (H, W, 3) arrays, or use encode_prepared for a batch")

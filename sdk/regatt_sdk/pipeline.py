@@ -40,7 +40,8 @@ class EncoderLike(Protocol):
 
     card: Any  # has .hash (str)
     dim: int
-    max_side: int
+    max_side: int  # S, recorded in the store's manifest
+    # optional ``prepare_side: int``: the longest side images are prepared at (default max_side)
 
     def encode_prepared(self, batch: np.ndarray) -> np.ndarray:
         """uint8 ``(N, h, w, 3)`` same-size prepared images → float32 ``(N, D)``."""
@@ -265,7 +266,7 @@ def encode_to_store(
                     yield item
 
         load = make_loader(
-            max_side, max_pixels=max_pixels, min_side=min_side, upscale_small=upscale_small,
+            int(getattr(encoder, "prepare_side", max_side)), max_pixels=max_pixels, min_side=min_side, upscale_small=upscale_small,
             rois=rois,
         )  # fmt: skip
         _stream(encoder, todo(), load, store, report, batch_size, workers, chunk_rows, progress)

@@ -1,9 +1,14 @@
 """Scale lists for multi-scale descriptors: parsing, checking and the per-scale size rule.
 
-A scale ``s`` describes an image prepared at longest side ``L`` (``preprocess.prepare``) at
-longest side ``round(s * L)``; both sides follow the preprocessing rule
-``h' = round(h * T / max(h, w))`` (NumPy rounding, half to even), never below 1 pixel. The
-export side (``regatt_export.scales``) computes the same sizes with tensor ops inside the graph.
+A model of longest side S with scales ``s_i`` describes each photo at longest side
+``round(s_i * S)``. When a scale exceeds 1 the photo is prepared (``preprocess.prepare``) at
+:func:`input_side` ``round(max(s) * S)`` from its original pixels, and the graph resizes that
+input by the :func:`graph_factors` ``s_i / max(s)`` (so no scale is an upsampling of the
+S-sized image); with every scale <= 1 the photo is prepared at S and the factors are the scales.
+A factor ``f`` describes an input of longest side ``L`` at longest side ``round(f * L)``; both
+sides follow the preprocessing rule ``h' = round(h * T / max(h, w))`` (NumPy rounding, half to
+even), never below 1 pixel. The export side (``regatt_export.scales``) computes the same sizes
+with tensor ops inside the graph.
 """
 
 from __future__ import annotations
@@ -96,8 +101,28 @@ def scaled_longest(longest: int, scale: float) -> int:
     return max(int(np.round(np.float64(scale) * longest)), 1)
 
 
+def input_scale(scales: Iterable[float]) -> float:
+    """``max(1, max(scales))``: the prepared input's longest side in units of S."""
+    return max(1.0, max(float(s) for s in scales))
+
+
+def input_side(max_side: int, scales: Iterable[float]) -> int:
+    """The longest side a model of S ``max_side`` with ``scales`` is fed: ``round(max(s) * S)``
+    when a scale exceeds 1, else S itself."""
+    top = input_scale(scales)
+    return int(max_side) if top == 1.0 else scaled_longest(int(max_side), top)
+
+
+def graph_factors(scales: Iterable[float]) -> tuple[float, ...]:
+    """The resize factor of the prepared input per scale: ``s / max(1, max(scales))``
+    (the scales themselves when none exceeds 1)."""
+    values = tuple(float(s) for s in scales)
+    top = input_scale(values)
+    return values if top == 1.0 else tuple(s / top for s in values)
+
+
 def scaled_shape(height: int, width: int, scale: float) -> tuple[int, int]:
-    """The size an ``(height, width)`` prepared image is described at for ``scale``."""
+    """The size an ``(height, width)`` prepared image is described at for the factor ``scale``."""
     if scale == 1.0:
         return height, width
     longest = max(height, width)

@@ -52,7 +52,7 @@ def export(
     scales: Optional[str] = typer.Option(
         None,
         "--scales",
-        help="Describe each image at these multiples of S inside the graph, e.g. 1,1.5 or 1/sqrt2,1,sqrt2 (default: the built-in default's scales, 1 for other models).",
+        help="Describe each image at these multiples of S inside the graph, e.g. 1,1.5 or 1/sqrt2,1,sqrt2; with a scale > 1 photos are prepared at round(max * S) and the graph resizes down to each scale (default: the built-in default's scales, 1 for other models).",
     ),
     scale_aggregation: str = typer.Option(
         "sum",
@@ -135,6 +135,8 @@ def export(
     except (ValueError, RuntimeError) as exc:
         raise RegattError(str(exc)) from None
     multi = f", scales {format_scales(card.scales)} ({card.scale_aggregation})" if card.scales != (1.0,) else ""
+    if card.input_side is not None:
+        multi += f", photos prepared at {card.input_side} px for S={card.max_side}"
     typer.echo(
         f"exporting {card.backbone} ({card.attention} attention, whitening: {card.whitening}, L={levels}{multi}) ..."
     )

@@ -167,8 +167,8 @@ def _gated(
 
 
 def probe_ms(engine: Engine, card: ModelCard, runs: int = PROBE_RUNS) -> float:
-    """Median ms of ``runs`` warm runs at a 3:4 image of the card's longest side."""
-    s = card.max_side
+    """Median ms of ``runs`` warm runs at a 3:4 image of the card's prepared longest side."""
+    s = card.prepare_side
     x = golden_image(int(round(s * 0.75)), s, 7)[None]
     if card.input_dtype != "uint8":
         x = x.astype(np.float32)
@@ -283,7 +283,7 @@ def _auto(
             times[name].append(probe_ms(eng, card))
     ms = {n: min(v) for n, v in times.items()}
     best = min(ms, key=ms.get)
-    s = card.max_side
+    s = card.prepare_side
     shape = f"{int(round(s * 0.75))}x{s}"
     others = ", ".join(f"{n} {ms[n]:.1f} ms" for n in ms if n != best)
     reason = f"{best} is the fastest gated engine here: {ms[best]:.1f} ms at {shape}" + (

@@ -228,7 +228,7 @@ class Service:
         async def work():
             loop = asyncio.get_running_loop()
             prepared, size = await loop.run_in_executor(
-                self.decode_pool, decode_and_prepare, data, self.encoder.max_side, roi, c.max_pixels
+                self.decode_pool, decode_and_prepare, data, self.encoder.prepare_side, roi, c.max_pixels
             )
             vec = await self.batcher.encode(prepared)
             return vec, size, (int(prepared.shape[1]), int(prepared.shape[0]))
@@ -386,7 +386,7 @@ def create_app(config: ServeConfig, service: Service | None = None):
         c = svc.encoder.card
         return {
             "ready": True, "model": str(config.model), "card_hash": str(c.hash), "dim": c.dim,
-            "max_side": svc.encoder.max_side, "providers": svc.encoder.providers, "golden_max_diff": svc.golden_diff,
+            "max_side": svc.encoder.max_side, "prepare_side": svc.encoder.prepare_side, "providers": svc.encoder.providers, "golden_max_diff": svc.golden_diff,
             "memory": getattr(svc.encoder.engine, "memory", None),
             "index": None if svc.searcher is None else {"backend": svc.searcher.index.backend, "rows": len(svc.searcher.names)},
         }  # fmt: skip
