@@ -201,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     # the same preset through the product path: Encoder(query_scales=...).encode_query resizes the
-    # ORIGINAL photo to round(1.5 S) (the rows above upsample the S-prepared image in the graph)
+    # ORIGINAL photo to round(1.5 S); the rows above do too since the card's input_side (a
+    # "--scales 1.5" part is fed round(1.5 S) from the photo; exports before it upsampled the
+    # S-prepared image in the graph, and are re-exported), so the two rows agree
     from regatt_sdk import Encoder
 
     sdk_q = np.array(per_scale[1.0])
@@ -337,7 +339,7 @@ def markdown(result: dict) -> str:
         )
     lines += [
         "",
-        "`sum` rows: sums of one-scale exports (exact, see the script's docstring); their ms is the sum of the parts' ms. "
+        "`sum` rows: sums of one-scale exports (each scale from the photo's own pixels; see the script's docstring); their ms is the sum of the parts' ms. "
         f"A whole `--scales 1,1.5` sum export measured {ms['sum 1, 1.5 (whole)']:.1f} ms in the same run "
         f"(parts: {ms['part 1.0000'] + ms['part 1.5000']:.1f} ms). `regions` rows are whole exports, run on the clutter checks only. "
         "The query-side row describes the database at 1 and only the queries at 1.5 (its ms: the database's; a query costs "
