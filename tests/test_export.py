@@ -223,3 +223,21 @@ def test_graph_edit_leaves_graphs_without_pairs_unchanged(default_export, tmp_pa
         assert edit_graph(path) == {"same_pads_as_auto_pad": 0}
         assert path.read_bytes() == before
     assert [n.op_type for n in onnx.load(str(plain)).graph.node].count("Pad") == 2
+
+
+def test_default_export_ships_the_packaged_attention_and_whitening(default_export):
+    """The built-in default is R-MAC + the packaged whitening + the packaged retrieval-trained
+    context attention (PROVENANCE.md), not a random initialisation."""
+    import torch
+
+    from regatt_export.build import DEFAULT_ATTENTION, default_assets
+    from regatt_sdk.card import read_card
+
+    enc, _, _, out = default_export
+    card = read_card(out)
+    assert card.attention == DEFAULT_ATTENTION == "context"
+    assert card.provenance["attention_weights"] == "efficientnet-lite0-attention-context.pth"
+    assets = default_assets(EncoderConfig(attention="context"))
+    packaged = torch.load(assets["attention"], weights_only=True)
+    fc1 = enc.attention.fc1.weight.detach()
+    assert torch.equal(fc1, packaged["conv_att_1.weight"][..., 0]), "the default's attention is the packaged file"
