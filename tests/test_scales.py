@@ -126,7 +126,11 @@ def test_in_graph_sizes_follow_the_sdk_rule(tiny_backbone):
 
     scales = (1 / math.sqrt(2), 1.0, 1.5)
     enc, _ = _build(scales)
-    assert enc.factors == (1 / math.sqrt(2) / 1.5, 1 / 1.5, 1.0) == graph_factors(scales)
+    assert (
+        enc.factors
+        == tuple(float(np.float32(f)) for f in (1 / math.sqrt(2) / 1.5, 1 / 1.5, 1.0))
+        == graph_factors(scales)
+    )
     for h, w in ((77, 123), (128, 96), (16, 16), (33, 200)):
         image = torch.from_numpy(golden_image(h, w, 5)[None])
         with torch.no_grad():
@@ -168,6 +172,19 @@ def test_multiscale_export_parity_at_untraced_sizes(tiny_backbone, tmp_path, agg
     image = torch.from_numpy(golden_image(96, 128, 9)[None])
     with torch.no_grad():
         assert float((enc(image) - single(image)).abs().max()) > 1e-3
+
+
+def test_factor_ties_size_the_same_in_pytorch_and_onnx(tiny_backbone, tmp_path):
+    """1/sqrt2 / sqrt2 is 0.49999999999999994 in float64 but 0.5 as the graph's float32 constant:
+    at 77x123 (123 * f on the .5 tie) PyTorch and onnxruntime must still pick the same size."""
+    from regatt_export.onnx_export import check_parity, export_onnx
+
+    assert all(float(np.float32(f)) == f for f in graph_factors((1 / math.sqrt(2), 1.0, math.sqrt(2))))
+    enc, card = _build((1 / math.sqrt(2), 1.0, math.sqrt(2)), "regions")
+    out = tmp_path / "ties.onnx"
+    export_onnx(enc, card, out, sizes=UNTRACED)
+    rows = check_parity(enc, out, sizes=(("odd", 77, 123), ("tie", 45, 123), ("tie-tall", 123, 61)))
+    assert all(r.ok and r.max_abs_diff <= 1e-5 for r in rows), rows
 
 
 def test_multiscale_efficientnet_export_has_every_scale_s_same_pads_as_auto_pad(tmp_path):
@@ -408,13 +425,14 @@ def test_card_and_prepare_side_of_a_scale_above_one(upscale_models):
 
 @pytest.mark.parametrize("scales", [(1.0, 1 / math.sqrt(2)), (0.5, 0.75)])
 def test_scales_up_to_one_keep_the_input_at_s(tiny_backbone, tmp_path, scales):
-    """Scales <= 1: prepared at S, factors are the scales, no input_side on the card."""
+    """Scales <= 1: prepared at S, factors are the scales (as float32), no input_side on the card."""
     from regatt_export.onnx_export import export_onnx
     from regatt_sdk import Encoder
     from regatt_sdk.preprocess import prepare
 
     enc, card = _build(scales)
-    assert enc.factors == scales and card.input_side is None and "input_side" not in card.to_json()
+    assert enc.factors == graph_factors(scales) == tuple(float(np.float32(s)) for s in scales)
+    assert card.input_side is None and "input_side" not in card.to_json()
     out = tmp_path / "down.onnx"
     card, rows = export_onnx(enc, card, out, sizes=UNTRACED[:3])
     assert all(r.ok for r in rows), rows

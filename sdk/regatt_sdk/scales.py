@@ -115,10 +115,14 @@ def input_side(max_side: int, scales: Iterable[float]) -> int:
 
 def graph_factors(scales: Iterable[float]) -> tuple[float, ...]:
     """The resize factor of the prepared input per scale: ``s / max(1, max(scales))``
-    (the scales themselves when none exceeds 1)."""
+    (the scales themselves when none exceeds 1), rounded to float32."""
     values = tuple(float(s) for s in scales)
     top = input_scale(values)
-    return values if top == 1.0 else tuple(s / top for s in values)
+    factors = values if top == 1.0 else tuple(s / top for s in values)
+    # float32-representable: the ONNX graph holds each factor as a float32 constant, so PyTorch
+    # must size with the same value (1/sqrt2 / sqrt2 = 0.49999999999999994 in float64 is 0.5 in
+    # float32, and round(123 * f) is 61 vs 62)
+    return tuple(float(np.float32(f)) for f in factors)
 
 
 def scaled_shape(height: int, width: int, scale: float) -> tuple[int, int]:
