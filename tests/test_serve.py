@@ -137,6 +137,7 @@ def test_health_metrics_openapi(server: Server) -> None:
     status, ready = server.json("GET", "/readyz")
     assert status == 200 and ready["ready"] and ready["golden_max_diff"] <= 1e-4 and ready["index"]["rows"] == 6
     assert ready["memory"] == "arena"  # the server's default memory plan
+    assert isinstance(ready["warmup_s"], float) and ready["warmup_s"] >= 0  # warmed up before ready
     status, head, text = server.request("GET", "/metrics")
     assert status == 200 and head["content-type"].startswith("text/plain")
     text = text.decode()
@@ -319,3 +320,23 @@ def test_help_texts_keep_the_extras_they_name() -> None:
             named += 1
             assert extra in out, (name, extra)
     assert named >= 3  # encode --ray, index --ray, serve --db, search --db...
+
+
+def test_warm_up_runs_the_largest_batch_at_the_prepared_side() -> None:
+    """One batch of max_batch square images at prepare_side: the largest input the batcher can
+    hand the engine, so its arena is grown before the first request, not during the load."""
+    import numpy as np
+
+    from regatt_sdk.serve.app import warm_up
+
+    class Recorder:
+        prepare_side = 96
+        shapes: list = []
+
+        def encode_prepared(self, x):
+            self.shapes.append((x.shape, x.dtype))
+            return np.zeros((x.shape[0], 4), np.float32)
+
+    enc = Recorder()
+    assert warm_up(enc, 8) >= 0
+    assert enc.shapes == [((8, 96, 96, 3), np.dtype(np.uint8))]

@@ -55,6 +55,12 @@ def serve(
         4, "--db-pool", min=1, help="Connections to the --db database, opened at start (as many searches at once)."
     ),
     ann: bool = typer.Option(True, "--ann/--no-ann", help="Use the store's FAISS ANN index when it has one."),
+    warmup: bool = typer.Option(
+        True,
+        "--warmup/--no-warmup",
+        help="Before ready, run one batch of --max-batch square images at the prepared side, so memory "
+        "reaches its size for the largest batch at start instead of during the load.",
+    ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve POST /v1/encode and /v1/search (micro-batched), /healthz, /readyz, /metrics, /docs."""
@@ -72,7 +78,7 @@ def serve(
         model=model, store=store, db=db, table=table, device=device, max_side=max_side, threads=threads, memory=memory,
         max_batch=max_batch, window_ms=window_ms, max_queue=max_queue, timeout_s=timeout,
         max_bytes=max_bytes, max_pixels=max_pixels, decode_workers=workers, dba=dba, ann=ann,
-        ef_search=ef_search, db_pool=db_pool,
+        ef_search=ef_search, db_pool=db_pool, warmup=warmup,
     )  # fmt: skip
     run(config, host, port, log_level=log_level)
 

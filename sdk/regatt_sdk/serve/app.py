@@ -86,7 +86,20 @@ class ServeConfig:
     ef_search: int | None = None
     #: connections to the ``db`` database, opened at start; as many searches run at once
     db_pool: int = 4
+    #: run one batch of ``max_batch`` square images at the prepared side before ready: the
+    #: engine's arena grows to the largest batch the server can run now, not mid-load
+    warmup: bool = True
     retry_after_s: int = 1
+
+
+def warm_up(encoder: Any, batch: int) -> float:
+    """Run one batch of ``batch`` square zero images ``(batch, side, side, 3)`` uint8 at the
+    encoder's prepared side (the largest input a batch of prepared photos can be) and return the
+    seconds taken, so that the engine's memory arena reaches that size before the first request."""
+    side = int(encoder.prepare_side)
+    t = time.perf_counter()
+    encoder.encode_prepared(np.zeros((max(1, batch), side, side, 3), np.uint8))
+    return time.perf_counter() - t
 
 
 class ApiError(Exception):
@@ -160,6 +173,7 @@ class Service:
         c = self.config
         self.encoder = Encoder(c.model, device=c.device, max_side=c.max_side, threads=c.threads, memory=c.memory)
         self.golden_diff = self.encoder.verify()
+        self.warmup_s = warm_up(self.encoder, c.max_batch) if c.warmup else None
         if c.store is not None:
             from ..store import FeatureStore
 
@@ -386,7 +400,7 @@ def create_app(config: ServeConfig, service: Service | None = None):
         c = svc.encoder.card
         return {
             "ready": True, "model": str(config.model), "card_hash": str(c.hash), "dim": c.dim,
-            "max_side": svc.encoder.max_side, "prepare_side": svc.encoder.prepare_side, "providers": svc.encoder.providers, "golden_max_diff": svc.golden_diff,
+            "max_side": svc.encoder.max_side, "prepare_side": svc.encoder.prepare_side, "providers": svc.encoder.providers, "golden_max_diff": svc.golden_diff, "warmup_s": svc.warmup_s,
             "memory": getattr(svc.encoder.engine, "memory", None),
             "index": None if svc.searcher is None else {"backend": svc.searcher.index.backend, "rows": len(svc.searcher.names)},
         }  # fmt: skip
