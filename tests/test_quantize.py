@@ -17,6 +17,24 @@ from regatt_sdk.card import golden_image  # noqa: E402
 logging.getLogger().setLevel(logging.ERROR)
 
 
+def _qdq_int8(fp32, q, reader) -> None:
+    """onnxruntime's static QDQ quantization the way the INT8 export sets it up (per-channel
+    symmetric int8 weights, uint8 activations; Conv, Clip and Pad), ``fp32`` -> ``q``."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        str(fp32),
+        str(q),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["Conv", "Clip", "Pad"],
+        extra_options={"WeightSymmetric": True},
+    )
+
+
 @pytest.fixture(scope="module")
 def fp32_model(tmp_path_factory) -> Path:
     from regatt_export.build import EncoderConfig, build_encoder
@@ -166,7 +184,7 @@ def test_fused_uint8_pads_give_the_same_bytes(tmp_path):
     """DQ -> Pad -> Q of the dynamic TF-SAME padding becomes one uint8 Pad; outputs unchanged."""
     import onnx
     import torch
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationDataReader
 
     from onnx_trace import dynamic_hw_onnx
 
@@ -196,17 +214,7 @@ def test_fused_uint8_pads_give_the_same_bytes(tmp_path):
             return next(self.items, None)
 
     q = tmp_path / "q.onnx"
-    quantize_static(
-        str(fp32),
-        str(q),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["Conv", "Clip", "Pad"],
-        extra_options={"WeightSymmetric": True},
-    )
+    _qdq_int8(fp32, q, Reader())
     model = onnx.load(str(q))
     assert fuse_qdq_pads(model) == 2
     producer = {o: n.op_type for n in model.graph.node for o in n.output}
@@ -296,7 +304,7 @@ def test_openvino_runs_a_quantized_same_pad_graph_like_onnxruntime(tmp_path):
     ov = pytest.importorskip("openvino")
     import onnx
     import torch
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationDataReader
 
     timm_layers = pytest.importorskip("timm.layers")
     from onnx_trace import dynamic_hw_onnx
@@ -328,17 +336,7 @@ def test_openvino_runs_a_quantized_same_pad_graph_like_onnxruntime(tmp_path):
         def get_next(self):
             return next(self.items, None)
 
-    quantize_static(
-        str(fp32),
-        str(q),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["Conv", "Clip", "Pad"],
-        extra_options={"WeightSymmetric": True},
-    )
+    _qdq_int8(fp32, q, Reader())
     quantized = onnx.load(str(q))
     fuse_qdq_pads(quantized)
     onnx.save(quantized, str(q))

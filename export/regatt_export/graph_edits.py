@@ -7,6 +7,17 @@ from __future__ import annotations
 import numpy as np
 
 
+def graph_index(g) -> tuple[dict, dict, dict[str, list]]:
+    """``(initializers by name, producing node by tensor, consuming nodes by tensor)`` of ``g``."""
+    init = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    return init, producer, consumers
+
+
 def _float_tensors(model) -> set[str]:
     """Names of float32 tensors (graph inputs, initializers, inferred values, Constant outputs)."""
     import onnx
@@ -205,12 +216,7 @@ def same_pads_to_auto_pad(model, sizes: tuple[tuple[int, int], ...] = SAME_CHECK
     from regatt_sdk.engines.ort import create_session
 
     g = model.graph
-    init = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for t in n.input:
-            consumers.setdefault(t, []).append(n)
+    init, producer, consumers = graph_index(g)
     outputs = {o.name for o in g.output}
     replaced = []
     for pad in [n for n in g.node if n.op_type == "Pad"]:
@@ -266,12 +272,7 @@ def fuse_qdq_pads(model) -> int:
     from onnx import helper, numpy_helper
 
     g = model.graph
-    init = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for t in n.input:
-            consumers.setdefault(t, []).append(n)
+    init, producer, consumers = graph_index(g)
 
     def constant(name: str):
         if name in init:
