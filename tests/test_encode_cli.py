@@ -103,7 +103,8 @@ def test_kill_9_and_resume_matches_uninterrupted_run(tiny_model: Path, tmp_path:
     folder.mkdir()
     rng = np.random.default_rng(3)
     base = small_photos()
-    for i in range(32):
+    n = 128  # enough that a run outlasts the kill's random delay on a fast machine
+    for i in range(n):
         im = cv2.resize(base[i % len(base)], (40 + 8 * (i % 3), 40))
         noisy = np.clip(im.astype(int) + rng.integers(-20, 20, im.shape), 0, 255).astype(np.uint8)
         cv2.imwrite(str(folder / f"{i:03d}.png"), noisy)
@@ -129,7 +130,7 @@ def test_kill_9_and_resume_matches_uninterrupted_run(tiny_model: Path, tmp_path:
         time.sleep(float(rng.uniform(0, 0.02)))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
-            kills_mid_run += _count(store) < 32
+            kills_mid_run += _count(store) < n
         proc.wait()
         names, vectors = load_features(store)  # consistent after every kill
         assert len(names) == vectors.shape[0] == _count(store)
@@ -137,6 +138,6 @@ def test_kill_9_and_resume_matches_uninterrupted_run(tiny_model: Path, tmp_path:
     assert run_main(["encode", *args, "-o", str(store), "--resume"]) in (0, 1)
     names, vectors = load_features(store)
     ref_names, ref_vectors = load_features(ref)
-    assert names == ref_names and len(names) == 32
+    assert names == ref_names and len(names) == n
     np.testing.assert_array_equal(vectors, ref_vectors)
     assert FeatureStore.open(store).failures == FeatureStore.open(ref).failures
