@@ -78,6 +78,10 @@ def test_openvino_shape_cache_is_bounded(tiny_model, ov):
     assert auto.describe()["compiled_shapes"] == 0  # first sight: the dynamic graph
     auto.run(x)
     assert auto.describe()["compiled_shapes"] == 1  # seen again: compiled for its shape
+    # once the cache is full, new shapes stay on the dynamic graph: compiles stay bounded
+    for h in (40, 48, 56, 40, 48, 56, 40, 48, 56):
+        auto.run(np.ascontiguousarray(x[:, :h]))
+    assert auto.describe()["compiled_shapes"] == 2 and auto.compiles <= 3
 
 
 def test_encoder_openvino_engine_is_gated_and_encodes(tiny_model, ov, photos):
