@@ -17,15 +17,25 @@ from regatt_sdk.card import golden_image  # noqa: E402
 logging.getLogger().setLevel(logging.ERROR)
 
 
-def _qdq_int8(fp32, q, reader) -> None:
+def _qdq_int8(fp32, q) -> None:
     """onnxruntime's static QDQ quantization the way the INT8 export sets it up (per-channel
-    symmetric int8 weights, uint8 activations; Conv, Clip and Pad), ``fp32`` -> ``q``."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    symmetric int8 weights, uint8 activations; Conv, Clip and Pad), ``fp32`` -> ``q``, calibrated
+    on 4 seeded random ``x (1, 3, 32+i, 30-i)`` inputs."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    rng = np.random.default_rng(0)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"x": rng.standard_normal((1, 3, 32 + i, 30 - i)).astype(np.float32)} for i in range(4)])
+
+        def get_next(self):
+            return next(self.items, None)
 
     quantize_static(
         str(fp32),
         str(q),
-        reader,
+        Reader(),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QUInt8,
@@ -184,7 +194,6 @@ def test_fused_uint8_pads_give_the_same_bytes(tmp_path):
     """DQ -> Pad -> Q of the dynamic TF-SAME padding becomes one uint8 Pad; outputs unchanged."""
     import onnx
     import torch
-    from onnxruntime.quantization import CalibrationDataReader
 
     from onnx_trace import dynamic_hw_onnx
 
@@ -204,17 +213,9 @@ def test_fused_uint8_pads_give_the_same_bytes(tmp_path):
     replace_same_convs(net)
     fp32 = tmp_path / "f.onnx"
     fp32.write_bytes(dynamic_hw_onnx(net))
-    rng = np.random.default_rng(0)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"x": rng.standard_normal((1, 3, 32 + i, 30 - i)).astype(np.float32)} for i in range(4)])
-
-        def get_next(self):
-            return next(self.items, None)
 
     q = tmp_path / "q.onnx"
-    _qdq_int8(fp32, q, Reader())
+    _qdq_int8(fp32, q)
     model = onnx.load(str(q))
     assert fuse_qdq_pads(model) == 2
     producer = {o: n.op_type for n in model.graph.node for o in n.output}
@@ -225,6 +226,7 @@ def test_fused_uint8_pads_give_the_same_bytes(tmp_path):
     onnx.save(model, str(fused))
     a = create_session(q, providers=["CPUExecutionProvider"])
     b = create_session(fused, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
     for h, w in [(32, 32), (31, 17), (9, 40)]:
         x = rng.standard_normal((1, 3, h, w)).astype(np.float32)
         np.testing.assert_array_equal(a.run(None, {"x": x})[0], b.run(None, {"x": x})[0])
@@ -304,7 +306,6 @@ def test_openvino_runs_a_quantized_same_pad_graph_like_onnxruntime(tmp_path):
     ov = pytest.importorskip("openvino")
     import onnx
     import torch
-    from onnxruntime.quantization import CalibrationDataReader
 
     timm_layers = pytest.importorskip("timm.layers")
     from onnx_trace import dynamic_hw_onnx
@@ -327,21 +328,14 @@ def test_openvino_runs_a_quantized_same_pad_graph_like_onnxruntime(tmp_path):
     assert same_pads_to_auto_pad(model) == 1
     fp32, q = tmp_path / "f.onnx", tmp_path / "q.onnx"
     onnx.save(model, str(fp32))
-    rng = np.random.default_rng(0)
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"x": rng.standard_normal((1, 3, 32 + i, 30 - i)).astype(np.float32)} for i in range(4)])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    _qdq_int8(fp32, q, Reader())
+    _qdq_int8(fp32, q)
     quantized = onnx.load(str(q))
     fuse_qdq_pads(quantized)
     onnx.save(quantized, str(q))
     ort_session = create_session(q, providers=["CPUExecutionProvider"])
     compiled = ov.Core().compile_model(str(q), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    rng = np.random.default_rng(1)
     for h, w in [(31, 40), (32, 32), (17, 50)]:
         x = rng.standard_normal((1, 3, h, w)).astype(np.float32)
         want = ort_session.run(None, {"x": x})[0]
