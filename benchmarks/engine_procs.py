@@ -21,6 +21,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine_bench import parse_spec  # noqa: E402  (PATH:HxW, the same spec as engine_bench)
+
+AUTO_CHILD = r"""
+import sys
+from regatt_sdk import Encoder
+print(Encoder(sys.argv[1], engine="auto", threads=int(sys.argv[2])).choice.reason)
+"""
+
 CHILD = r"""
 import json, sys, time
 import numpy as np
@@ -43,12 +52,6 @@ print(json.dumps({"ms": 1e3 * float(np.median(ts)), "vector": [float(a) for a in
 
 VARIANTS = (("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"))
 INT8_VARIANTS = (("onnxruntime", "fp32"), ("openvino", "fp32"))  # an INT8 file runs as it is
-
-
-def parse_spec(text: str) -> tuple[Path, int, int]:
-    path, _, size = text.rpartition(":")
-    h, _, w = size.partition("x")
-    return Path(path), int(h), int(w)
 
 
 def run_child(path: Path, engine: str, precision: str, h: int, w: int, runs: int, threads: int) -> dict:
@@ -108,6 +111,18 @@ def main(argv=None) -> int:
                 row["speedup_vs_ort"] = ref[0] / row["ms"]
                 row["cosine_to_ort"] = float(vectors[i] @ ref[1])
         rows.append(row)
+    auto = {}
+    args.out.with_suffix(".auto-cache.json").unlink(missing_ok=True)
+    for spec in args.models:
+        path = parse_spec(spec)[0]
+        if "int8" not in path.name:
+            out = subprocess.run(
+                [sys.executable, "-c", AUTO_CHILD, str(path), str(args.threads)],
+                capture_output=True,
+                text=True,
+                env=dict(os.environ, REGATT_ENGINE_CACHE=str(args.out.with_suffix(".auto-cache.json"))),
+            )  # a cache of its own, emptied first: a fresh probe, not an earlier answer
+            auto[path.name] = (out.stdout.strip().splitlines() or [out.stderr.strip()[-200:]])[-1]
     fp32 = {r["file"]: r["ms"] for r in rows if r.get("engine") == "onnxruntime" and "int8" not in r["file"]}
     for r in rows:
         twin = r["file"].replace("-int8", "")
@@ -121,6 +136,7 @@ def main(argv=None) -> int:
         "load_start": [round(x, 2) for x in load_start],
         "load_end": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
+        "auto_choice": auto,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
@@ -146,6 +162,8 @@ def main(argv=None) -> int:
         lines.append(
             f"| {r['file']} | {r['input']} | {r['engine']} | {r['precision']} | {r['ms']:.1f} | {sp} | {sf} | {cos} |"
         )
+    lines += ["", '`engine="auto"` (its own probe, a fresh process per file):', ""]
+    lines += [f"- {name}: {reason}" for name, reason in auto.items()]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
