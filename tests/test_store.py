@@ -163,3 +163,28 @@ def test_kill_9_never_tears_the_store(tmp_path: Path) -> None:
         assert all(f.reason == "x" for f in failures)
         counts.append(len(names))
     assert counts == sorted(counts) and counts[-1] > 0
+
+
+def test_side_files_commit_with_the_manifest_and_cut_uncommitted_bytes(tmp_path):
+    """Side files (local features) are append-only, committed by the same manifest, and a
+    writer's open cuts bytes past their committed length, like the vectors."""
+    from regatt_sdk.store import FeatureStore
+
+    path = tmp_path / "s"
+    st = FeatureStore.create(path, card_hash="h", dim=2)
+    st.append(["a"], np.ones((1, 2), np.float32), side={"local.kp": b"abc"}, side_meta={"local": {"count": 1}})
+    st.append([], np.zeros((0, 2), np.float32), side={"local.kp": b"de"}, side_meta={"local": {"count": 2}})
+    st.close()
+    with open(path / "local.kp", "ab") as fh:
+        fh.write(b"uncommitted")
+    st = FeatureStore.open(path, writable=True)
+    assert st.side_bytes("local.kp") == 5 and st.side_meta == {"local": {"count": 2}}
+    assert (path / "local.kp").read_bytes() == b"abcde"
+    assert st.side_bytes("other") == 0
+    for bad in ("../x", "vectors.f32", ".hidden", "a/b", ""):
+        with pytest.raises(ValueError):
+            st.append([], np.zeros((0, 2), np.float32), side={bad: b"x"})
+    st.close()
+    (path / "local.kp").write_bytes(b"ab")
+    with pytest.raises(StoreError, match="local.kp"):
+        FeatureStore.open(path)

@@ -14,6 +14,10 @@ Reading needs nothing but numpy::
     m = json.load(open("store/manifest.json"))
     vectors = np.memmap("store/vectors.f32", "<f4", "r", shape=(m["count"], m["dim"]))
 
+Side files: other parts of the runtime (the local features of :mod:`regatt_sdk.local`) keep
+more append-only files in the same directory, committed by the same manifest (``side``: the
+committed bytes of each, ``side_meta``: their owner's counters), with the same rules.
+
 Crash safety: the three data files are append-only, and ``manifest.json`` records how much of
 each is committed (``count`` rows, ``names_bytes``, ``failures_bytes``). An append writes and
 ``fsync``-s the data first, then writes the new manifest to a temporary file, ``fsync``-s it and
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +46,11 @@ VECTORS = "vectors.f32"
 NAMES = "names.jsonl"
 FAILURES = "failures.jsonl"
 LOCK = ".lock"
+#: manifest keys of the side files: ``side`` = {file name: committed bytes}, ``side_meta`` =
+#: {key: JSON value} that their owner (e.g. :mod:`regatt_sdk.local`) commits with them
+SIDE = "side"
+SIDE_META = "side_meta"
+_CORE_FILES = frozenset({MANIFEST, VECTORS, NAMES, FAILURES, LOCK})
 
 
 class StoreError(RegattError):
@@ -229,6 +238,8 @@ class FeatureStore:
             NAMES: m["names_bytes"],
             FAILURES: m["failures_bytes"],
         }
+        for name, size in m.get(SIDE, {}).items():
+            expected[name] = int(size)
         for name, size in expected.items():
             file = self.path / name
             try:
@@ -297,6 +308,19 @@ class FeatureStore:
                 out.append(Failure(str(rec.get("name")), str(rec.get("reason"))))
         return out
 
+    def side_bytes(self, file: str) -> int:
+        """Committed bytes of the side file ``file`` (0 when it was never written)."""
+        return int(self._manifest.get(SIDE, {}).get(file, 0))
+
+    def side_path(self, file: str) -> Path:
+        """Path of the side file ``file`` (read only its first :meth:`side_bytes` bytes)."""
+        return self.path / _side_name(file)
+
+    @property
+    def side_meta(self) -> dict:
+        """A copy of the committed side-file metadata (``{}`` when there is none)."""
+        return json.loads(json.dumps(self._manifest.get(SIDE_META, {})))
+
     def done_names(self) -> set[str]:
         """Names already handled: stored rows plus recorded failures (what a resume skips)."""
         return set(self.names) | {f.name for f in self.failures}
@@ -308,10 +332,15 @@ class FeatureStore:
         names: Sequence[str],
         vectors: np.ndarray,
         failures: Iterable[Failure] = (),
+        *,
+        side: Mapping[str, bytes | memoryview] | None = None,
+        side_meta: Mapping[str, object] | None = None,
     ) -> None:
         """Commit rows ``vectors`` ``(n, D)`` float32 named ``names`` (and failure records).
 
-        All or nothing: after a crash the store holds either none or all of them.
+        ``side``: bytes to append to side files (created on first use); ``side_meta``: keys to
+        set in the manifest's ``side_meta``. All or nothing: after a crash the store holds
+        either none or all of them (rows, failures, side bytes and metadata).
         """
         if not self.writable:
             raise StoreError(f"{self.path} is open read-only")
@@ -321,15 +350,36 @@ class FeatureStore:
         if vectors.dtype != np.float32:
             raise ValueError(f"expected float32 vectors, got {vectors.dtype}")
         failures = list(failures)
-        if not names and not failures:
+        side = {_side_name(k): v for k, v in (side or {}).items()}
+        if not names and not failures and not side and not side_meta:
             return
         try:
-            self._commit(list(names), vectors, failures)
+            self._commit(list(names), vectors, failures, side, dict(side_meta or {}))
         except OSError as exc:
             raise StoreError(f"cannot write to the feature store {self.path}: {exc}") from exc
 
-    def _commit(self, names: list[str], vectors: np.ndarray, failures: list[Failure]) -> None:
+    def _commit(
+        self,
+        names: list[str],
+        vectors: np.ndarray,
+        failures: list[Failure],
+        side: dict[str, bytes | memoryview],
+        side_meta: dict[str, object],
+    ) -> None:
         m = dict(self._manifest)
+        if side:
+            sizes = dict(m.get(SIDE, {}))
+            for file, data in side.items():
+                data = memoryview(data).cast("B")
+                if not data.nbytes and file in sizes:
+                    continue
+                committed = int(sizes.get(file, 0))
+                (self.path / file).touch()
+                self._append_bytes(file, committed, data)
+                sizes[file] = committed + data.nbytes
+            m[SIDE] = sizes
+        if side_meta:
+            m[SIDE_META] = {**m.get(SIDE_META, {}), **side_meta}
         if len(names):
             blob = memoryview(np.ascontiguousarray(vectors, dtype="<f4")).cast("B")
             self._append_bytes(VECTORS, m["count"] * self.dim * 4, blob)
@@ -361,6 +411,19 @@ class FeatureStore:
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r}, count={self.count}, dim={self.dim}, card_hash={self.card_hash!r})"
+
+
+def _side_name(file: str) -> str:
+    """``file`` if it is a plain file name a side file may have, else a ``ValueError``."""
+    if (
+        not file
+        or file in _CORE_FILES
+        or file.startswith(".")
+        or file != os.path.basename(file)
+        or not all(c.isalnum() or c in "._-" for c in file)
+    ):
+        raise ValueError(f"{file!r} cannot name a side file of a feature store")
+    return file
 
 
 def load_features(path: str | Path) -> tuple[list[str], np.ndarray]:
