@@ -101,6 +101,7 @@ class Slot:
     image: np.ndarray | None = None
     vector: np.ndarray | None = None
     reason: str | None = None
+    local: Any = None  # LocalFeatures when local features are extracted
 
 
 class _Progress:
@@ -141,18 +142,26 @@ def make_loader(
     min_side: int,
     upscale_small: bool,
     rois: Mapping[str, Box] | None,
-) -> Callable[[SourceItem], np.ndarray]:
-    """The worker function: ``SourceItem`` → prepared BGR uint8 ``(h, w, 3)``."""
+    local: Callable[[np.ndarray], Any] | None = None,
+) -> Callable[[SourceItem], np.ndarray | tuple[np.ndarray, Any]]:
+    """The worker function: ``SourceItem`` → prepared BGR uint8 ``(h, w, 3)``; with ``local``
+    (a function of the decoded photo, cropped to its roi), ``(prepared, local(photo))``."""
 
-    def load(item: SourceItem) -> np.ndarray:
+    def load(item: SourceItem) -> np.ndarray | tuple[np.ndarray, Any]:
         image = read_image(item.path, max_pixels=max_pixels, min_side=min_side, upscale_small=upscale_small)
         roi = None
         if rois is not None:
             roi = rois.get(item.name, rois.get(item.path))
         try:
-            return prepare(image, max_side, roi)
+            prepared = prepare(image, max_side, roi)
         except ValueError as exc:
             raise ImageError(item.path, str(exc)) from None
+        if local is None:
+            return prepared
+        if roi is not None:
+            x1, y1, x2, y2 = (int(round(v)) for v in roi)
+            image = image[max(0, y1) : max(0, y2), max(0, x1) : max(0, x2)]
+        return prepared, local(image)
 
     return load
 
@@ -224,8 +233,15 @@ def encode_to_store(
     upscale_small: bool = False,
     extensions: str | Iterable[str] | None = None,
     list_files: Iterable[str | os.PathLike] = (),
+    local: bool | Any | None = None,
 ) -> EncodeReport:
     """Encode every image named by ``sources`` into the store at ``store_path``.
+
+    ``local``: also store local features (:mod:`regatt_sdk.local`) for the second stage of
+    retrieval: ``True`` (default settings) or a :class:`~regatt_sdk.local.LocalConfig`; rows
+    already in the store without them get them first (their images are read again from
+    ``sources``). ``None`` (default): as the store does (on when it holds local features).
+    ``False`` on a store that holds them is refused (its rows must all have them).
 
     ``sources`` are specs as on the command line (files, folders, ``@list``, ``-``) or
     :class:`~regatt_sdk.sources.SourceItem` s, expanded by
@@ -255,6 +271,10 @@ def encode_to_store(
                 "use the same --max-side or a new output path"
             )
         report = EncodeReport(store=os.fspath(store_path), dim=dim)
+        extractor = _local_extractor(store, local)
+        if extractor is not None:
+            _backfill_local(store, extractor, iter_sources(sources, extensions=extensions, list_files=list_files),
+                            rois, workers, chunk_rows, max_pixels, min_side, upscale_small)  # fmt: skip
         done = store.done_names() if resume else set()
         items = iter_sources(sources, extensions=extensions, list_files=list_files)
 
@@ -267,9 +287,9 @@ def encode_to_store(
 
         load = make_loader(
             int(getattr(encoder, "prepare_side", max_side)), max_pixels=max_pixels, min_side=min_side, upscale_small=upscale_small,
-            rois=rois,
+            rois=rois, local=extractor.extract if extractor else None,
         )  # fmt: skip
-        _stream(encoder, todo(), load, store, report, batch_size, workers, chunk_rows, progress)
+        _stream(encoder, todo(), load, store, report, batch_size, workers, chunk_rows, progress, extractor)
         report.rows = store.count
         report.elapsed_s = time.monotonic() - start
         return report
@@ -287,6 +307,7 @@ def _stream(
     workers: int,
     chunk_rows: int,
     progress: bool,
+    extractor: _LocalExtractor | None = None,
 ) -> None:
     """The main loop: prefetch → windows → batches → commits (see the module docstring)."""
     window = 4 * batch_size
@@ -294,17 +315,20 @@ def _stream(
     names: list[str] = []
     vectors: list[np.ndarray] = []
     failures: list[Failure] = []
+    locals_: list[Any] = []
     bar = _Progress(progress)
 
     def commit() -> None:
         block = np.stack(vectors) if vectors else np.zeros((0, store.dim), np.float32)
-        store.append(names, block, failures)
+        side, meta = extractor.side(store, locals_) if extractor and names else (None, None)
+        store.append(names, block, failures, side=side, side_meta=meta)
         report.encoded += len(names)
         report.failed += len(failures)
         report.failures.extend(failures)
         names.clear()
         vectors.clear()
         failures.clear()
+        locals_.clear()
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="regatt-decode")
     queue: deque[Slot] = deque()
@@ -335,7 +359,11 @@ def _stream(
                 slot = queue.popleft()
                 if slot.future is not None:
                     try:
-                        slot.image = slot.future.result()
+                        result = slot.future.result()
+                        if isinstance(result, tuple):
+                            slot.image, slot.local = result
+                        else:
+                            slot.image = result
                     except ImageError as exc:
                         slot.reason = exc.reason
                     except Exception as exc:  # noqa: BLE001 - per-file failure, run goes on
@@ -349,6 +377,8 @@ def _stream(
                 if slot.vector is not None:
                     names.append(slot.item.name)
                     vectors.append(slot.vector)
+                    if extractor is not None:
+                        locals_.append(slot.local)
                 else:
                     failures.append(Failure(slot.item.name, slot.reason or "unknown failure"))
             mark = None
@@ -359,7 +389,7 @@ def _stream(
         bar.update(report.encoded, report.failed, force=True)
     except KeyboardInterrupt:
         if mark is not None:  # drop the half-recorded window
-            del names[mark[0] :], vectors[mark[0] :], failures[mark[1] :]
+            del names[mark[0] :], vectors[mark[0] :], failures[mark[1] :], locals_[mark[0] :]
         commit()  # keep the complete windows already encoded; resume picks up after them
         raise
     finally:
@@ -368,3 +398,104 @@ def _stream(
             if slot.future is not None:
                 slot.future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _LocalExtractor:
+    """Local features for the store's side files: one config and codebook for a whole run."""
+
+    def __init__(self, config: Any):
+        from .local.codec import load_codebook
+
+        self.config = config
+        self.book = load_codebook()
+
+    def extract(self, image: np.ndarray) -> Any:
+        from .local.extract import extract
+
+        return extract(image, self.config, self.book)
+
+    def side(self, store: FeatureStore, features: list[Any]) -> tuple[dict[str, bytes], dict]:
+        from .local.storage import META, meta_after, pack
+
+        start = int((store.side_meta.get(META) or {}).get("keypoints", 0))
+        return pack(features, start), meta_after(store, features, self.config, self.book)
+
+
+def _local_extractor(store: FeatureStore, local: bool | Any | None) -> _LocalExtractor | None:
+    """The run's local-feature extractor, or None (see ``encode_to_store``'s ``local``)."""
+    from .local.extract import LocalConfig
+    from .local.storage import META, check_compatible
+
+    meta = store.side_meta.get(META)
+    if local is None:
+        if not meta:
+            return None
+        config = LocalConfig.from_json(meta["config"])
+    elif local is False:
+        if meta:
+            raise StoreError(
+                f"{store.path} keeps local features for every row; encode into it with them (drop --no-local)"
+            )
+        return None
+    else:
+        config = local if isinstance(local, LocalConfig) else (
+            LocalConfig.from_json(meta["config"]) if meta else LocalConfig())  # fmt: skip
+    extractor = _LocalExtractor(config)
+    check_compatible(store, config, extractor.book)
+    return extractor
+
+
+def _backfill_local(
+    store: FeatureStore,
+    extractor: _LocalExtractor,
+    items: Iterable[SourceItem],
+    rois: Mapping[str, Box] | None,
+    workers: int,
+    chunk_rows: int,
+    max_pixels: int,
+    min_side: int,
+    upscale_small: bool,
+) -> int:
+    """Add local features to the rows that lack them (a store encoded before ``--local``),
+    reading their images again from ``items``; returns how many rows got them. A row whose
+    image cannot be read again is refused with its name (the rows must stay aligned)."""
+    from .local.storage import META
+
+    have = int((store.side_meta.get(META) or {}).get("count", 0))
+    if have >= store.count:
+        return 0
+    names = store.names[have:]
+    wanted = {n: i for i, n in enumerate(names)}
+    paths: list[str | None] = [None] * len(names)
+    for item in items:
+        i = wanted.get(item.name)
+        if i is not None and item.error is None:
+            paths[i] = item.path
+    missing = [n for n, p in zip(names, paths) if p is None]
+    if missing:
+        raise StoreError(
+            f"{len(missing)} stored row(s) need local features but their images are not among the sources "
+            f"(first: {missing[0]}); give the same sources as when they were encoded"
+        )
+
+    def load(i: int) -> Any:
+        image = read_image(paths[i], max_pixels=max_pixels, min_side=min_side, upscale_small=upscale_small)
+        roi = rois.get(names[i], rois.get(paths[i])) if rois else None
+        if roi is not None:
+            x1, y1, x2, y2 = (int(round(v)) for v in roi)
+            image = image[max(0, y1) : max(0, y2), max(0, x1) : max(0, x2)]
+        return extractor.extract(image)
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="regatt-local") as pool:
+        for start in range(0, len(names), chunk_rows):
+            try:
+                feats = list(pool.map(load, range(start, min(start + chunk_rows, len(names)))))
+            except ImageError as exc:
+                raise StoreError(
+                    f"{exc.path}: {exc.reason}; a stored row needs its image to get local features"
+                ) from None
+            side, meta = extractor.side(store, feats)
+            store.append([], np.zeros((0, store.dim), np.float32), side=side, side_meta=meta)
+            done += len(feats)
+    return done

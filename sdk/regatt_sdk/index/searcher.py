@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,12 +19,27 @@ from .exact import as_queries
 
 @dataclass(frozen=True)
 class Hit:
-    """One result: 1-based ``rank``, the row's ``name``, its inner-product ``score``, its ``row``."""
+    """One result: 1-based ``rank``, the row's ``name``, its ``score`` (inner product; with
+    re-ranking the fused score), its ``row``, and with re-ranking the verified ``inliers``
+    (``None`` when the hit was not verified)."""
 
     rank: int
     name: str
     score: float
     row: int
+    inliers: int | None = None
+
+
+@dataclass
+class SearchResult:
+    """A search with its second stage: the ``hits``; ``query_local`` (the query's
+    :class:`~regatt_sdk.local.LocalFeatures`, or None without re-ranking), ``verified`` (row ->
+    :class:`~regatt_sdk.local.rerank.Verified`) and ``notes`` (e.g. a clipped K)."""
+
+    hits: list[Hit]
+    query_local: Any = None
+    verified: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 class Searcher:
@@ -49,6 +64,10 @@ class Searcher:
         self.names = names
         self.encoder = encoder
         self.steps = tuple(steps)
+        #: the feature store behind the index (set by :meth:`for_store`): where re-ranking
+        #: finds the local features
+        self.store_path: Path | None = None
+        self._reranker: Any = None
 
     @classmethod
     def for_store(
@@ -79,7 +98,9 @@ class Searcher:
                 index.meta["nprobe"] = nprobe
         if index is None:
             index = build_index(st.vectors, backend)
-        return cls(index, st.names, encoder, steps=steps)
+        searcher = cls(index, st.names, encoder, steps=steps)
+        searcher.store_path = Path(store)
+        return searcher
 
     @classmethod
     def for_db(
@@ -98,7 +119,7 @@ class Searcher:
         from .pgvector import DEFAULT_EF_SEARCH, DatabaseError, PgVectorIndex, redact
 
         index = PgVectorIndex(url, table, ef_search=ef_search or DEFAULT_EF_SEARCH, pool_size=pool_size)
-        if encoder is not None and index.card_hash != str(encoder.card.hash):
+        if encoder is not None and not encoder.card.matches(index.card_hash):  # its hash, or the legacy one
             index.close()
             raise DatabaseError(
                 f"table {table} at {redact(url)} was filled by another model (card {index.card_hash}), "
@@ -126,11 +147,65 @@ class Searcher:
             for r, (s, i) in enumerate(((s, i) for s, i in zip(scores, rows) if i >= 0), start=1)
         ]
 
-    def search(self, image: Any, roi: Any = None, top: int = 10) -> list[Hit]:
-        """Encode ``image`` (a path or a BGR array; cropped to ``roi``) and return the ``top`` hits."""
+    def search(self, image: Any, roi: Any = None, top: int = 10, *, rerank: int = 0) -> list[Hit]:
+        """Encode ``image`` (a path or a BGR array; cropped to ``roi``) and return the ``top`` hits;
+        ``rerank=K`` verifies the global top K (and the visual-word candidates) with local features."""
+        return self.search_full(image, roi, top, rerank=rerank).hits
+
+    def reranker(self) -> Any:
+        """The second stage over the store's local features (opened once);
+        :class:`~regatt_sdk.local.storage.LocalFeaturesMissing` names the fix when it has none."""
+        if self._reranker is None:
+            from ..local.rerank import Reranker
+            from ..store import FeatureStore
+
+            if self.store_path is None:
+                raise RegattError("re-ranking needs a feature store with local features (regatt encode --local)")
+            self._reranker = Reranker(FeatureStore.open(self.store_path))
+        return self._reranker
+
+    def search_full(self, image: Any, roi: Any = None, top: int = 10, *, rerank: int = 0) -> SearchResult:
+        """:meth:`search` with what the second stage found (for pictures of the matches)."""
         if self.encoder is None:
             raise RegattError("this searcher has no encoder: search with descriptors (search_vectors)")
+        if top < 1:
+            raise RegattError(f"top must be at least 1, got {top}")
+        image = str(image) if isinstance(image, Path) else image
         encode = getattr(self.encoder, "encode_query", self.encoder.encode)  # query-side scales if set
-        vec = encode(str(image) if isinstance(image, Path) else image, roi=roi)
-        scores, rows = self.search_vectors(vec, top)
-        return self.hits(scores[0], rows[0])
+        vec = encode(image, roi=roi)
+        if not rerank:
+            scores, rows = self.search_vectors(vec, top)
+            return SearchResult(self.hits(scores[0], rows[0]))
+        from ..local.extract import extract
+        from ..local.rerank import check_k
+
+        reranker = self.reranker()
+        k, note = check_k(int(rerank), self.index.size)
+        photo = _read_query(image, roi)
+        qf = extract(photo, reranker.local.config, reranker.local.codebook)
+        scores, rows = self.search_vectors(vec, max(top, k))
+        cfg = reranker.config.with_candidates(k)
+        verified, order = reranker.rerank(vec, qf, scores[0], rows[0], self.index.vectors, cfg)
+        by_row = {v.row: v for v in verified}
+        global_score = {int(r): float(s) for s, r in zip(scores[0], rows[0])}
+        hits = []
+        for rank, row in enumerate(order[:top], start=1):
+            v = by_row.get(int(row))
+            score = v.score if v else global_score[int(row)]
+            hits.append(Hit(rank, self.names[int(row)] if self.names else str(row), score, int(row),
+                            v.inliers if v else None))  # fmt: skip
+        return SearchResult(hits, qf, by_row, [note] if note else [])
+
+
+def _read_query(image: Any, roi: Any) -> np.ndarray:
+    """The query photo (a path or a BGR array), cropped to ``roi`` in its pixels."""
+    if isinstance(image, np.ndarray):
+        photo = image
+    else:
+        from ..imageio import read_image
+
+        photo = read_image(str(image))
+    if roi is not None:
+        x1, y1, x2, y2 = (int(round(float(v))) for v in roi)
+        photo = photo[max(0, y1) : max(0, y2), max(0, x1) : max(0, x2)]
+    return photo

@@ -1,0 +1,146 @@
+"""The second stage: candidates from the global vector and from visual words, verified with
+local features and geometry, ranked by a fused score.
+
+For one query (its descriptor ``(D,)`` and its :class:`~.extract.LocalFeatures`):
+
+1. candidates: the global top ``candidates`` rows, plus the top ``bow`` rows of the inverted
+   file of visual words (:mod:`.ivf`) that the global list lacks (their global score is the
+   inner product with the stored vector);
+2. tentative matches (:func:`.match.match_many`, one matrix product per chunk of candidates),
+   then a homography by MAGSAC++ for each candidate with enough matches (:func:`.verify.verify`);
+3. fused score = global score + ``weight * min(inliers, cap) / cap`` for candidates with at
+   least ``min_inliers`` inliers, the global score for the others; candidates by fused score
+   first, then every other row in its global order.
+
+The defaults of :class:`RerankConfig` were chosen on the validation landmarks (see
+``benchmarks/twostage_check.py`` and ``benchmarks/results/twostage.md``), never on what is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..errors import RegattError
+from ..store import FeatureStore
+from .extract import LocalFeatures
+from .ivf import InvertedFile, load_or_build
+from .match import match_many
+from .storage import LocalIndex
+from .verify import Verification, verify
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """Settings of the second stage (see the module docstring)."""
+
+    candidates: int = 100
+    bow: int = 100
+    ratio: float = 0.85
+    threshold: float = 6.0
+    min_inliers: int = 12
+    weight: float = 1.0
+    cap: int = 40
+
+    def with_candidates(self, k: int) -> RerankConfig:
+        return replace(self, candidates=k)
+
+
+@dataclass(frozen=True)
+class Verified:
+    """One verified candidate: its ``row``, ``global_score``, ``inliers``, the fused ``score``,
+    the matches ``(m, 2)`` (query keypoint, candidate keypoint) and the geometry found."""
+
+    row: int
+    global_score: float
+    score: float
+    inliers: int
+    matches: np.ndarray
+    geometry: Verification
+
+
+def check_k(k: int, size: int) -> tuple[int, str | None]:
+    """``k`` clipped to ``size`` rows, with a message when it was; below 1 is refused."""
+    if k < 1:
+        raise RegattError(f"rerank K must be at least 1, got {k}")
+    if k > size:
+        return size, f"rerank {k} is more than the {size} rows of the collection: verifying all {size}"
+    return k, None
+
+
+class Reranker:
+    """The second stage over one feature store's local features (memory-mapped) and an index of
+    its vectors (any :class:`~regatt_sdk.index.VectorIndex` with ``vectors(rows)``)."""
+
+    def __init__(self, store: FeatureStore, config: RerankConfig = RerankConfig()):
+        self.local = LocalIndex.open(store)
+        self.config = config
+        self._ivf: InvertedFile | None = None
+
+    @property
+    def ivf(self) -> InvertedFile:
+        if self._ivf is None:
+            self._ivf = load_or_build(self.local, self.local.codebook.words)
+        return self._ivf
+
+    def bow_candidates(self, query: LocalFeatures, k: int) -> np.ndarray:
+        """The ``k`` best rows by visual words ``(k,)`` int64."""
+        return self.ivf.top(query.words, k)[1]
+
+    def verify_rows(
+        self, query: LocalFeatures, rows: np.ndarray, global_scores: np.ndarray, config: RerankConfig | None = None
+    ) -> list[Verified]:
+        """Match and verify ``rows`` against ``query``; fused scores, best first."""
+        cfg = config or self.config
+        book = self.local.codebook
+        qd = book.decode(query.desc)
+        cands = [self.local.features(int(r)) for r in rows]
+        matches = match_many(qd, [book.decode(c.desc) for c in cands], cfg.ratio)
+        q_xy = query.points()
+        out = []
+        for r, g, c, m in zip(rows, global_scores, cands, matches):
+            geo = (
+                verify(q_xy[m[:, 0]], c.points()[m[:, 1]], threshold=cfg.threshold)
+                if len(m)
+                else verify(np.zeros((0, 2)), np.zeros((0, 2)))
+            )
+            fused = float(g)
+            if geo.inliers >= cfg.min_inliers:
+                fused += cfg.weight * min(geo.inliers, cfg.cap) / cfg.cap
+            out.append(Verified(int(r), float(g), fused, geo.inliers, m, geo))
+        out.sort(key=lambda v: -v.score)
+        return out
+
+    def rerank(
+        self,
+        query_vector: np.ndarray,
+        query: LocalFeatures,
+        global_scores: np.ndarray,
+        global_rows: np.ndarray,
+        vectors_of,
+        config: RerankConfig | None = None,
+    ) -> tuple[list[Verified], np.ndarray]:
+        """Second stage for one query.
+
+        ``global_scores``/``global_rows`` ``(k,)``: the first stage's ranking (at least the top
+        ``candidates``; the full ranking for an evaluation); ``vectors_of(rows) -> (r, D)`` gives
+        stored vectors (global scores of visual-word candidates). Returns the verified
+        candidates (fused order) and the whole new order of ``global_rows`` plus any added
+        candidates ``(k',)`` int64: candidates first, then the rest in global order.
+        """
+        cfg = config or self.config
+        rows = np.asarray(global_rows[: cfg.candidates], np.int64)
+        scores = np.asarray(global_scores[: cfg.candidates], np.float32)
+        if cfg.bow > 0:
+            extra = self.bow_candidates(query, cfg.bow)
+            extra = extra[~np.isin(extra, rows)]
+            if len(extra):
+                ev = np.asarray(vectors_of(extra), np.float32) @ np.asarray(query_vector, np.float32).ravel()
+                rows = np.concatenate([rows, extra])
+                scores = np.concatenate([scores, ev.astype(np.float32)])
+        verified = self.verify_rows(query, rows, scores, cfg)
+        head = np.array([v.row for v in verified], np.int64)
+        rest = np.asarray(global_rows, np.int64)
+        rest = rest[~np.isin(rest, head)]
+        return verified, np.concatenate([head, rest])
