@@ -218,12 +218,15 @@ def test_result_grid_layout_and_png(tmp_path):
 class HistEncoder:
     """Encoder stand-in: 8-bin-per-channel colour histogram (24-d, or ``dim``), unit length."""
 
-    def __init__(self, model_path=None, device="auto", max_side=None, threads=None, dim=24):
+    def __init__(self, model_path=None, device="auto", max_side=None, threads=None, dim=24, **engine_options):
         from types import SimpleNamespace
 
+        self.model_path = model_path
         self.dim = dim
         self.max_side = int(max_side or 64)
-        self.card = SimpleNamespace(hash=f"hist-{dim}", dim=dim, max_side=self.max_side)
+        card_hash = f"hist-{dim}"
+        self.card = SimpleNamespace(hash=card_hash, dim=dim, max_side=self.max_side, matches=card_hash.__eq__)
+        self.choice = self.engine_asked = None  # engine_options (engine, precision, memory) are ignored
 
     def encode_prepared(self, batch: np.ndarray) -> np.ndarray:
         out = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["Encoder", "ModelCard", "load_features", "__version__"]
+__all__ = ["Collection", "Encoder", "EncoderOptions", "ModelCard", "load_features", "open_encoder", "__version__"]
 
 
 def __getattr__(name: str):
@@ -16,6 +16,14 @@ def __getattr__(name: str):
         from .encoder import Encoder
 
         return Encoder
+    if name == "Collection":
+        from .collection import Collection
+
+        return Collection
+    if name in ("EncoderOptions", "open_encoder"):
+        from . import compose
+
+        return getattr(compose, name)
     if name == "ModelCard":
         from .card import ModelCard
 

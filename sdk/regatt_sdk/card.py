@@ -16,6 +16,9 @@ from typing import IO, Any
 
 CARD_KEY = "regatt.card"
 CARD_FORMAT = 1
+#: ``provenance`` entries that record measurements of the written file (parity cosines, timings)
+#: rather than what the model is; left out of :attr:`ModelCard.hash` with ``versions``
+MEASURED_PROVENANCE = ("parity",)
 
 
 @dataclass(frozen=True)
@@ -115,10 +118,34 @@ class ModelCard:
                 data[key] = tuple(data[key])
         return cls(**data)
 
+    def identity_json(self) -> str:
+        """The card's JSON less what describes the tools rather than the model: ``versions``
+        (torch, onnx, Python, regatt) and the :data:`MEASURED_PROVENANCE` entries of
+        ``provenance`` (numbers measured by whichever onnxruntime ran the checks)."""
+        data = json.loads(self.to_json())
+        data.pop("versions", None)
+        prov = data.get("provenance")
+        if isinstance(prov, dict):
+            data["provenance"] = {k: v for k, v in prov.items() if k not in MEASURED_PROVENANCE}
+        return json.dumps(data, sort_keys=True)
+
     @property
     def hash(self) -> str:
-        """Short content hash identifying the model (used by feature stores)."""
+        """Short content hash identifying the model: graph and weights (backbone, attention,
+        whitening, golden vector...), preprocessing and outputs, not the tool versions that wrote
+        it (:meth:`identity_json`), so re-exporting the same model elsewhere keeps its stores."""
+        return hashlib.sha256(self.identity_json().encode()).hexdigest()[:16]
+
+    @property
+    def legacy_hash(self) -> str:
+        """The hash cards had before :attr:`hash` left the tool versions out (the whole JSON):
+        what stores, ANN indexes and tables made before that record."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def matches(self, card_hash: str | None) -> bool:
+        """Whether a store (index, table) recording ``card_hash`` was made by this model: its
+        :attr:`hash`, or its :attr:`legacy_hash` for one made before the hash changed."""
+        return card_hash is not None and str(card_hash) in (self.hash, self.legacy_hash)
 
 
 def golden_image(height: int, width: int, seed: int):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .compose import EncoderOptions
 from .errors import ImageError, RegattError
 from .imageio import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from .optional import require
@@ -70,6 +71,10 @@ class EncodeActor:
         device: str = "cpu",
         threads: int | None = None,
         max_side: int | None = None,
+        engine: str | None = None,
+        precision: str = "fp32",
+        memory: str = "pattern",
+        card_hash: str | None = None,
         batch_size: int = 8,
         decode_threads: int = 2,
         max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -77,9 +82,14 @@ class EncodeActor:
         upscale_small: bool = False,
         rois: Mapping[str, tuple[float, float, float, float]] | None = None,
     ):
-        from .encoder import Encoder
+        from .compose import EncoderOptions, open_encoder
 
-        self.encoder = Encoder(model, device=device, max_side=max_side, threads=threads)
+        options = EncoderOptions(
+            device=device, threads=threads, max_side=max_side, engine=engine, precision=precision, memory=memory
+        )
+        self.encoder = open_encoder(model, options)
+        #: the hash the shards record: the output store's (a legacy hash of this model's card on resume)
+        self.card_hash = card_hash or str(self.encoder.card.hash)
         self.batch_size = batch_size
         self.load = make_loader(int(self.encoder.prepare_side), max_pixels=max_pixels, min_side=min_side,
                             upscale_small=upscale_small, rois=rois)  # fmt: skip
@@ -91,7 +101,7 @@ class EncodeActor:
         if self.store is None:
             enc = self.encoder
             self.store = FeatureStore.create(
-                self.shard_dir / f"part-{uuid.uuid4().hex[:16]}", card_hash=str(enc.card.hash),
+                self.shard_dir / f"part-{uuid.uuid4().hex[:16]}", card_hash=self.card_hash,
                 dim=int(enc.dim), model=model_info(enc, int(enc.max_side)),
             )  # fmt: skip
         return self.store
@@ -218,6 +228,7 @@ def encode_with_ray(
     rois: Mapping[str, tuple[float, float, float, float]] | None = None,
     extensions: str | Iterable[str] | None = None,
     list_files: Iterable[str | os.PathLike] = (),
+    options: EncoderOptions | None = None,
 ) -> EncodeReport:
     """Encode ``sources`` into the feature store ``store`` on a Ray cluster; see the module docs.
 
@@ -227,18 +238,34 @@ def encode_with_ray(
     GPU with ``use_gpu``, else one per ``threads`` CPUs); ``use_gpu``: ``None`` = when the
     cluster has GPUs; ``device``: as for :class:`~regatt_sdk.encoder.Encoder` (see
     :func:`actor_device`); ``rows_per_call``: rows per actor call (default ``4 * batch_size``, one
-    pipeline window). Other options as in :func:`regatt_sdk.pipeline.encode_to_store`.
+    pipeline window). ``options``: the actors' :class:`~regatt_sdk.compose.EncoderOptions` in
+    place of ``device``/``threads``/``max_side`` (engine, precision and memory plan reach every
+    actor; a named engine or precision is gated here first, on the CPU device an actor would
+    use, and refused with the reason; OpenVINO on GPU actors is refused). Other options as in
+    :func:`regatt_sdk.pipeline.encode_to_store`.
     Returns the :class:`~regatt_sdk.pipeline.EncodeReport`; the result's rows are in source
     order, as a single-process run would write them.
     """
     ray = import_ray()
     if batch_size < 1 or decode_threads < 1 or (num_actors is not None and num_actors < 1):
         raise RegattError("batch size, decode threads and actors must be at least 1")
-    from .encoder import Encoder
+    from .compose import OptionError, encoder_for_store, open_encoder
 
+    if options is None:
+        options = EncoderOptions(device=device, threads=threads, max_side=max_side)
+    elif (device, threads, max_side) != ("auto", None, None):
+        raise OptionError("give device, threads and max_side in options, not beside them")
+    if options.query_scales is not None:
+        raise OptionError("query scales describe queries: encoding a store takes none")
+    if options.engine == "openvino" and use_gpu:
+        raise OptionError("the openvino engine runs on CPU actors: drop use_gpu (or the engine)")
+    device, threads, max_side = options.device, options.threads, options.max_side
     start = time.monotonic()
     model = os.path.abspath(os.fspath(model))
-    probe = Encoder(model, device="cpu", max_side=max_side, threads=1)
+    # gated here (an engine or precision that cannot run is refused before any actor starts)
+    gated = options.engine is not None or options.precision != "fp32"
+    probe = open_encoder(model, options.replace(device=actor_device(device, False) if gated else "cpu", threads=1))
+    probe = encoder_for_store(probe, store) if resume else probe
     side, dim = int(probe.max_side), int(probe.dim)
     out = FeatureStore.open_for_append(store, card_hash=str(probe.card.hash), dim=dim,
                                        resume=resume, model=model_info(probe, side))  # fmt: skip
@@ -267,7 +294,9 @@ def encode_with_ray(
                         rows_per_call=rows_per_call or 4 * batch_size,
                         decode_threads=decode_threads, progress=progress,
                         actor_options={"max_pixels": max_pixels, "min_side": min_side,
-                                       "upscale_small": upscale_small, "rois": rois})  # fmt: skip
+                                       "upscale_small": upscale_small, "rois": rois,
+                                       "engine": options.engine, "precision": options.precision,
+                                       "memory": options.memory, "card_hash": out.card_hash})  # fmt: skip
             shards = sorted(p for p in run_dir.iterdir() if p.is_dir())
             rows, failures = merge_stores(shards, out, order=[i.name for i in items])
             report.encoded, report.failed, report.failures = rows, len(failures), failures

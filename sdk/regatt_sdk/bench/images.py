@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..encoder import Encoder
+from ..compose import EncoderOptions, open_encoder
 from ..imageio import read_image
 from ..preprocess import prepare
 from ..sources import parse_extensions
@@ -36,7 +36,7 @@ def bench_images(
 
     The first image is run once untimed first, so the figures are warm (like the latency rows).
     """
-    encoder = Encoder(model, device=device, max_side=max_side, threads=threads)
+    encoder = open_encoder(model, EncoderOptions(device=device, max_side=max_side, threads=threads))
     side = encoder.prepare_side  # S, or the larger input of a multi-scale graph
     encoder.encode_prepared(prepare(read_image(files[0]), side)[None])
     decode, resize, encode, total, sizes = [], [], [], [], []

@@ -32,9 +32,9 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
 
 RSS_CODE = """
 import sys, numpy as np
-from regatt_sdk.encoder import Encoder
+from regatt_sdk.compose import EncoderOptions, open_encoder
 from regatt_sdk.card import golden_image
-enc = Encoder(sys.argv[1], engine=sys.argv[2], precision=sys.argv[3], threads=int(sys.argv[6]))
+enc = open_encoder(sys.argv[1], EncoderOptions(engine=sys.argv[2], precision=sys.argv[3], threads=int(sys.argv[6])))
 x = golden_image(int(sys.argv[4]), int(sys.argv[5]), 3)[None]
 for _ in range(3):
     enc.encode_prepared(x)
@@ -111,6 +111,7 @@ def bench_model(
     has engine, precision, label, p50/min/first-call ms, cosine and max |diff| to onnxruntime's
     descriptor, GFLOP/s (fp32 only), the gate's figures and the peak RSS.
     """
+    from ..compose import EncoderOptions, open_encoder
     from ..encoder import Encoder
 
     card = read_card(path)
@@ -122,7 +123,9 @@ def bench_model(
         tick(f"{label}: gate {engine} {precision}")
         t = time.perf_counter()
         try:
-            enc = Encoder(path, engine=engine, precision=precision, threads=threads, max_side=max(h, w))
+            enc = open_encoder(
+                path, EncoderOptions(engine=engine, precision=precision, threads=threads, max_side=max(h, w))
+            )
         except RegattError as exc:  # the gate's refusal, or an engine not installed
             refused[f"{engine} {precision_label(card.precision, precision)}"] = str(exc)
             continue

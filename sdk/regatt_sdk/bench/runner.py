@@ -360,13 +360,13 @@ def _run_matrix(
 def _add_quality(cfg: BenchConfig, models: Models, rows: list[dict[str, object]], tick: Tick) -> None:
     """mAP of every model on the landmark check (each photo a query, its landmark the positives,
     itself removed), and the parity cosine to fp32 recorded in the model's card."""
-    from ..encoder import Encoder
+    from ..compose import EncoderOptions, open_encoder
     from .quality import landmark_map, landmark_set
 
     files, labels = landmark_set(Path(cfg.quality))
     for key, path in models.paths.items():
         tick(f"{key}: landmark mAP on {len(files)} photos")
-        enc = Encoder(path, device="cpu", max_side=max(cfg.height, cfg.width), threads=cfg.threads)
+        enc = open_encoder(path, EncoderOptions(device="cpu", max_side=max(cfg.height, cfg.width), threads=cfg.threads))
         score = landmark_map(enc.encode(files, batch_size=1), labels)
         for r in rows:
             if r["variant"] == key:

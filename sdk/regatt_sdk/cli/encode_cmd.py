@@ -14,7 +14,16 @@ import typer
 from ..engines.device import parse_device
 from ..imageio import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from ..sources import check_specs, parse_extensions
-from .engine_opts import device_option, engine_kwargs, engine_option, precision_option, say_choice
+from .engine_opts import (
+    device_option,
+    encoder_options,
+    engine_option,
+    max_side_option,
+    memory_option,
+    open_encoder,
+    precision_option,
+    threads_option,
+)
 from .errors import fail
 
 #: failures printed on stderr after a run; the full list is in the store's failures.jsonl
@@ -43,13 +52,12 @@ def encode(
     upscale_small: bool = typer.Option(
         False, "--upscale-small", help="Upscale images below --min-side instead of refusing them."
     ),
-    max_side: int = typer.Option(
-        None, "--max-side", min=1, help="Resize the longest side to this (default: the model's)."
-    ),
+    max_side: int = max_side_option(),
     device: str = device_option(),
     engine: str = engine_option(),
     precision: str = precision_option(),
-    threads: int = typer.Option(None, "--threads", min=1, help="Inference threads (CPU)."),
+    memory: str = memory_option("pattern"),
+    threads: int = threads_option(),
     chunk_rows: int = typer.Option(256, "--chunk-rows", min=1, help="Rows per store commit."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
     ray: str = typer.Option(
@@ -103,8 +111,11 @@ def encode(
     parse_extensions(ext)  # validate early
     check_specs(sources, list_files)
     dev = parse_device(device)  # validate early
+    options = encoder_options(
+        device=device, engine=engine, precision=precision, memory=memory, threads=threads, max_side=max_side
+    )
 
-    from ..encoder import Encoder
+    from ..compose import encoder_for_store
     from ..pipeline import encode_to_store
 
     if ray is not None:
@@ -112,16 +123,15 @@ def encode(
 
         report = encode_with_ray(
             model, sources, output, address=ray, num_actors=ray_actors, batch_size=batch_size,
-            use_gpu=None if dev.kind == "auto" else dev.gpu, device=device, resume=resume,
-            threads=threads, max_side=max_side, decode_threads=workers, progress=progress,
+            use_gpu=None if dev.kind == "auto" else dev.gpu, resume=resume,
+            options=options, decode_threads=workers, progress=progress,
             max_pixels=max_pixels, min_side=min_side, upscale_small=upscale_small,
             extensions=ext, list_files=list_files,
         )  # fmt: skip
     else:
-        encoder = Encoder(model, device=device, max_side=max_side, threads=threads, **engine_kwargs(engine, precision))
-        say_choice(encoder)
+        encoder = open_encoder(model, options)
         report = encode_to_store(
-            encoder,
+            encoder_for_store(encoder, output) if resume else encoder,
             sources,
             output,
             resume=resume,

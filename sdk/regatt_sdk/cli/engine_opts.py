@@ -1,11 +1,21 @@
-"""The options shared by the commands that encode: ``--device``, ``--engine``, ``--precision``,
-``--max-side``, ``--memory`` and the index ``--backend``; ``regatt bench`` takes ``--engine`` and
-``--precision`` repeated (engines x precisions side by side)."""
+"""The one option group of the commands that encode: ``--device``, ``--engine``, ``--precision``,
+``--memory``, ``--threads`` and ``--max-side`` (each defined once here), turned into a
+:class:`~regatt_sdk.compose.EncoderOptions` by :func:`encoder_options`; and the index
+``--backend``. ``regatt bench`` takes ``--engine`` and ``--precision`` repeated (engines x
+precisions side by side).
+
+A command declares the group as parameters::
+
+    device: str = device_option(), engine: str = engine_option(), precision: str = precision_option(),
+    memory: str = memory_option("pattern"), threads: int = threads_option(), max_side: int = max_side_option(),
+
+and opens its encoder with :func:`open_encoder` ``(model, encoder_options(...))``."""
 
 from __future__ import annotations
 
 import typer
 
+from ..compose import MIN_MAX_SIDE, EncoderOptions
 from ..engines.device import HELP as DEVICE_HELP
 
 ENGINE_HELP = (
@@ -26,7 +36,16 @@ def device_option():
 
 
 def max_side_option():
-    return typer.Option(None, "--max-side", min=1, help="Resize the longest side to this.")
+    return typer.Option(
+        None,
+        "--max-side",
+        min=MIN_MAX_SIDE,
+        help="Prepare images at this longest side S (default: the model card's).",
+    )
+
+
+def threads_option():
+    return typer.Option(None, "--threads", min=1, help="Inference threads (CPU; default: the engine's).")
 
 
 def backend_option():
@@ -63,17 +82,39 @@ def memory_option(default: str):
     return typer.Option(default, "--memory", help=MEMORY_HELP + f" Default: {default}.")
 
 
-def engine_kwargs(engine: str | None, precision: str) -> dict:
-    """The ``Encoder`` keywords for the options given (none when left at their defaults)."""
-    kwargs: dict = {}
-    if engine is not None:
-        kwargs["engine"] = engine
-    if precision != "fp32":
-        kwargs["precision"] = precision
-    return kwargs
+def encoder_options(
+    *,
+    device: str = "auto",
+    engine: str | None = None,
+    precision: str = "fp32",
+    memory: str = "pattern",
+    threads: int | None = None,
+    max_side: int | None = None,
+    query_scales: str | None = None,
+) -> EncoderOptions:
+    """The :class:`~regatt_sdk.compose.EncoderOptions` of the group's values (checked)."""
+    return EncoderOptions(
+        device=device,
+        engine=engine,
+        precision=precision,
+        memory=memory,
+        threads=threads,
+        max_side=max_side,
+        query_scales=query_scales,
+    )
+
+
+def open_encoder(model, options: EncoderOptions):
+    """:func:`regatt_sdk.compose.open_encoder`, then one line on stderr saying which engine runs
+    and why when ``--engine`` was given."""
+    from ..compose import open_encoder as compose_open
+
+    encoder = compose_open(model, options)
+    say_choice(encoder)
+    return encoder
 
 
 def say_choice(encoder) -> None:
     """One line on stderr: which engine runs and why (when ``--engine`` was given)."""
-    if getattr(encoder, "choice", None) is not None and getattr(encoder, "engine_asked", None) is not None:
+    if encoder.choice is not None and encoder.engine_asked is not None:
         typer.echo(f"engine: {encoder.choice.reason}", err=True)

@@ -21,8 +21,18 @@ import typer
 
 from ..errors import RegattError
 from ..scales import format_scales
-from .engine_opts import backend_option, device_option, engine_option, max_side_option, precision_option
-from .query_opts import open_encoder, qe_option, query_scales_option, show_option
+from .engine_opts import (
+    backend_option,
+    device_option,
+    encoder_options,
+    engine_option,
+    max_side_option,
+    memory_option,
+    open_encoder,
+    precision_option,
+    threads_option,
+)
+from .query_opts import qe_option, query_scales_option, show_option
 
 _TITLES = {
     "oxford5k": "Oxford5k", "paris6k": "Paris6k", "oxford105k": "Oxford105k",
@@ -45,21 +55,17 @@ def database_features(dataset, encoder, store_path: Path, model: Path, *, progre
     Images that failed to encode are dropped from the database with a warning (they can then
     never be retrieved, which lowers recall as in the official protocols).
     """
-    from ..pipeline import encode_to_store
+    from ..collection import Collection
     from ..sources import SourceItem
-    from ..store import MANIFEST, FeatureStore
+    from ..store import MANIFEST
 
     if (store_path / MANIFEST).exists():
-        existing = FeatureStore.open(store_path)
-        if existing.dim != encoder.dim:
-            raise RegattError(
-                f"feature store {store_path} holds {existing.dim}-d descriptors but {model} "
-                f"gives {encoder.dim}-d: pass another --store"
-            )
+        collection = Collection.open(store_path, encoder)  # a store of another model is refused
+    else:
+        collection = Collection.create(store_path, encoder)
     items = [SourceItem(name, str(path)) for name, path in zip(dataset.names, dataset.paths)]
-    report = encode_to_store(encoder, items, store_path, resume=True, progress=progress,
-                             batch_size=batch_size)  # fmt: skip
-    store = FeatureStore.open(store_path)
+    report = collection.add(items, progress=progress, batch_size=batch_size)
+    store = collection.store
     names, vectors = store.names, store.vectors
     row = {n: i for i, n in enumerate(names)}
     failed = {f.name: f.reason for f in store.failures}
@@ -193,6 +199,8 @@ def evaluate_cmd(
     engine: str = engine_option(),
     precision: str = precision_option(),
     max_side: int = max_side_option(),
+    memory: str = memory_option("pattern"),
+    threads: int = threads_option(),
     query_scales: str = query_scales_option(
         "Also score queries described at these multiples of S (summed; both results are reported)"
     ),
@@ -214,9 +222,11 @@ def evaluate_cmd(
         raise RegattError(f"{model}: model file not found")
     ds = load_dataset(key, root, gt=gt, distractors=distractors)
 
-    encoder = open_encoder(
-        model, device=device, max_side=max_side, engine=engine, precision=precision, query_scales=query_scales
-    )
+    options = encoder_options(
+        device=device, engine=engine, precision=precision, memory=memory, threads=threads,
+        max_side=max_side, query_scales=query_scales,
+    )  # fmt: skip
+    encoder = open_encoder(model, options)
     card_hash = str(encoder.card.hash)
     store_path = store or default_store(key, root, card_hash, int(encoder.max_side))
     t0 = time.monotonic()

@@ -14,8 +14,18 @@ from pathlib import Path
 
 import typer
 
+from ..compose import parse_roi
 from ..errors import RegattError
-from .engine_opts import device_option
+from .engine_opts import (
+    device_option,
+    encoder_options,
+    engine_option,
+    max_side_option,
+    memory_option,
+    open_encoder,
+    precision_option,
+    threads_option,
+)
 
 
 def explain_cmd(
@@ -36,15 +46,20 @@ def explain_cmd(
     ),  # fmt: skip
     top: int = typer.Option(8, "--top", "-k", min=0, help="Regions drawn on the left panel."),
     size: int = typer.Option(400, "--size", min=64, help="Longer side of each panel, pixels."),
-    max_side: int = typer.Option(None, "--max-side", min=16, help="Resize the longest side to this."),
+    max_side: int = max_side_option(),
     device: str = device_option(),
+    engine: str = engine_option(),
+    precision: str = precision_option(),
+    memory: str = memory_option("pattern"),
+    threads: int = threads_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the region list."),
 ) -> None:
     """Draw an image's regions coloured and ranked by their attention weights."""
-    from .search_cmd import parse_roi
-
     box = parse_roi(roi)
-    obj = parse_roi(object_box) if object_box else None
+    obj = parse_roi(object_box, "--box")
+    options = encoder_options(
+        device=device, engine=engine, precision=precision, memory=memory, threads=threads, max_side=max_side
+    )
     if obj is not None and box is not None:
         raise RegattError("--box is in the original photo's pixels: give it without --roi")
     if model is None:
@@ -54,11 +69,10 @@ def explain_cmd(
     if not image.is_file():
         raise RegattError(f"{image}: image not found")
 
-    from ..encoder import Encoder
     from ..explain import box_share, explain, explanation_figure
     from ..grid import write_png
 
-    encoder = Encoder(model, device=device, max_side=max_side)
+    encoder = open_encoder(model, options)
     expl = explain(encoder, image, roi=box)
     scaled = None
     if obj is not None:

@@ -12,42 +12,22 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from ..compose import parse_roi
 from ..errors import RegattError
-from .engine_opts import backend_option, device_option, engine_option, max_side_option, precision_option
-from .query_opts import open_encoder, qe_option, query_scales_option, show_option
+from .engine_opts import (
+    backend_option,
+    device_option,
+    encoder_options,
+    engine_option,
+    max_side_option,
+    memory_option,
+    open_encoder,
+    precision_option,
+    threads_option,
+)
+from .query_opts import qe_option, query_scales_option, show_option
 
-Roi = tuple[float, float, float, float]
-
-
-def parse_roi(text: str | None) -> Roi | None:
-    """``"x1,y1,x2,y2"`` (original pixels) -> a float box; bad text raises :class:`RegattError`."""
-    if text is None:
-        return None
-    parts = [p for p in text.replace(" ", ",").split(",") if p]
-    try:
-        x1, y1, x2, y2 = (float(p) for p in parts)
-    except ValueError:
-        raise RegattError(
-            f"--roi {text!r}: expected four numbers x1,y1,x2,y2 in original pixels, e.g. 10,20,300,400"
-        ) from None
-    if not (x2 > x1 and y2 > y1):
-        raise RegattError(f"--roi {text!r}: need x1 < x2 and y1 < y2")
-    return (x1, y1, x2, y2)
-
-
-def open_store(path: Path, model_dim: int, model_path: Path):
-    """``(names, vectors (N, D) memmap)`` of the store at ``path``, checked against the model."""
-    from ..store import FeatureStore
-
-    store = FeatureStore.open(path)
-    if store.count == 0:
-        raise RegattError(f"feature store {path} is empty: encode images into it with 'regatt index'")
-    if store.dim != model_dim:
-        raise RegattError(
-            f"feature store {path} holds {store.dim}-d descriptors but {model_path} gives "
-            f"{model_dim}-d: search with the model that made the store, or re-index"
-        )
-    return store, store.names, store.vectors
+__all__ = ["parse_roi", "resolve_image", "search"]
 
 
 def resolve_image(name: str, images: Path | None) -> Path | None:
@@ -77,6 +57,8 @@ def search(
     engine: str = engine_option(),
     precision: str = precision_option(),
     max_side: int = max_side_option(),
+    memory: str = memory_option("pattern"),
+    threads: int = threads_option(),
     query_scales: str = query_scales_option("Describe the query at these multiples of S (summed)"),
     ann: bool = typer.Option(
         True, "--ann/--no-ann", help="Use the store's FAISS ANN index when it has one (regatt index --faiss)."
@@ -113,23 +95,25 @@ def search(
     from ..expansion import QueryExpansion
     from ..index.searcher import Searcher
 
-    encoder = open_encoder(
-        model, device=device, max_side=max_side, engine=engine, precision=precision, query_scales=query_scales
-    )
+    options = encoder_options(
+        device=device, engine=engine, precision=precision, memory=memory, threads=threads,
+        max_side=max_side, query_scales=query_scales,
+    )  # fmt: skip
+    if db is None:
+        from ..collection import Collection
+
+        Collection.open(store)  # a missing or damaged store is refused before the model loads
+    encoder = open_encoder(model, options)
     steps = [QueryExpansion(k=qe)] if qe > 0 else []
     if db is not None:
         searcher = Searcher.for_db(db, encoder, table=table, ef_search=ef_search)
     else:
-        st, _, _ = open_store(store, encoder.dim, model)
-        if st.card_hash != str(encoder.card.hash):
-            typer.secho(
-                f"warning: {store} was made with another model card ({st.card_hash}); scores may be meaningless",
-                err=True,
-                fg=typer.colors.YELLOW,
-            )
+        collection = Collection.open(store, encoder)  # a store made by another model is refused
+        if len(collection) == 0:
+            raise RegattError(f"feature store {store} is empty: encode images into it with 'regatt index'")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
-            searcher = Searcher.for_store(store, encoder, backend=backend, ann=ann, nprobe=nprobe)
+            searcher = collection.searcher(backend=backend, ann=ann, nprobe=nprobe)
         for w in caught:
             typer.secho(f"warning: {w.message}", err=True, fg=typer.colors.YELLOW)
     index = searcher.index

@@ -9,7 +9,15 @@ import typer
 
 from ..errors import RegattError
 from ..imageio import DEFAULT_MAX_PIXELS
-from .engine_opts import device_option, memory_option
+from .engine_opts import (
+    device_option,
+    encoder_options,
+    engine_option,
+    max_side_option,
+    memory_option,
+    precision_option,
+    threads_option,
+)
 
 
 def serve(
@@ -25,10 +33,10 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port to listen on."),
     device: str = device_option(),
-    max_side: int = typer.Option(
-        None, "--max-side", min=16, help="Resize the longest side to this (default: the model's)."
-    ),
-    threads: int = typer.Option(None, "--threads", min=1, help="Inference threads (CPU)."),
+    engine: str = engine_option(),
+    precision: str = precision_option(),
+    max_side: int = max_side_option(),
+    threads: int = threads_option(),
     memory: str = memory_option("arena"),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="Most same-size images run as one batch."),
     window_ms: float = typer.Option(
@@ -74,8 +82,11 @@ def serve(
     require("uvicorn", extra="serve", what="regatt serve")
     from ..serve.app import ServeConfig, run
 
+    options = encoder_options(
+        device=device, engine=engine, precision=precision, memory=memory, threads=threads, max_side=max_side
+    )
     config = ServeConfig(
-        model=model, store=store, db=db, table=table, device=device, max_side=max_side, threads=threads, memory=memory,
+        model=model, store=store, db=db, table=table, options=options,
         max_batch=max_batch, window_ms=window_ms, max_queue=max_queue, timeout_s=timeout,
         max_bytes=max_bytes, max_pixels=max_pixels, decode_workers=workers, dba=dba, ann=ann,
         ef_search=ef_search, db_pool=db_pool, warmup=warmup,

@@ -18,7 +18,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.requests import Request as StarletteRequest
 
+from ..compose import EncoderOptions, RoiError
+from ..compose import parse_roi as parse_box
 from ..errors import ImageError, RegattError
 from ..imageio import DEFAULT_MAX_PIXELS, decode_image
 from ..preprocess import prepare
@@ -68,12 +70,10 @@ class ServeConfig:
     store: Path | None = None
     db: str | None = None
     table: str = "regatt"
-    device: str = "auto"
-    max_side: int | None = None
-    threads: int | None = None
-    #: the onnxruntime memory plan (``engines.ort.MEMORY_PLANS``): ``arena`` keeps RSS flat
-    #: whatever the upload sizes, at onnxruntime's default speed
-    memory: str = "arena"
+    #: the encoder (device, engine, precision, threads, max side S, memory plan); the memory plan
+    #: defaults to ``arena``, which keeps RSS flat whatever the upload sizes at onnxruntime's
+    #: default speed. Query scales are refused: uploads are described as the database.
+    options: EncoderOptions = field(default_factory=lambda: EncoderOptions(memory="arena"))
     max_batch: int = 8
     window_ms: float = 5.0
     max_queue: int = 64
@@ -113,17 +113,11 @@ class ApiError(Exception):
 
 
 def parse_roi(text: str | None) -> tuple[float, float, float, float] | None:
-    """``"x1,y1,x2,y2"`` -> a box, else :class:`ApiError` 422."""
-    if text is None or text == "":
-        return None
-    parts = [p for p in str(text).replace(" ", ",").split(",") if p]
+    """``"x1,y1,x2,y2"`` -> a box (:func:`regatt_sdk.compose.parse_roi`), else :class:`ApiError` 422."""
     try:
-        x1, y1, x2, y2 = (float(p) for p in parts)
-    except ValueError:
-        raise ApiError(422, f"roi {text!r}: expected four numbers x1,y1,x2,y2 in original pixels") from None
-    if not (x2 > x1 and y2 > y1):
-        raise ApiError(422, f"roi {text!r}: need x1 < x2 and y1 < y2")
-    return (x1, y1, x2, y2)
+        return parse_box(None if text is None else str(text), "roi")
+    except RoiError as exc:
+        raise ApiError(422, str(exc)) from None
 
 
 def parse_int(text: Any, name: str, default: int, low: int, high: int) -> int:
@@ -167,24 +161,22 @@ class Service:
 
     def load(self) -> None:
         """Open the model (golden check), the store or database, and apply DBA once."""
-        from ..encoder import Encoder
+        from ..compose import OptionError, open_encoder
         from ..index.searcher import Searcher
 
         c = self.config
-        self.encoder = Encoder(c.model, device=c.device, max_side=c.max_side, threads=c.threads, memory=c.memory)
+        if c.options.query_scales is not None:
+            raise OptionError("regatt serve describes uploads as the database: query scales are not supported")
+        self.encoder = open_encoder(c.model, c.options)
         self.golden_diff = self.encoder.verify()
         self.warmup_s = warm_up(self.encoder, c.max_batch) if c.warmup else None
         if c.store is not None:
-            from ..store import FeatureStore
+            from ..collection import Collection
 
-            st = FeatureStore.open(c.store)
-            if st.count == 0:
+            collection = Collection.open(c.store, self.encoder)  # a store of another model is refused
+            if len(collection) == 0:
                 raise RegattError(f"feature store {c.store} is empty")
-            if st.card_hash != str(self.encoder.card.hash):
-                raise RegattError(
-                    f"{c.store} was made with another model card ({st.card_hash}): serve the model that made it"
-                )
-            self.searcher = Searcher.for_store(c.store, self.encoder, ann=c.ann)
+            self.searcher = collection.searcher(ann=c.ann)
         elif c.db is not None:
             self.searcher = Searcher.for_db(
                 c.db, self.encoder, table=c.table, ef_search=c.ef_search, pool_size=max(1, c.db_pool)

@@ -1,0 +1,268 @@
+"""A collection: a feature store of images and the model that describes them, searched and
+deduplicated from Python with no other plumbing.
+
+    from regatt_sdk import Collection
+
+    col = Collection.create("photos.store", "model.onnx")       # or Collection.open(path, model)
+    report = col.add(["photos/"])                                # crash-safe; rerun to resume
+    for hit in col.search("query.jpg", top=5, roi=(10, 20, 300, 400)):
+        print(hit.rank, hit.score, hit.name)
+    dups = col.duplicates(threshold=0.9)                         # groups + keep/remove
+    col.vectors, col.names, len(col)
+
+The store is :mod:`regatt_sdk.store` (written through :func:`regatt_sdk.pipeline.encode_to_store`:
+append-only, committed in windows, resumable); searches go through
+:class:`regatt_sdk.index.searcher.Searcher` over the store's FAISS ANN index when it has a
+usable one (``regatt index --faiss``; FAISS installed), else exact search. A model and a store go
+together by one rule (:func:`regatt_sdk.compose.check_compatible`): the store's card hash is the
+model's (or the model's hash from before tool versions left it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .compose import EncoderOptions, Roi, check_compatible, encoder_for_store, open_encoder, open_store, parse_roi
+from .errors import RegattError
+
+if TYPE_CHECKING:
+    from .dedup.run import DuplicateReport
+    from .encoder import Encoder
+    from .index.searcher import Hit, Searcher
+    from .pipeline import EncodeReport
+    from .store import FeatureStore
+
+
+class CollectionError(RegattError):
+    """A collection operation that cannot run as asked (no model to encode with, a feature not
+    available yet...)."""
+
+
+def _not_yet(what: str) -> CollectionError:
+    return CollectionError(f"{what} is not available yet in this version of regatt")
+
+
+class Collection:
+    """A feature store at ``path`` and (optionally) the :class:`~regatt_sdk.encoder.Encoder` of
+    the model that made it. Make one with :meth:`create` or :meth:`open`."""
+
+    def __init__(self, path: str | os.PathLike, encoder: Encoder | None = None):
+        self.path = Path(path)
+        self.encoder = encoder
+        self._searchers: dict[tuple, Searcher] = {}
+        self._store: FeatureStore | None = None
+        self._store = open_store(self.path, encoder, allow_empty=True)
+
+    # -- making one --------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        model: str | os.PathLike | Encoder,
+        options: EncoderOptions | None = None,
+        *,
+        local: bool = False,
+    ) -> Collection:
+        """A new, empty collection at ``path`` (a new or empty directory) for ``model`` (an
+        ``.onnx`` file opened with ``options``, or an open encoder)."""
+        from .pipeline import model_info
+        from .store import FeatureStore
+
+        if local:
+            raise _not_yet("storing local features (local=True)")
+        encoder = _encoder(model, options)
+        FeatureStore.create(
+            path, card_hash=str(encoder.card.hash), dim=int(encoder.dim), model=model_info(encoder, encoder.max_side)
+        ).close()
+        return cls(path, encoder)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike,
+        model: str | os.PathLike | Encoder | None = None,
+        options: EncoderOptions | None = None,
+    ) -> Collection:
+        """The collection at ``path``; with ``model`` (needed to add images or search by
+        image) checked to be the model that made it (:class:`~regatt_sdk.store.StoreError`)."""
+        if model is None:
+            if options is not None:
+                raise CollectionError("encoder options need a model: Collection.open(path, model, options)")
+            return cls(path)
+        from .card import read_card
+
+        if not isinstance(model, (str, os.PathLike)):
+            return cls(path, _encoder(model, options))
+        store = open_store(path, allow_empty=True)  # refuse a foreign store before opening the model
+        check_compatible(read_card(model), store.card_hash, store.dim, f"feature store {path}", model)
+        return cls(path, _encoder(model, options))
+
+    # -- reading -----------------------------------------------------------------------------
+    @property
+    def store(self) -> FeatureStore:
+        """The store, read-only, as last committed when opened or after the last :meth:`add`."""
+        assert self._store is not None
+        return self._store
+
+    @property
+    def card_hash(self) -> str:
+        return self.store.card_hash
+
+    @property
+    def dim(self) -> int:
+        return self.store.dim
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """The descriptors ``(N, D)`` float32 (memory-mapped, read-only)."""
+        return self.store.vectors
+
+    @property
+    def names(self) -> list[str]:
+        """The name of each row, in row order."""
+        return self.store.names
+
+    def __len__(self) -> int:
+        return self.store.count
+
+    def __repr__(self) -> str:
+        model = f", model={str(self.encoder.model_path)!r}" if self.encoder is not None else ""
+        return f"Collection({str(self.path)!r}, rows={len(self)}, dim={self.dim}{model})"
+
+    # -- writing -----------------------------------------------------------------------------
+    def add(self, sources: str | os.PathLike | Iterable[Any], *, local: bool = False, **options: Any) -> EncodeReport:
+        """Encode the images ``sources`` names (files, folders, ``@list`` files; a string or a
+        list) into the collection, skipping names it already holds: crash-safe (rows are
+        committed in windows) and resumable (call again after an interruption). ``options``: as
+        :func:`regatt_sdk.pipeline.encode_to_store` (``batch_size``, ``workers``, ``progress``
+        (default off here), ``max_pixels``, ``min_side``, ``upscale_small``, ``extensions``,
+        ``list_files``, ``rois``, ``chunk_rows``). Returns the
+        :class:`~regatt_sdk.pipeline.EncodeReport`."""
+        from .pipeline import encode_to_store
+
+        if local:
+            raise _not_yet("storing local features (local=True)")
+        if "resume" in options:
+            raise CollectionError("add() always resumes: it skips the names the collection holds")
+        encoder = self._need_encoder("add images")
+        if isinstance(sources, (str, os.PathLike)):
+            sources = [sources]
+        options.setdefault("progress", False)
+        self._close()
+        try:
+            return encode_to_store(
+                encoder_for_store(encoder, self.path), list(sources), self.path, resume=True, **options
+            )
+        finally:
+            self._store = open_store(self.path, encoder, allow_empty=True)
+
+    # -- searching ---------------------------------------------------------------------------
+    def searcher(self, *, qe: int = 0, backend: str = "exact", ann: bool = True, nprobe: int | None = None) -> Searcher:
+        """The :class:`~regatt_sdk.index.searcher.Searcher` over this collection (cached per
+        arguments until the next :meth:`add`): its ANN index when it has a usable one (``ann``;
+        a stale one is skipped with a ``RuntimeWarning``), else a ``backend`` index;
+        ``qe``: average query expansion over the top ``qe`` (0: off)."""
+        from .expansion import QueryExpansion
+        from .index.searcher import Searcher
+
+        if len(self) == 0:
+            raise CollectionError(f"collection {self.path} is empty: add images first")
+        key = (int(qe), backend, bool(ann), nprobe)
+        if key not in self._searchers:
+            steps = [QueryExpansion(k=qe)] if qe > 0 else []
+            self._searchers[key] = Searcher.for_store(
+                self.path, self.encoder, backend=backend, ann=ann, nprobe=nprobe, steps=steps
+            )
+        return self._searchers[key]
+
+    def search(
+        self,
+        image: str | os.PathLike | np.ndarray,
+        top: int = 10,
+        roi: Roi | str | None = None,
+        qe: int = 0,
+        *,
+        rerank: int = 0,
+        backend: str = "exact",
+        ann: bool = True,
+        nprobe: int | None = None,
+    ) -> list[Hit]:
+        """The ``top`` rows most similar to ``image`` (a path or a BGR uint8 array), cropped to
+        ``roi`` (``(x1, y1, x2, y2)`` or ``"x1,y1,x2,y2"`` in original pixels) before it is
+        described, as :class:`~regatt_sdk.index.searcher.Hit` s (rank, name, score, row)."""
+        if rerank:
+            raise _not_yet("re-ranking with local features (rerank=K)")
+        self._need_encoder("search by image")
+        box = parse_roi(roi, "roi") if isinstance(roi, str) else roi
+        query = os.fspath(image) if isinstance(image, os.PathLike) else image
+        return self.searcher(qe=qe, backend=backend, ann=ann, nprobe=nprobe).search(query, roi=box, top=top)
+
+    def search_vectors(self, queries: np.ndarray, top: int = 10, qe: int = 0) -> list[list[Hit]]:
+        """The ``top`` hits of each query descriptor (``(D,)`` or ``(Q, D)``): one list per query."""
+        s = self.searcher(qe=qe)
+        q = np.asarray(queries, np.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise CollectionError(f"queries of shape {np.shape(queries)}: expected (D,) or (Q, D) with D = {self.dim}")
+        scores, rows = s.search_vectors(q, top)
+        return [s.hits(scores[k], rows[k]) for k in range(len(q))]
+
+    def duplicates(
+        self,
+        threshold: float | None = None,
+        *,
+        preset: str | None = None,
+        group: str = "components",
+        keep: str = "largest",
+        images: str | os.PathLike | None = None,
+        backend: str = "auto",
+    ) -> DuplicateReport:
+        """Groups of duplicates among the rows and what to keep in each
+        (:func:`regatt_sdk.dedup.run.find_duplicates`): ``threshold`` alone groups by descriptor
+        cosine; ``preset`` ``exact`` | ``near`` (the copy check: needs the model, exported with
+        ``--explain``, and the files: names are paths or relative to ``images``) | ``scene``.
+        Neither: the ``near`` preset. Never moves or deletes anything."""
+        from .dedup.run import find_duplicates
+
+        if len(self) == 0:
+            raise CollectionError(f"collection {self.path} is empty: add images first")
+        return find_duplicates(
+            self.vectors,
+            self.names,
+            encoder=self.encoder,
+            preset=preset,
+            threshold=threshold,
+            group=group,
+            keep=keep,
+            images=images,
+            backend=backend,
+            index=lambda: self.searcher().index,
+        )
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _need_encoder(self, what: str) -> Encoder:
+        if self.encoder is None:
+            raise CollectionError(
+                f"to {what}, open the collection with its model: Collection.open({str(self.path)!r}, model)"
+            )
+        return self.encoder
+
+    def _close(self) -> None:
+        self._searchers.clear()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+def _encoder(model: str | os.PathLike | Encoder, options: EncoderOptions | None) -> Encoder:
+    if isinstance(model, (str, os.PathLike)):
+        return open_encoder(model, options)
+    if options is not None:
+        raise CollectionError("options apply to a model file: pass the .onnx path, or an encoder without options")
+    return model
