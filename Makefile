@@ -12,7 +12,7 @@ RUNTIME_TESTS := tests/test_sdk.py tests/test_engines.py tests/test_index.py tes
 	tests/test_ann.py tests/test_distributed.py
 RUNTIME_VENV := .venv-runtime
 
-.PHONY: venv test test-runtime demo bench clean
+.PHONY: venv test test-runtime wheel-smoke demo bench clean
 
 venv: $(VENV)/.installed
 
@@ -36,6 +36,19 @@ $(RUNTIME_VENV)/.installed: pyproject.toml
 test-runtime: $(RUNTIME_VENV)/.installed
 	! $(RUNTIME_VENV)/bin/python -c "import torch" 2>/dev/null
 	$(RUNTIME_VENV)/bin/python -m pytest -n 2 $(RUNTIME_TESTS)
+
+# Installs as users install: build the wheel, install it (not editable) into a fresh venv with
+# only the runtime extras, and run the main job on it (scripts/wheel_smoke.py: encode, search,
+# dedup --store, the Python Collection, serve /readyz), from outside the repository.
+WHEEL_VENV := .venv-wheel
+WHEEL_DIR := build/wheel-smoke
+
+wheel-smoke: venv
+	rm -rf $(WHEEL_DIR) $(WHEEL_VENV)
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w $(WHEEL_DIR) .
+	$(PY) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install -q "$$(ls $(WHEEL_DIR)/regatt-*.whl)[cpu,serve]"
+	cd $(WHEEL_DIR) && $(CURDIR)/$(WHEEL_VENV)/bin/python $(CURDIR)/scripts/wheel_smoke.py $(CURDIR)/tests/fixtures/tiny.onnx
 
 demo: venv
 	$(BIN)/python scripts/demo_photos.py out/demo/photos
