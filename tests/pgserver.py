@@ -18,3 +18,15 @@ def start_postgres(data_dir: Path):
     except Exception as exc:  # noqa: BLE001 - any failure to start is the skip reason
         raise RuntimeError(f"PostgreSQL could not start: {exc}") from None
     return server, server.get_uri()
+
+
+def stop_postgres(server) -> None:
+    """Stop a server from :func:`start_postgres` (``pg_ctl stop``: connections are cut)."""
+    server.stop()
+
+
+def restart_postgres(server) -> str:
+    """Start a stopped server again in the same data directory; its URL (the same socket)."""
+    with server._lock:
+        server.ensure_postgres_running()
+    return server.get_uri()

@@ -38,6 +38,12 @@ from .errors import ImageError
 
 #: default decompression-bomb guard: images above this many pixels are refused unread.
 DEFAULT_MAX_PIXELS = 100_000_000
+#: default limit on the memory one decode takes (:func:`decoded_bytes`, from the header, checked
+#: before decoding) for batch tools: 1 GiB
+DEFAULT_MAX_DECODED_BYTES = 1 << 30
+#: the same limit for a server (``regatt serve --max-decoded-bytes``), where uploads are anyone's
+#: and several decode at once: 128 MiB = 44.7 megapixels of 8-bit colour (a 24 MP photo is 72 MiB)
+SERVE_MAX_DECODED_BYTES = 128 << 20
 #: default minimum for the shorter side of an image, in pixels.
 DEFAULT_MIN_SIDE = 16
 #: default maximum file size in bytes (files are read whole into memory before decoding).
@@ -407,6 +413,13 @@ def _imdecode(arr: np.ndarray, flags: int) -> np.ndarray | None:
         raise _Refused(f"OpenCV failed to decode it ({message[-1] if message else 'cv2.error'})") from None
 
 
+def decoded_bytes(info: HeaderInfo) -> int:
+    """Bytes of the array OpenCV allocates to decode an image with this header: 3 colour
+    samples a pixel, 2 bytes each for samples deeper than 8 bits (PNG/TIFF), else 1."""
+    wide = info.format in ("PNG", "TIFF") and info.depth > 8
+    return int(info.width) * int(info.height) * 3 * (2 if wide else 1)
+
+
 def decode_image(
     data: bytes,
     name: str | Path = "<bytes>",
@@ -414,10 +427,13 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int = DEFAULT_MIN_SIDE,
     upscale_small: bool = False,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> np.ndarray:
     """Decode encoded image bytes into BGR uint8 ``(H, W, 3)``; raise :class:`ImageError`.
 
-    ``name`` only labels errors. See the module docstring for the checks applied.
+    ``name`` only labels errors. See the module docstring for the checks applied;
+    ``max_decoded_bytes`` refuses, from the header, an image whose decoded array
+    (:func:`decoded_bytes`) would be larger.
     """
     if len(data) == 0:
         raise ImageError(name, "file is empty")
@@ -431,6 +447,12 @@ def decode_image(
                 f"{info.format} image is {info.width}x{info.height} = {pixels / 1e6:.1f} "
                 f"megapixels, over the limit of {max_pixels / 1e6:g} (decompression-bomb "
                 "guard; raise it with --max-pixels)"
+            )
+        need = decoded_bytes(info)
+        if need > max_decoded_bytes:
+            raise _Refused(
+                f"{info.format} image is {info.width}x{info.height}: decoding it takes {need / 2**20:.0f} MiB, "
+                f"over the limit of {max_decoded_bytes / 2**20:.0f} MiB of decoded pixels (--max-decoded-bytes)"
             )
         if min(info.width, info.height) < min_side and not upscale_small:
             raise _Refused(f"image is {info.width}x{info.height}, smaller than the minimum side of {min_side} px")
@@ -539,12 +561,17 @@ def read_image(
     min_side: int = DEFAULT_MIN_SIDE,
     upscale_small: bool = False,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> np.ndarray:
     """Decode the image file ``path`` into BGR uint8 ``(H, W, 3)``; raise :class:`ImageError`.
 
     ``max_pixels`` refuses images whose header announces more pixels (checked before decoding);
     ``min_side`` refuses images with a shorter side below it, unless ``upscale_small`` upscales
-    them to it; ``max_bytes`` refuses bigger files.
+    them to it; ``max_bytes`` refuses bigger files; ``max_decoded_bytes`` images whose decoded
+    array would be bigger (from the header, before decoding).
     """
     data = read_bytes(path, max_bytes=max_bytes)
-    return decode_image(data, path, max_pixels=max_pixels, min_side=min_side, upscale_small=upscale_small)
+    return decode_image(
+        data, path, max_pixels=max_pixels, min_side=min_side, upscale_small=upscale_small,
+        max_decoded_bytes=max_decoded_bytes,
+    )  # fmt: skip

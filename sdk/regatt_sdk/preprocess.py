@@ -36,7 +36,10 @@ def scale_box(box: Box, height: int, width: int, max_side: int) -> tuple[int, in
     The box is multiplied by ``S / max(h, w)`` in float32 and rounded half to even.
     """
     ratio = np.float32(max_side / max(height, width))
-    scaled = np.round(np.asarray(box, dtype=np.float32) * ratio)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = np.round(np.asarray(box, dtype=np.float32) * ratio)
+    if not np.all(np.isfinite(scaled)):  # inf, nan, or beyond float32 (int() would overflow)
+        raise ValueError(f"query box {tuple(box)}: x1,y1,x2,y2 must be finite numbers of pixels")
     x1, y1, x2, y2 = (int(v) for v in scaled)
     return x1, y1, x2, y2
 

@@ -14,6 +14,7 @@ import typer
 
 from ..compose import parse_roi
 from ..errors import RegattError
+from ..names import candidates, display
 from .engine_opts import (
     backend_option,
     device_option,
@@ -32,11 +33,13 @@ __all__ = ["parse_roi", "resolve_image", "search"]
 
 def resolve_image(name: str, images: Path | None) -> Path | None:
     """The image file of a store row: the name itself if it is a file, else under ``images``."""
-    candidates = [Path(name)]
-    if images is not None:
-        candidates.append(images / name)
-        candidates += [images / f"{name}{ext}" for ext in (".jpg", ".jpeg", ".png", ".JPG")]
-    return next((c for c in candidates if c.is_file()), None)
+    found = []
+    for n in candidates(name):  # a --db table holds the displayed name: its escapes undone too
+        found.append(Path(n))
+        if images is not None:
+            found.append(images / n)
+            found += [images / f"{n}{ext}" for ext in (".jpg", ".jpeg", ".png", ".JPG")]
+    return next((c for c in found if c.is_file()), None)
 
 
 def search(
@@ -125,7 +128,7 @@ def search(
     hits = searcher.search(query, roi=box, top=top)
     results = [(h.name, h.score) for h in hits]
     for h in hits:
-        typer.echo(f"{h.rank:4d}  {h.score:.6f}  {h.name}")
+        typer.echo(f"{h.rank:4d}  {h.score:.6f}  {display(h.name)}")
     if show is not None:
         from ..grid import save_result_grid
 

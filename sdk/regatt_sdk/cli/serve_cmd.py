@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ..errors import RegattError
-from ..imageio import DEFAULT_MAX_PIXELS
+from ..imageio import DEFAULT_MAX_PIXELS, SERVE_MAX_DECODED_BYTES
 from .engine_opts import (
     device_option,
     encoder_options,
@@ -52,6 +52,19 @@ def serve(
     max_pixels: int = typer.Option(
         DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Refuse images above this many pixels (422)."
     ),
+    max_decoded_bytes: int = typer.Option(
+        SERVE_MAX_DECODED_BYTES,
+        "--max-decoded-bytes",
+        min=1,
+        help="Refuse images whose decoded pixels would take more bytes than this, read from the header "
+        "before decoding (422).",
+    ),
+    body_timeout: float = typer.Option(
+        10.0,
+        "--body-timeout",
+        min=0.001,
+        help="Seconds a client may leave between two pieces of its request body (then 408, connection closed).",
+    ),
     workers: int = typer.Option(2, "--workers", min=1, help="Decoding threads."),
     dba: int = typer.Option(
         0, "--dba", min=0, help="Database-side augmentation over K neighbours, applied once at start (0: off)."
@@ -88,7 +101,8 @@ def serve(
     config = ServeConfig(
         model=model, store=store, db=db, table=table, options=options,
         max_batch=max_batch, window_ms=window_ms, max_queue=max_queue, timeout_s=timeout,
-        max_bytes=max_bytes, max_pixels=max_pixels, decode_workers=workers, dba=dba, ann=ann,
+        max_bytes=max_bytes, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes,
+        body_timeout_s=body_timeout, decode_workers=workers, dba=dba, ann=ann,
         ef_search=ef_search, db_pool=db_pool, warmup=warmup,
     )  # fmt: skip
     run(config, host, port, log_level=log_level)

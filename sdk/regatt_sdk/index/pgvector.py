@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -39,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RegattError
+from ..names import display
 from ..optional import require
 from .exact import as_queries
 
@@ -51,11 +53,21 @@ DEFAULT_BATCH_ROWS = 5000
 #: HNSW candidates visited per query (``hnsw.ef_search``); raised to ``k`` when ``k`` is larger
 DEFAULT_EF_SEARCH = 100
 DB_FORMAT = "1"
-_TABLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+_TABLE_RE = re.compile(r"[a-z_][a-z0-9_]{0,40}")
 
 
 class DatabaseError(RegattError):
     """The database cannot be reached, or holds a table that does not match."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database stopped answering after the index was opened (down, restarting, network):
+    a call gave up after :attr:`PgVectorIndex.wait_s` instead of waiting for it (a server answers
+    503 + ``Retry-After``); the pool reconnects by itself when it is back."""
+
+
+#: seconds a call waits for one of the pool's connections before :class:`DatabaseUnavailable`
+DEFAULT_WAIT_S = 2.0
 
 
 def import_psycopg():
@@ -69,7 +81,7 @@ def import_psycopg():
 
 def check_table(name: str) -> str:
     """``name`` if it is a plain lower-case SQL identifier (it is put into SQL text), else an error."""
-    if not _TABLE_RE.match(name):
+    if not isinstance(name, str) or not _TABLE_RE.fullmatch(name):  # match: "$" passes "name\n"
         raise DatabaseError(f"table name {name!r}: use lower-case letters, digits and _ (at most 41)")
     return name
 
@@ -83,13 +95,13 @@ def index_type(dim: int) -> str:
     raise DatabaseError(f"pgvector cannot index {dim}-d vectors (at most {MAX_HALFVEC_INDEX_DIM})")
 
 
-def connect(url: str):
+def connect(url: str, timeout: int = 10):
     """An autocommit psycopg connection to ``url`` with pgvector's types registered."""
     psycopg = import_psycopg()
     from pgvector.psycopg import register_vector
 
     try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=timeout)
     except psycopg.Error as exc:
         raise DatabaseError(f"cannot connect to {redact(url)}: {str(exc).strip().splitlines()[0]}") from None
     try:
@@ -104,9 +116,10 @@ def connect(url: str):
     return conn
 
 
-def open_pool(url: str, size: int):
+def open_pool(url: str, size: int, *, wait: bool = True):
     """A fixed pool of ``size`` autocommit connections to ``url`` (pgvector's types registered on
-    each), opened now; the database was checked by :func:`connect` first."""
+    each), opened now (``wait``: until all are connected); the database was checked by
+    :func:`connect` first. The pool never gives up reconnecting after an outage."""
     import_psycopg()
     from pgvector.psycopg import register_vector
     from psycopg_pool import ConnectionPool, PoolTimeout
@@ -114,9 +127,10 @@ def open_pool(url: str, size: int):
     pool = ConnectionPool(
         url, min_size=size, max_size=size, kwargs={"autocommit": True, "connect_timeout": 10},
         configure=register_vector, open=False, num_workers=1, name="regatt",
+        reconnect_timeout=float("inf"),
     )  # fmt: skip
     try:
-        pool.open(wait=True, timeout=30)
+        pool.open(wait=wait, timeout=30)
     except PoolTimeout:
         pool.close()
         raise DatabaseError(f"{redact(url)}: could not open {size} connections within 30 s") from None
@@ -155,8 +169,12 @@ class PgVectorIndex:
         ef_search: int = DEFAULT_EF_SEARCH,
         exact: bool = False,
         pool_size: int = 1,
+        wait_s: float = DEFAULT_WAIT_S,
     ):
         self.url = url
+        self.wait_s = float(wait_s)
+        self._revived_at = 0.0
+        self._revive_lock = threading.Lock()
         self.table = check_table(table)
         self.ef_search = int(ef_search)
         self.exact = exact
@@ -179,10 +197,56 @@ class PgVectorIndex:
         self._pool = open_pool(url, self.pool_size)
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[Any]:
-        """One of the pool's connections, for the duration of the ``with`` block."""
-        with self._pool.connection() as conn:
-            yield conn
+    def connection(self, timeout: float | None = None) -> Iterator[Any]:
+        """One of the pool's connections, for the duration of the ``with`` block.
+
+        :class:`DatabaseUnavailable` when none is free within ``timeout`` (default
+        :attr:`wait_s`) or the connection breaks during the block (the database went down):
+        a caller never waits the pool's 30 s nor sees psycopg's own exceptions for it."""
+        psycopg = import_psycopg()
+        from psycopg_pool import PoolTimeout
+
+        wait = self.wait_s if timeout is None else float(timeout)
+        try:
+            with self._pool.connection(timeout=wait) as conn:
+                yield conn
+        except PoolTimeout:
+            self._revive()
+            raise DatabaseUnavailable(
+                f"{redact(self.url)}: no database connection within {wait:g} s (is PostgreSQL up?)"
+            ) from None
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(
+                f"{redact(self.url)}: the database connection failed ({str(exc).strip().splitlines()[0]})"
+            ) from None
+
+    def _revive(self) -> None:
+        """After a wait for a connection timed out: when the database answers again, replace the
+        pool now (its own reconnection backs off exponentially, up to minutes after an outage)."""
+        now = time.monotonic()
+        if now - self._revived_at < 1.0 or not self._revive_lock.acquire(blocking=False):
+            return
+        try:
+            self._revived_at = now
+            if self._pool.get_stats().get("pool_available", 0) > 0:
+                return
+            try:
+                connect(self.url, timeout=1).close()
+            except DatabaseError:
+                return  # still down: the pool keeps trying
+            old, self._pool = self._pool, open_pool(self.url, self.pool_size, wait=False)
+            threading.Thread(target=old.close, kwargs={"timeout": 5}, daemon=True).start()
+        finally:
+            self._revive_lock.release()
+
+    def ping(self, timeout: float = 1.0) -> str | None:
+        """``None`` when the database answers ``SELECT 1`` within ``timeout`` s, else the reason."""
+        try:
+            with self.connection(timeout) as conn:
+                conn.execute("SELECT 1")
+        except DatabaseUnavailable as exc:
+            return str(exc)
+        return None
 
     @classmethod
     def create(
@@ -356,13 +420,23 @@ def ensure_tables(conn, table: str, dim: int, card_hash: str, model: str = "") -
 
 
 def copy_rows(conn, table: str, start: int, names: Sequence[str], vectors: np.ndarray) -> None:
-    """Rows ``start ..`` of ``names`` / ``vectors`` (M, D) in one ``COPY (FORMAT BINARY)`` transaction."""
-    with conn.transaction():
-        with conn.cursor() as cur:
-            with cur.copy(f"COPY {table} (row, name, embedding) FROM STDIN WITH (FORMAT BINARY)") as cp:
-                cp.set_types(["int8", "text", "vector"])
-                for i, (name, vec) in enumerate(zip(names, vectors)):
-                    cp.write_row((start + i, name, vec))
+    """Rows ``start ..`` of ``names`` / ``vectors`` (M, D) in one ``COPY (FORMAT BINARY)`` transaction.
+
+    The ``name`` column holds :func:`regatt_sdk.names.display` of each name (valid UTF-8, one
+    line: a file name that is not UTF-8 keeps its bytes as ``\\xNN``)."""
+    psycopg = import_psycopg()
+    try:
+        with conn.transaction():
+            with conn.cursor() as cur:
+                with cur.copy(f"COPY {table} (row, name, embedding) FROM STDIN WITH (FORMAT BINARY)") as cp:
+                    cp.set_types(["int8", "text", "vector"])
+                    for i, (name, vec) in enumerate(zip(names, vectors)):
+                        cp.write_row((start + i, display(name), vec))
+    except psycopg.errors.UniqueViolation as exc:
+        raise DatabaseError(
+            f"table {table}: rows {start}..{start + len(names) - 1} repeat a name already there "
+            f"({str(exc).strip().splitlines()[-1]}); was it loaded from another store? use another --table"
+        ) from None
 
 
 def build_hnsw(conn, table: str, dim: int, *, m: int = 16, ef_construction: int = 64) -> float:
@@ -413,7 +487,7 @@ def load_store(
             )
         if have:
             last = conn.execute(f"SELECT row, name FROM {table} ORDER BY row DESC LIMIT 1").fetchone()
-            if last[0] != have - 1 or last[1] != names[have - 1]:
+            if last[0] != have - 1 or last[1] != display(names[have - 1]):
                 raise DatabaseError(
                     f"table {table} does not hold the first {have} rows of {store_path} (row {last[0]} is "
                     f"{last[1]!r}): it was loaded from another store; use another --table"

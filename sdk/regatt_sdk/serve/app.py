@@ -30,7 +30,9 @@ from starlette.requests import Request as StarletteRequest
 from ..compose import EncoderOptions, RoiError
 from ..compose import parse_roi as parse_box
 from ..errors import ImageError, RegattError
-from ..imageio import DEFAULT_MAX_PIXELS, decode_image
+from ..imageio import DEFAULT_MAX_PIXELS, SERVE_MAX_DECODED_BYTES, decode_image
+from ..index.pgvector import DatabaseUnavailable
+from ..names import display
 from ..preprocess import prepare
 from .batcher import MicroBatcher, QueueFull
 from .metrics import Metrics, resident_bytes
@@ -80,6 +82,10 @@ class ServeConfig:
     timeout_s: float = 30.0
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
+    #: largest decoded image (bytes, from its header, before decoding): lower than batch tools'
+    max_decoded_bytes: int = SERVE_MAX_DECODED_BYTES
+    #: seconds a client may take between two pieces of its request body (then 408)
+    body_timeout_s: float = 10.0
     decode_workers: int = 2
     dba: int = 0
     ann: bool = True
@@ -132,10 +138,12 @@ def parse_int(text: Any, name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def decode_and_prepare(data: bytes, max_side: int, roi, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+def decode_and_prepare(
+    data: bytes, max_side: int, roi, max_pixels: int, max_decoded_bytes: int = SERVE_MAX_DECODED_BYTES
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Upload bytes -> (prepared BGR uint8 (h, w, 3), original (width, height)); 422 on bad input."""
     try:
-        bgr = decode_image(data, "upload", max_pixels=max_pixels)
+        bgr = decode_image(data, "upload", max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
         return prepare(bgr, max_side, roi), (int(bgr.shape[1]), int(bgr.shape[0]))
     except ImageError as exc:
         raise ApiError(422, f"not a usable image: {exc.reason}") from None
@@ -154,6 +162,7 @@ class Service:
         self.searcher: Any = None
         self.batcher: MicroBatcher | None = None
         self.golden_diff: float | None = None
+        self.loaded = False
         self.decode_pool = ThreadPoolExecutor(max(1, config.decode_workers), thread_name_prefix="regatt-decode")
         # a database answers several searches at once (one connection each); an in-memory index one
         searchers = max(1, config.db_pool) if config.db is not None else 1
@@ -200,6 +209,7 @@ class Service:
         self.metrics.gauge(
             "regatt_ready", "1 when the model is loaded and its golden check passed.", lambda: float(self.ready)
         )
+        self.loaded = True
 
     async def start(self) -> None:
         c = self.config
@@ -234,8 +244,9 @@ class Service:
         async def work():
             loop = asyncio.get_running_loop()
             prepared, size = await loop.run_in_executor(
-                self.decode_pool, decode_and_prepare, data, self.encoder.prepare_side, roi, c.max_pixels
-            )
+                self.decode_pool, decode_and_prepare, data, self.encoder.prepare_side, roi, c.max_pixels,
+                c.max_decoded_bytes,
+            )  # fmt: skip
             vec = await self.batcher.encode(prepared)
             return vec, size, (int(prepared.shape[1]), int(prepared.shape[0]))
 
@@ -257,19 +268,27 @@ class Service:
         searcher = Searcher(s.index, s.names, steps=[QueryExpansion(k=qe)] if qe > 0 else [])
         scores, rows = searcher.search_vectors(vec, top)
         return [
-            {"rank": h.rank, "name": h.name, "score": h.score, "row": h.row} for h in searcher.hits(scores[0], rows[0])
+            {"rank": h.rank, "name": display(h.name), "score": h.score, "row": h.row}
+            for h in searcher.hits(scores[0], rows[0])
         ]
 
 
-async def read_body(receive, headers: dict[str, str], max_bytes: int) -> bytes:
-    """The request body, refused with 413 from ``Content-Length`` or once it grows past ``max_bytes``."""
+async def read_body(receive, headers: dict[str, str], max_bytes: int, timeout_s: float | None = None) -> bytes:
+    """The request body, refused with 413 from ``Content-Length`` or once it grows past
+    ``max_bytes``, and with 408 (connection closed) when ``timeout_s`` pass between two pieces."""
     length = headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
         raise ApiError(413, f"upload of {int(length)} bytes is over the limit of {max_bytes} bytes (--max-bytes)")
     chunks: list[bytes] = []
     total = 0
     while True:
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(
+                408, f"request body stalled: nothing received for {timeout_s:g} s after {total} bytes (--body-timeout)",
+                {"Connection": "close"},
+            ) from None  # fmt: skip
         if message["type"] == "http.disconnect":
             raise ApiError(400, "client disconnected")
         chunk = message.get("body", b"")
@@ -289,7 +308,8 @@ def create_app(config: ServeConfig, service: Service | None = None):
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        await asyncio.get_running_loop().run_in_executor(None, svc.load)
+        if not svc.loaded:  # run() loads before uvicorn starts, so a bad store is one line
+            await asyncio.get_running_loop().run_in_executor(None, svc.load)
         await svc.start()
         yield
         await svc.stop()
@@ -303,6 +323,11 @@ def create_app(config: ServeConfig, service: Service | None = None):
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
         return JSONResponse({"error": exc.message, "status": exc.status}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def _db_down(request, exc: DatabaseUnavailable):
+        headers = {"Retry-After": str(config.retry_after_s)}
+        return JSONResponse({"error": f"database unavailable: {exc}; retry later", "status": 503}, 503, headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request, exc: Exception):
@@ -320,7 +345,7 @@ def create_app(config: ServeConfig, service: Service | None = None):
     async def upload(request: Request) -> tuple[bytes, dict[str, Any]]:
         """``(image bytes, fields)`` from a raw or multipart body; query parameters are fields too."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
-        body = await read_body(request.receive, headers, config.max_bytes)
+        body = await read_body(request.receive, headers, config.max_bytes, config.body_timeout_s)
         fields: dict[str, Any] = dict(request.query_params)
         if headers.get("content-type", "").startswith("multipart/form-data"):
             sent = False
@@ -389,8 +414,16 @@ def create_app(config: ServeConfig, service: Service | None = None):
     async def readyz():
         if not svc.ready:
             return JSONResponse({"ready": False}, status_code=503)
+        ping = getattr(getattr(svc.searcher, "index", None), "ping", None)
+        database = None
+        if ping is not None:  # a --db server is ready only while its database answers
+            reason = await asyncio.get_running_loop().run_in_executor(None, ping)
+            if reason is not None:
+                return JSONResponse({"ready": False, "database": f"unreachable: {reason}"}, status_code=503)
+            database = "ok"
         c = svc.encoder.card
         return {
+            "database": database,
             "ready": True, "model": str(config.model), "card_hash": str(c.hash), "dim": c.dim,
             "max_side": svc.encoder.max_side, "prepare_side": svc.encoder.prepare_side, "providers": svc.encoder.providers, "golden_max_diff": svc.golden_diff, "warmup_s": svc.warmup_s,
             "memory": getattr(svc.encoder.engine, "memory", None),
@@ -409,8 +442,12 @@ def run(config: ServeConfig, host: str = "127.0.0.1", port: int = 8080, *, log_l
     """Serve ``config`` with uvicorn until SIGINT/SIGTERM (requests in flight are finished)."""
     import uvicorn
 
+    service = Service(config)
+    # before uvicorn: a damaged store, a bad --table or an unreachable database is a RegattError
+    # the CLI prints as one line (in the lifespan it was uvicorn's "Application startup failed")
+    service.load()
     uvicorn.run(
-        create_app(config), host=host, port=port, log_level=log_level, access_log=False,
+        create_app(config, service), host=host, port=port, log_level=log_level, access_log=False,
         timeout_graceful_shutdown=graceful_s,
     )  # fmt: skip
 
