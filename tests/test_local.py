@@ -167,3 +167,17 @@ def test_visual_word_candidates_rank_the_right_photo_first(tiny_model, views_dir
         assert names[rows[0]].endswith(f"{name}.jpg")
     again = load_or_build(li, li.codebook.words)  # from the cache: the same arrays
     np.testing.assert_array_equal(again.weights, ivf.weights)
+
+
+def test_collection_with_local_features_reranks(tiny_model, views_dir, tmp_path, photos):
+    from regatt_sdk import Collection
+
+    col = Collection.create(tmp_path / "c", tiny_model, local=True)
+    col.add([str(views_dir / "astronaut.jpg"), str(views_dir / "coffee.jpg")])
+    col.add([str(views_dir)])  # later rows keep getting local features without asking
+    assert len(col) == 6 and LocalIndex.open(col.store).count == 6
+    hits = col.search(other_view(photos["chelsea"], seed=5), top=2, rerank=4)
+    assert hits[0].name.endswith("chelsea.jpg") and hits[0].inliers >= 15
+    res = col.search_full(other_view(photos["chelsea"], seed=5), top=1, rerank=4)
+    v = res.verified[res.hits[0].row]
+    assert v.geometry.H is not None and v.inliers == int(v.geometry.mask.sum())

@@ -33,7 +33,7 @@ from .errors import RegattError
 if TYPE_CHECKING:
     from .dedup.run import DuplicateReport
     from .encoder import Encoder
-    from .index.searcher import Hit, Searcher
+    from .index.searcher import Hit, Searcher, SearchResult
     from .pipeline import EncodeReport
     from .store import FeatureStore
 
@@ -41,10 +41,6 @@ if TYPE_CHECKING:
 class CollectionError(RegattError):
     """A collection operation that cannot run as asked (no model to encode with, a feature not
     available yet...)."""
-
-
-def _not_yet(what: str) -> CollectionError:
-    return CollectionError(f"{what} is not available yet in this version of regatt")
 
 
 class Collection:
@@ -66,19 +62,26 @@ class Collection:
         model: str | os.PathLike | Encoder,
         options: EncoderOptions | None = None,
         *,
-        local: bool = False,
+        local: bool | Any = False,
     ) -> Collection:
         """A new, empty collection at ``path`` (a new or empty directory) for ``model`` (an
-        ``.onnx`` file opened with ``options``, or an open encoder)."""
+        ``.onnx`` file opened with ``options``, or an open encoder). ``local``: keep local
+        features of every image (``True`` or a :class:`~regatt_sdk.local.LocalConfig`), for
+        ``search(..., rerank=K)``."""
         from .pipeline import model_info
         from .store import FeatureStore
 
-        if local:
-            raise _not_yet("storing local features (local=True)")
         encoder = _encoder(model, options)
-        FeatureStore.create(
+        store = FeatureStore.create(
             path, card_hash=str(encoder.card.hash), dim=int(encoder.dim), model=model_info(encoder, encoder.max_side)
-        ).close()
+        )
+        try:
+            if local:
+                from .local.storage import start_local
+
+                start_local(store, None if local is True else local)
+        finally:
+            store.close()
         return cls(path, encoder)
 
     @classmethod
@@ -135,18 +138,20 @@ class Collection:
         return f"Collection({str(self.path)!r}, rows={len(self)}, dim={self.dim}{model})"
 
     # -- writing -----------------------------------------------------------------------------
-    def add(self, sources: str | os.PathLike | Iterable[Any], *, local: bool = False, **options: Any) -> EncodeReport:
+    def add(
+        self, sources: str | os.PathLike | Iterable[Any], *, local: bool | None = None, **options: Any
+    ) -> EncodeReport:
         """Encode the images ``sources`` names (files, folders, ``@list`` files; a string or a
         list) into the collection, skipping names it already holds: crash-safe (rows are
         committed in windows) and resumable (call again after an interruption). ``options``: as
         :func:`regatt_sdk.pipeline.encode_to_store` (``batch_size``, ``workers``, ``progress``
         (default off here), ``max_pixels``, ``min_side``, ``upscale_small``, ``extensions``,
-        ``list_files``, ``rois``, ``chunk_rows``). Returns the
+        ``list_files``, ``rois``, ``chunk_rows``). ``local``: ``None`` keeps local features when
+        the collection has them; ``True`` adds them (and to the rows that lack them, reading
+        their images again from ``sources``). Returns the
         :class:`~regatt_sdk.pipeline.EncodeReport`."""
         from .pipeline import encode_to_store
 
-        if local:
-            raise _not_yet("storing local features (local=True)")
         if "resume" in options:
             raise CollectionError("add() always resumes: it skips the names the collection holds")
         encoder = self._need_encoder("add images")
@@ -156,7 +161,7 @@ class Collection:
         self._close()
         try:
             return encode_to_store(
-                encoder_for_store(encoder, self.path), list(sources), self.path, resume=True, **options
+                encoder_for_store(encoder, self.path), list(sources), self.path, resume=True, local=local, **options
             )
         finally:
             self._store = open_store(self.path, encoder, allow_empty=True)
@@ -194,13 +199,31 @@ class Collection:
     ) -> list[Hit]:
         """The ``top`` rows most similar to ``image`` (a path or a BGR uint8 array), cropped to
         ``roi`` (``(x1, y1, x2, y2)`` or ``"x1,y1,x2,y2"`` in original pixels) before it is
-        described, as :class:`~regatt_sdk.index.searcher.Hit` s (rank, name, score, row)."""
-        if rerank:
-            raise _not_yet("re-ranking with local features (rerank=K)")
+        described, as :class:`~regatt_sdk.index.searcher.Hit` s (rank, name, score, row).
+        ``rerank=K``: verify the global top ``K`` and the visual-word candidates with local
+        features and geometry (needs a collection with local features); hits then carry
+        ``inliers``."""
+        return self.search_full(image, top, roi, qe, rerank=rerank, backend=backend, ann=ann, nprobe=nprobe).hits
+
+    def search_full(
+        self,
+        image: str | os.PathLike | np.ndarray,
+        top: int = 10,
+        roi: Roi | str | None = None,
+        qe: int = 0,
+        *,
+        rerank: int = 0,
+        backend: str = "exact",
+        ann: bool = True,
+        nprobe: int | None = None,
+    ) -> SearchResult:
+        """:meth:`search` with what the second stage found: the query's local features and each
+        verified hit's matches and geometry (what ``regatt search --show`` draws)."""
         self._need_encoder("search by image")
         box = parse_roi(roi, "roi") if isinstance(roi, str) else roi
         query = os.fspath(image) if isinstance(image, os.PathLike) else image
-        return self.searcher(qe=qe, backend=backend, ann=ann, nprobe=nprobe).search(query, roi=box, top=top)
+        searcher = self.searcher(qe=qe, backend=backend, ann=ann, nprobe=nprobe)
+        return searcher.search_full(query, roi=box, top=top, rerank=rerank)
 
     def search_vectors(self, queries: np.ndarray, top: int = 10, qe: int = 0) -> list[list[Hit]]:
         """The ``top`` hits of each query descriptor (``(D,)`` or ``(Q, D)``): one list per query."""

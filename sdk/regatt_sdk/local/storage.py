@@ -68,6 +68,17 @@ def meta_after(store: FeatureStore, features: Sequence[LocalFeatures], config: L
     }
 
 
+def start_local(store: FeatureStore, config: LocalConfig | None = None) -> None:
+    """Mark an empty store as keeping local features (``config`` or the defaults) from its first row."""
+    if store.count:
+        raise StoreError(f"{store.path} already holds rows: add local features with `{FIX}`")
+    book = load_codebook()
+    cfg = config or LocalConfig()
+    check_compatible(store, cfg, book)
+    empty = {name: b"" for name in (ROWS, KP, DESC, WORDS)}
+    store.append([], np.zeros((0, store.dim), np.float32), side=empty, side_meta=meta_after(store, [], cfg, book))
+
+
 def check_compatible(store: FeatureStore, config: LocalConfig, book: Codebook) -> None:
     """Refuse adding local features made another way than those already in ``store``."""
     old = store.side_meta.get(META)
