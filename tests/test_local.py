@@ -181,3 +181,39 @@ def test_collection_with_local_features_reranks(tiny_model, views_dir, tmp_path,
     res = col.search_full(other_view(photos["chelsea"], seed=5), top=1, rerank=4)
     v = res.verified[res.hits[0].row]
     assert v.geometry.H is not None and v.inliers == int(v.geometry.mask.sum())
+
+
+def _cli(args: list[str]) -> int:
+    from regatt_sdk.cli.app import main
+
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    return int(info.value.code or 0)
+
+
+def test_cli_encode_local_search_rerank_show(tiny_model, views_dir, tmp_path, photos, capsys):
+    plain = tmp_path / "plain"
+    assert _cli(["encode", str(tiny_model), str(views_dir), "-o", str(plain), "--no-progress"]) == 0
+    query = tmp_path / "query.jpg"
+    cv2.imwrite(str(query), other_view(photos["camera"], seed=2))
+    capsys.readouterr()
+    code = _cli(["search", str(tiny_model), str(plain), str(query), "--rerank", "5"])
+    assert code != 0 and "regatt encode MODEL SOURCES... -o STORE --resume --local" in capsys.readouterr().err
+    # the fix the message names works and keeps every row
+    assert (
+        _cli(["encode", str(tiny_model), str(views_dir), "-o", str(plain), "--resume", "--local", "--no-progress"]) == 0
+    )
+    capsys.readouterr()
+    show = tmp_path / "hits.png"
+    assert (
+        _cli(["search", str(tiny_model), str(plain), str(query), "--rerank", "99", "--top", "2", "--show", str(show)])
+        == 0
+    )
+    out, err = capsys.readouterr()
+    first = out.splitlines()[0].split()
+    assert first[0] == "1" and first[-1].endswith("camera.jpg") and first[3] == "inliers" and int(first[2]) >= 15
+    assert "verifying all 6" in err  # K above the collection size is clipped, with a note
+    pic = cv2.imread(str(tmp_path / "hits-match-1.png"))
+    assert pic is not None and pic.shape[0] > 400
+    assert _cli(["search", str(tiny_model), str(plain), str(query), "--rerank", "0"]) == 0
+    assert "inliers" not in capsys.readouterr().out

@@ -148,6 +148,11 @@ def merge_stores(
     shard must come from the model of ``out`` (card hash and dimension). Memory: one chunk of
     ``chunk_rows`` vectors. Returns ``(rows appended, failures appended)``.
     """
+    if out.side_meta.get("local"):
+        raise StoreError(
+            f"{out.path} keeps local features for every row, which Ray workers do not extract yet: "
+            "add to it without --ray"
+        )
     stores = [FeatureStore.open(p) for p in shards]
     for s in stores:
         if s.card_hash != out.card_hash or s.dim != out.dim:

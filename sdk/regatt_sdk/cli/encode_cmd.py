@@ -86,6 +86,14 @@ def encode(
         "Needs pip install 'regatt[postgres]'.",
     ),  # fmt: skip
     table: str = typer.Option("regatt", "--table", help="Table name for --db."),
+    local: bool = typer.Option(
+        None,
+        "--local/--no-local",
+        help="Also keep local features (keypoints + compact descriptors, ~40 KB per image) for "
+        "'regatt search --rerank K'; with --resume, rows stored without them get them (their images "
+        "are read again from the sources). Default: as the store does.",
+        show_default=False,
+    ),  # fmt: skip
 ) -> None:
     """Encode images into a feature store (crash-safe; resumable with --resume)."""
     sources = list(sources or [])
@@ -118,6 +126,8 @@ def encode(
     from ..compose import encoder_for_store
     from ..pipeline import encode_to_store
 
+    if ray is not None and local:
+        raise fail("--local is not supported with --ray yet: encode local features without --ray")
     if ray is not None:
         from ..distributed import encode_with_ray
 
@@ -144,6 +154,7 @@ def encode(
             upscale_small=upscale_small,
             extensions=ext,
             list_files=list_files,
+            local=local,
         )
     for failure in report.failures[:SHOWN_FAILURES]:
         typer.echo(f"failed: {failure.name}: {failure.reason}", err=True)

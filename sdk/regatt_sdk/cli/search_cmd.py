@@ -79,6 +79,12 @@ def search(
         None, "--ef-search", min=1, help="HNSW candidates per query with --db (default 100)."
     ),
     dba: int = typer.Option(0, "--dba", min=0, help="Database-side augmentation over K neighbours (0: off)."),
+    rerank: int = typer.Option(
+        0,
+        "--rerank",
+        help="Verify the global top K (and the visual-word candidates) with local features and "
+        "geometry, and rank verified hits first (needs a store encoded with --local). 0: off.",
+    ),  # fmt: skip
 ) -> None:
     """Rank the images of a feature store (or a --db table) by similarity to a query image."""
     if db is not None:
@@ -124,16 +130,55 @@ def search(
         from ..expansion import DatabaseAugmentation
 
         _, index = DatabaseAugmentation(k=dba).apply(np.zeros((1, encoder.dim), np.float32), index)
+    store_path = searcher.store_path
     searcher = Searcher(index, searcher.names, encoder, steps=steps)
-    hits = searcher.search(query, roi=box, top=top)
+    searcher.store_path = store_path
+    if rerank and db is not None:
+        raise RegattError("--rerank needs a feature store with local features, not --db")
+    result = searcher.search_full(query, roi=box, top=top, rerank=rerank)
+    for note in result.notes:
+        typer.secho(f"note: {note}", err=True, fg=typer.colors.YELLOW)
+    hits = result.hits
     results = [(h.name, h.score) for h in hits]
     for h in hits:
-        typer.echo(f"{h.rank:4d}  {h.score:.6f}  {display(h.name)}")
+        verified = "" if h.inliers is None else f"  {h.inliers:4d} inliers"
+        typer.echo(f"{h.rank:4d}  {h.score:.6f}{verified}  {display(h.name)}")
     if show is not None:
         from ..grid import save_result_grid
 
         out = save_result_grid(show, query, [(n, s, resolve_image(n, images)) for n, s in results], roi=box)
         typer.echo(f"wrote {out}", err=True)
+        if rerank:
+            for path in save_match_pictures(show, query, box, result, images):
+                typer.echo(f"wrote {path}", err=True)
+
+
+def save_match_pictures(show: Path, query: Path, box, result, images: Path | None) -> list[Path]:
+    """One picture per verified hit (``SHOW-match-RANK.png``): inlier lines and the query's
+    outline in the hit. Hits whose image file cannot be found are skipped with a note."""
+    import cv2
+
+    from ..imageio import read_image
+    from ..index.searcher import read_query
+    from ..local.draw import draw_matches
+
+    written = []
+    photo = read_query(str(query), box)
+    for h in result.hits:
+        v = result.verified.get(h.row)
+        if v is None or v.inliers == 0:
+            continue
+        file = resolve_image(h.name, images)
+        if file is None:
+            typer.echo(f"note: {display(h.name)} not found for its match picture (give --images DIR)", err=True)
+            continue
+        hf = result.local.features(h.row)
+        pic = draw_matches(photo, read_image(str(file)), result.query_local, hf, v.matches, v.geometry.mask,
+                           v.geometry.H, title=f"#{h.rank} {display(h.name)}: {v.inliers} inliers")  # fmt: skip
+        out = show.with_name(f"{show.stem}-match-{h.rank}.png")
+        cv2.imwrite(str(out), pic)
+        written.append(out)
+    return written
 
 
 def register(app: typer.Typer) -> None:

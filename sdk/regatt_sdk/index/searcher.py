@@ -34,12 +34,14 @@ class Hit:
 class SearchResult:
     """A search with its second stage: the ``hits``; ``query_local`` (the query's
     :class:`~regatt_sdk.local.LocalFeatures`, or None without re-ranking), ``verified`` (row ->
-    :class:`~regatt_sdk.local.rerank.Verified`) and ``notes`` (e.g. a clipped K)."""
+    :class:`~regatt_sdk.local.rerank.Verified`), ``notes`` (e.g. a clipped K) and ``local``
+    (the store's :class:`~regatt_sdk.local.storage.LocalIndex`: ``local.features(row)``)."""
 
     hits: list[Hit]
     query_local: Any = None
     verified: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    local: Any = None
 
 
 class Searcher:
@@ -181,7 +183,7 @@ class Searcher:
 
         reranker = self.reranker()
         k, note = check_k(int(rerank), self.index.size)
-        photo = _read_query(image, roi)
+        photo = read_query(image, roi)
         qf = extract(photo, reranker.local.config, reranker.local.codebook)
         scores, rows = self.search_vectors(vec, max(top, k))
         cfg = reranker.config.with_candidates(k)
@@ -194,10 +196,10 @@ class Searcher:
             score = v.score if v else global_score[int(row)]
             hits.append(Hit(rank, self.names[int(row)] if self.names else str(row), score, int(row),
                             v.inliers if v else None))  # fmt: skip
-        return SearchResult(hits, qf, by_row, [note] if note else [])
+        return SearchResult(hits, qf, by_row, [note] if note else [], reranker.local)
 
 
-def _read_query(image: Any, roi: Any) -> np.ndarray:
+def read_query(image: Any, roi: Any) -> np.ndarray:
     """The query photo (a path or a BGR array), cropped to ``roi`` in its pixels."""
     if isinstance(image, np.ndarray):
         photo = image
