@@ -92,6 +92,77 @@ def test_int8_export_passes_gate_and_records_calibration(fp32_model, photo_dir, 
     assert enc.encode(golden_image(100, 130, 3)).shape == (enc.dim,)
 
 
+def _unused_initializers(path: Path) -> list[str]:
+    import onnx
+
+    from regatt_export.graph_edits import _graph_reads
+
+    g = onnx.load(str(path)).graph
+    used = _graph_reads(g) | {o.name for o in g.output}
+    return [t.name for t in g.initializer if t.name not in used]
+
+
+def _load_warnings(path: Path) -> list[str]:
+    """onnxruntime's warning lines (stderr, default severity) when a session loads ``path``."""
+    import subprocess
+    import sys
+
+    code = "import sys, onnxruntime as ort; ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])"
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [line for line in done.stderr.splitlines() if "initializer" in line.lower()]
+
+
+def test_variants_carry_no_unused_initializers(same_pad_model, photo_dir, tmp_path):
+    """Quantization leaves the Constant min/max of the Clips (ReLU6) it folded into QDQ ranges
+    behind (60 on the default backbone); they are dropped before writing, so loading the INT8 or
+    fp16 file prints no 'Removing initializer' warnings."""
+    from regatt_export.fp16 import convert_fp16
+    from regatt_export.quantize import Int8Options, quantize_int8
+
+    int8, fp16 = tmp_path / "m.int8.onnx", tmp_path / "m.fp16.onnx"
+    card, _ = quantize_int8(same_pad_model, int8, photo_dir, Int8Options(count=3, holdout=2, min_cosine=0.0))
+    assert card.provenance["quantization"]["unused_initializers_removed"] > 0  # there were some
+    card16, _ = convert_fp16(same_pad_model, fp16, min_cosine=0.0)
+    assert card16.provenance["fp16"]["unused_initializers_removed"] >= 0
+    for path in (int8, fp16):
+        assert _unused_initializers(path) == [], path
+        assert _load_warnings(path) == [], path
+
+
+def test_drop_unused_initializers_keeps_what_subgraphs_and_outputs_read():
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from regatt_export.graph_edits import drop_unused_initializers
+
+    def init(name):
+        return numpy_helper.from_array(np.ones(2, np.float32), name)
+
+    then = helper.make_graph([helper.make_node("Identity", ["sub_w"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2])])  # fmt: skip
+    nodes = [
+        helper.make_node("Constant", [], ["dead"], value=init("c")),  # nothing reads it
+        helper.make_node("Add", ["x", "w"], ["y"]),
+        helper.make_node("If", ["cond"], ["z"], then_branch=then, else_branch=then),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT if n != "cond" else TensorProto.BOOL, [2] if n != "cond" else [])
+         for n in ("x", "cond")] + [helper.make_tensor_value_info("unused", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("y", "z", "out_w")],
+        initializer=[init("w"), init("sub_w"), init("out_w"), init("unused")],
+    )  # fmt: skip
+    model = helper.make_model(graph)
+    assert drop_unused_initializers(model) == 2
+    assert [n.op_type for n in model.graph.node] == ["Add", "If"]
+    assert sorted(t.name for t in model.graph.initializer) == ["out_w", "sub_w", "w"]
+    assert [i.name for i in model.graph.input] == ["x", "cond"]  # its graph input went too
+    onnx.checker.check_model(model)
+    assert drop_unused_initializers(model) == 0
+
+
 def test_int8_gate_refuses_impossible_threshold(fp32_model, photo_dir, tmp_path):
     from regatt_export.onnx_export import ParityError
     from regatt_export.quantize import Int8Options, quantize_int8

@@ -21,7 +21,13 @@ from regatt_sdk.card import ModelCard, read_card
 from regatt_sdk.files import staged_file
 
 from .calibration import ImageSet, parity_set
-from .graph_edits import _float_tensors, backbone_nodes, inline_constant_identities, same_pads_to_auto_pad
+from .graph_edits import (
+    _float_tensors,
+    backbone_nodes,
+    drop_unused_initializers,
+    inline_constant_identities,
+    same_pads_to_auto_pad,
+)
 from .parity import VariantParity, finish_variant, measure_parity
 
 #: worst-image cosine to fp32 accepted by default: fp16 (10-bit mantissa) keeps descriptors at
@@ -143,6 +149,7 @@ def convert_fp16(
     model = onnx.load(str(fp32_path))
     same_convs = same_pads_to_auto_pad(model)  # 0 on files from ``export_onnx`` (already edited)
     converted = convert_backbone_fp16(model)
+    unused = drop_unused_initializers(model)  # the fp32 originals of the converted weights
     with staged_file(out_path, ".fp16.onnx.tmp") as tmp:
         onnx.save(model, tmp)
         images: ImageSet = parity_set(parity_dir, [], card.prepare_side, parity_count)
@@ -151,6 +158,7 @@ def convert_fp16(
         provenance["fp16"] = {
             "nodes": converted,
             "same_pads_as_auto_pad": same_convs,
+            "unused_initializers_removed": unused,
             "fp32_parts": "input normalisation, region pooling, whitening, attention, reductions, normalisations",
         }
         parity = None

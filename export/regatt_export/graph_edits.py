@@ -1,6 +1,6 @@
 """ONNX graph edits for the precision variants: which nodes are the backbone, the
 backbone's fp32 exceptions, dynamic TF-SAME pads turned into ``auto_pad``, and the clean-ups
-after quantization (uint8 Pads, inlined constant Identities)."""
+after quantization (uint8 Pads, inlined constant Identities, unused initializers)."""
 
 from __future__ import annotations
 
@@ -189,6 +189,40 @@ def remove_dead_nodes(model) -> int:
         for n in dead:
             g.node.remove(n)
         removed += len(dead)
+
+
+def _graph_reads(g) -> set[str]:
+    """Tensor names read by the nodes of ``g`` and of its subgraphs (If/Loop/Scan bodies)."""
+    import onnx
+
+    used = {t for n in g.node for t in n.input if t}
+    for n in g.node:
+        for attr in n.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                used |= _graph_reads(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    used |= _graph_reads(sub)
+    return used
+
+
+def drop_unused_initializers(model) -> int:
+    """Remove the constants nothing reads (in place): nodes none of whose outputs is used
+    (:func:`remove_dead_nodes`: e.g. the ``Constant`` min/max of Clips the quantizer folded into
+    its QDQ ranges), then the initializers no node (subgraphs included) reads and no graph output
+    names, with their graph-input entries; returns how many were removed. onnxruntime turns
+    ``Constant`` nodes into initializers and removes unused ones itself on every load, with one
+    warning line each (~60 on the default INT8 file before this)."""
+    g = model.graph
+    dead = remove_dead_nodes(model)
+    keep = _graph_reads(g) | {o.name for o in g.output}
+    unused = [t for t in g.initializer if t.name not in keep]
+    names = {t.name for t in unused}
+    for t in unused:
+        g.initializer.remove(t)
+    for i in [i for i in g.input if i.name in names]:
+        g.input.remove(i)
+    return dead + len(unused)
 
 
 def same_pads_to_auto_pad(model, sizes: tuple[tuple[int, int], ...] = SAME_CHECK_SIZES) -> int:

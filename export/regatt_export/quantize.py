@@ -31,6 +31,7 @@ from .calibration import (
 from .graph_edits import (
     backbone_nodes,
     default_fp32_nodes,
+    drop_unused_initializers,
     first_conv_quantized_by_default,
     fuse_qdq_pads,
     inline_constant_identities,
@@ -181,6 +182,7 @@ def quantize_int8(
             )
         quantized = onnx.load(tmp)
         fused = fuse_qdq_pads(quantized)
+        unused = drop_unused_initializers(quantized)  # the fp32 weights the QDQ ones replaced
         onnx.save(quantized, tmp)
         del quantized
         parity = measure_parity(fp32_path, tmp, parity_images, "int8", options.min_cosine, options.parity_providers)
@@ -202,6 +204,7 @@ def quantize_int8(
             "excluded": exclude,
             "kept_fp32_patterns": list(keep),
             "uint8_pads": fused,
+            "unused_initializers_removed": unused,
             "same_pads_as_auto_pad": same_convs,
             "fp32_parts": "input normalisation, region pooling, whitening, attention, normalisations",
         }
