@@ -217,3 +217,23 @@ def test_cli_encode_local_search_rerank_show(tiny_model, views_dir, tmp_path, ph
     assert pic is not None and pic.shape[0] > 400
     assert _cli(["search", str(tiny_model), str(plain), str(query), "--rerank", "0"]) == 0
     assert "inliers" not in capsys.readouterr().out
+
+
+def test_cli_eval_rerank_adds_local_features_and_reports_both(tiny_model, tmp_path, capsys):
+    from test_search import make_group_folder
+
+    root = tmp_path / "groups"
+    make_group_folder(root)
+    # the crop of each photo and a warped, re-lit view of it: other views the geometry can verify
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        cv2.imwrite(str(d / "view.png"), other_view(cv2.imread(str(d / "orig.png")), seed=7))
+        (d / "flip.png").unlink()  # SIFT is not mirror-invariant: a flip is not another view
+    store, out_json = tmp_path / "store", tmp_path / "eval.json"
+    args = ["eval", str(tiny_model), "-d", "generic", "--root", str(root), "--store", str(store),
+            "--json", str(out_json), "--qe", "0", "--no-progress"]  # fmt: skip
+    assert _cli(args) == 0
+    assert _cli(args + ["--rerank", "5"]) == 0  # the store made without them gets local features
+    res = json.loads(out_json.read_text())
+    assert res["rerank"] == 5 and res["map_rerank"] > res["map"]
+    assert res["map_rerank"] > 90
+    assert LocalIndex.open(FeatureStore.open(store)).count == 15

@@ -49,7 +49,7 @@ def default_store(dataset: str, root: Path, card_hash: str, max_side: int) -> Pa
 
 
 def database_features(dataset, encoder, store_path: Path, model: Path, *, progress: bool,
-                      batch_size: int):  # fmt: skip
+                      batch_size: int, local: bool = False):  # fmt: skip
     """Encode (or complete) the store, then ``(dataset restricted to encoded images, (N, D))``.
 
     Images that failed to encode are dropped from the database with a warning (they can then
@@ -62,9 +62,9 @@ def database_features(dataset, encoder, store_path: Path, model: Path, *, progre
     if (store_path / MANIFEST).exists():
         collection = Collection.open(store_path, encoder)  # a store of another model is refused
     else:
-        collection = Collection.create(store_path, encoder)
+        collection = Collection.create(store_path, encoder, local=local)
     items = [SourceItem(name, str(path)) for name, path in zip(dataset.names, dataset.paths)]
-    report = collection.add(items, progress=progress, batch_size=batch_size)
+    report = collection.add(items, progress=progress, batch_size=batch_size, local=True if local else None)
     store = collection.store
     names, vectors = store.names, store.vectors
     row = {n: i for i, n in enumerate(names)}
@@ -145,6 +145,36 @@ def score(dataset, queries: np.ndarray, database: np.ndarray, *, steps: list, ba
     return plain, evaluate(ranks_qe, gts, dataset=dataset.name)
 
 
+def rerank_ranks(dataset, queries: np.ndarray, db: np.ndarray, store_path: Path, k: int, *, backend: str) -> np.ndarray:
+    """Full rankings ``(Q, N)`` (database indices of ``dataset``) after the second stage: the
+    global top ``k`` plus the visual-word candidates verified with local features (the store's),
+    fused; then the rest in global order."""
+    from ..index import build_index
+    from ..index.searcher import Searcher, read_query
+    from ..local.extract import extract
+    from ..local.rerank import Reranker, check_k
+    from ..store import FeatureStore
+
+    store = FeatureStore.open(store_path)
+    reranker = Reranker(store)
+    row_of = {n: i for i, n in enumerate(store.names)}
+    to_row = np.array([row_of[n] for n in dataset.names], np.int64)  # database index -> store row
+    to_db = np.full(store.count, -1, np.int64)
+    to_db[to_row] = np.arange(len(to_row))
+    k, note = check_k(k, len(dataset.names))
+    if note:
+        typer.secho(f"note: {note}", err=True, fg=typer.colors.YELLOW)
+    scores, ranks = Searcher(build_index(db, backend)).search_vectors(queries)
+    out = np.empty_like(ranks)
+    cfg = reranker.config.with_candidates(k)
+    for i, q in enumerate(dataset.queries):
+        qf = extract(read_query(str(q.path), q.box), reranker.local.config, reranker.local.codebook)
+        _, order = reranker.rerank(queries[i], qf, scores[i], to_row[ranks[i]], lambda r: store.vectors[r], cfg)
+        order = to_db[order]
+        out[i] = order[order >= 0][: ranks.shape[1]]
+    return out
+
+
 def print_table(dataset_name: str, model: Path, plain, with_qe, label: str) -> None:
     """The paper's layout: one row per method, one mAP column per dataset (setting)."""
     from rich.console import Console
@@ -211,6 +241,12 @@ def evaluate_cmd(
     ),
     show_count: int = typer.Option(20, "--show-count", min=1, help="Queries pictured by --show."),
     show_top: int = typer.Option(10, "--show-top", min=1, help="Results per picture (--show)."),
+    rerank: int = typer.Option(
+        0,
+        "--rerank",
+        help="Also score the second stage: verify the global top K (and the visual-word candidates) "
+        "with local features (kept in the store, added when it lacks them). 0: off.",
+    ),  # fmt: skip
 ) -> None:
     """Evaluate a model on a retrieval benchmark (mAP, with and without query expansion)."""
     from ..datasets import DATASETS, load_dataset
@@ -230,8 +266,10 @@ def evaluate_cmd(
     card_hash = str(encoder.card.hash)
     store_path = store or default_store(key, root, card_hash, int(encoder.max_side))
     t0 = time.monotonic()
+    if rerank < 0:
+        raise RegattError(f"--rerank must be at least 1 (or 0: off), got {rerank}")
     ds, db, report = database_features(ds, encoder, store_path, model, progress=progress,
-                                       batch_size=batch_size)  # fmt: skip
+                                       batch_size=batch_size, local=rerank > 0)  # fmt: skip
     t1 = time.monotonic()
     typer.echo(report.summary(), err=True)
     queries = query_features(ds, encoder)
@@ -243,6 +281,18 @@ def evaluate_cmd(
     plain, with_qe = score(ds, queries, db, steps=steps, backend=backend)
     t3 = time.monotonic()
     print_table(key, model, plain, with_qe, label)
+    reranked = None
+    if rerank:
+        from ..evaluation import evaluate
+
+        t_r = time.monotonic()
+        ranks = rerank_ranks(ds, queries, db, store_path, rerank, backend=backend)
+        reranked = evaluate(ranks, ds.ground_truth(), dataset=ds.name)
+        rerank_s = time.monotonic() - t_r
+        print_table(key, model, reranked, None, "")
+        typer.echo(
+            f"(above: with --rerank {rerank}: local features + geometry, {1e3 * rerank_s / len(ds.queries):.0f} ms per query)"
+        )
     scaled = None
     if getattr(encoder, "query_scales", None):
         scaled_queries = query_features(ds, encoder, query_scales=True)
@@ -275,6 +325,9 @@ def evaluate_cmd(
                 map_qe=round(with_qe.map, 4), qe_k=qe, qe_alpha=alpha, dba_k=dba,
                 dba_alpha=dba_alpha, expansion=label, results_qe=with_qe.to_dict(),
             )  # fmt: skip
+        if reranked is not None:
+            out.update(rerank=rerank, map_rerank=round(reranked.map, 4), results_rerank=reranked.to_dict(),
+                       rerank_ms_per_query=round(1e3 * rerank_s / len(ds.queries), 1))  # fmt: skip
         if scaled is not None:
             out.update(
                 query_scales=list(encoder.query_scales), map_query_scales=round(scaled.map, 4),
