@@ -126,17 +126,6 @@ def test_duplicates(pictures, tmp_path):
         bare.duplicates(preset="near")
 
 
-def test_two_stage_hooks_say_not_yet(pictures, tmp_path):
-    with pytest.raises(CollectionError, match="not available yet"):
-        Collection.create(tmp_path / "c0", TINY, OPTS, local=True)
-    col = Collection.create(tmp_path / "c", TINY, OPTS)
-    with pytest.raises(CollectionError, match="not available yet"):
-        col.add([str(pictures)], local=True)
-    col.add([str(pictures / "p0.png")])
-    with pytest.raises(CollectionError, match="not available yet"):
-        col.search(pictures / "p0.png", rerank=10)
-
-
 def test_options_need_a_model_file(tmp_path):
     col = Collection.create(tmp_path / "c", TINY, OPTS)
     with pytest.raises(CollectionError, match="options apply to a model file"):

@@ -149,13 +149,13 @@ def rerank_ranks(dataset, queries: np.ndarray, db: np.ndarray, store_path: Path,
     """Full rankings ``(Q, N)`` (database indices of ``dataset``) after the second stage: the
     global top ``k`` plus the visual-word candidates verified with local features (the store's),
     fused; then the rest in global order."""
+    from ..compose import open_store
     from ..index import build_index
     from ..index.searcher import Searcher, read_query
     from ..local.extract import extract
     from ..local.rerank import Reranker, check_k
-    from ..store import FeatureStore
 
-    store = FeatureStore.open(store_path)
+    store = open_store(store_path)
     reranker = Reranker(store)
     row_of = {n: i for i, n in enumerate(store.names)}
     to_row = np.array([row_of[n] for n in dataset.names], np.int64)  # database index -> store row
