@@ -165,18 +165,22 @@ def test_kill_9_never_tears_the_store(tmp_path: Path) -> None:
     assert counts == sorted(counts) and counts[-1] > 0
 
 
-def test_side_files_commit_with_the_manifest_and_cut_uncommitted_bytes(tmp_path):
+def test_side_files_commit_with_the_manifest_and_cut_uncommitted_bytes(tmp_path, monkeypatch):
     """Side files (local features) are append-only, committed by the same manifest, and a
-    writer's open cuts bytes past their committed length, like the vectors."""
+    writer's open cuts bytes past their committed length that an interrupted commit left, like
+    the vectors."""
     from regatt_sdk.store import FeatureStore
 
     path = tmp_path / "s"
     st = FeatureStore.create(path, card_hash="h", dim=2)
     st.append(["a"], np.ones((1, 2), np.float32), side={"local.kp": b"abc"}, side_meta={"local": {"count": 1}})
     st.append([], np.zeros((0, 2), np.float32), side={"local.kp": b"de"}, side_meta={"local": {"count": 2}})
+    with monkeypatch.context() as mp:  # killed before its manifest: the side bytes are uncommitted
+        mp.setattr(st, "_write_manifest", lambda m: (_ for _ in ()).throw(OSError("killed")))
+        with pytest.raises(StoreError, match="killed"):
+            st.append([], np.zeros((0, 2), np.float32), side={"local.kp": b"uncommitted"})
     st.close()
-    with open(path / "local.kp", "ab") as fh:
-        fh.write(b"uncommitted")
+    assert (path / "local.kp").read_bytes() == b"abcdeuncommitted"
     st = FeatureStore.open(path, writable=True)
     assert st.side_bytes("local.kp") == 5 and st.side_meta == {"local": {"count": 2}}
     assert (path / "local.kp").read_bytes() == b"abcde"

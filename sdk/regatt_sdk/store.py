@@ -19,17 +19,29 @@ more append-only files in the same directory, committed by the same manifest (``
 committed bytes of each, ``side_meta``: their owner's counters), with the same rules.
 
 Crash safety: the three data files are append-only, and ``manifest.json`` records how much of
-each is committed (``count`` rows, ``names_bytes``, ``failures_bytes``). An append writes and
-``fsync``-s the data first, then writes the new manifest to a temporary file, ``fsync``-s it and
-atomically renames it over ``manifest.json`` (then ``fsync``-s the directory). A process killed
-at any moment leaves the previous manifest or the new one, and bytes past the committed lengths
-are ignored by readers and cut off when a writer next opens the store.
+each is committed (``count`` rows, ``names_bytes``, ``failures_bytes``). An append first records
+the sizes it starts from and will reach in ``.commit.json``, writes and ``fsync``-s the data,
+then writes the new manifest to a temporary file, ``fsync``-s it and atomically renames it over
+``manifest.json`` (then ``fsync``-s the directory), then removes ``.commit.json``. A process
+killed at any moment leaves the previous manifest or the new one; bytes past the committed lengths are ignored by readers, and
+a writer's open cuts them only when ``.commit.json`` shows they are that interrupted commit.
+Anything else past the committed lengths (a manifest older than its data: edited, or restored
+from a backup) is refused, never cut: ``regatt verify --repair`` cuts it, keeping a copy.
+
+Integrity: each commit appends one line to ``checksums.jsonl`` (committed like the data,
+``checksums_bytes``): ``{"commit", "rows": [start, end], "files": {file: [offset, length,
+crc32]}}`` for every file it wrote (vectors, names, failures, side files); the manifest's
+``last_chunk`` repeats the last line, checked on every open (a cheap read of the last commit's
+bytes). :mod:`regatt_sdk.integrity` checks every chunk (``regatt verify STORE``). Rows written
+before checksums existed (``checksums_from_row``) have none; such stores keep opening. Vectors
+that are not finite (NaN, inf) are refused on write.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +58,15 @@ VECTORS = "vectors.f32"
 NAMES = "names.jsonl"
 FAILURES = "failures.jsonl"
 LOCK = ".lock"
+#: one line per commit: what it wrote and the CRC-32 of it (committed as ``checksums_bytes``)
+CHECKSUMS = "checksums.jsonl"
+#: the sizes an append starts from and will reach, written before its data (see the docstring)
+PENDING = ".commit.json"
 #: manifest keys of the side files: ``side`` = {file name: committed bytes}, ``side_meta`` =
 #: {key: JSON value} that their owner (e.g. :mod:`regatt_sdk.local`) commits with them
 SIDE = "side"
 SIDE_META = "side_meta"
-_CORE_FILES = frozenset({MANIFEST, VECTORS, NAMES, FAILURES, LOCK})
+_CORE_FILES = frozenset({MANIFEST, VECTORS, NAMES, FAILURES, LOCK, CHECKSUMS, PENDING})
 
 
 class StoreError(RegattError):
@@ -91,8 +107,57 @@ def _read_jsonl(file: Path, nbytes: int) -> Iterator[object]:
         data = fh.read(nbytes)
     if len(data) < nbytes:
         raise StoreError(f"{file} is shorter than its committed {nbytes} bytes (store damaged)")
-    for line in data.splitlines():
-        yield json.loads(line)
+    for k, line in enumerate(data.splitlines()):
+        try:
+            yield json.loads(line)
+        except ValueError:  # bad JSON or bytes that are not UTF-8
+            raise StoreError(
+                f"{file}: line {k + 1} is not a JSON line (store damaged): check it with regatt verify"
+            ) from None
+
+
+def committed_sizes(manifest: dict) -> dict[str, int]:
+    """``{file name: committed bytes}`` of every data file a manifest commits."""
+    m = manifest
+    sizes = {
+        VECTORS: int(m["count"]) * int(m["dim"]) * 4,
+        NAMES: int(m["names_bytes"]),
+        FAILURES: int(m["failures_bytes"]),
+    }
+    for name, size in m.get(SIDE, {}).items():
+        sizes[name] = int(size)
+    if "checksums_bytes" in m:
+        sizes[CHECKSUMS] = int(m["checksums_bytes"])
+    return sizes
+
+
+def crc32_range(file: Path, offset: int, length: int) -> int:
+    """CRC-32 of ``length`` bytes of ``file`` from ``offset`` (-1 when the file is shorter)."""
+    crc = 0
+    with open(file, "rb") as fh:
+        fh.seek(offset)
+        left = length
+        while left > 0:
+            block = fh.read(min(left, 1 << 22))
+            if not block:
+                return -1
+            crc = zlib.crc32(block, crc)
+            left -= len(block)
+    return crc
+
+
+def chunk_errors(path: Path, chunk: dict) -> list[str]:
+    """What fails in one ``checksums.jsonl`` record (``[]`` when every file matches)."""
+    errors = []
+    for name, (offset, length, crc) in sorted(chunk.get("files", {}).items()):
+        try:
+            got = crc32_range(path / name, int(offset), int(length))
+        except OSError as exc:
+            errors.append(f"{name}: {exc.strerror or exc}")
+            continue
+        if got != int(crc):
+            errors.append(f"{name} bytes {offset}..{int(offset) + int(length)} fail their checksum")
+    return errors
 
 
 class FeatureStore:
@@ -127,7 +192,7 @@ class FeatureStore:
         path.mkdir(parents=True, exist_ok=True)
         lock_fd = cls._lock(path)
         try:
-            for name in (VECTORS, NAMES, FAILURES):
+            for name in (VECTORS, NAMES, FAILURES, CHECKSUMS):
                 (path / name).touch()
             manifest = {
                 "format": STORE_FORMAT,
@@ -143,6 +208,8 @@ class FeatureStore:
                 "names_bytes": 0,
                 "failures_bytes": 0,
                 "failure_count": 0,
+                "checksums_bytes": 0,
+                "checksums_from_row": 0,
                 "model": model or {},
             }
             store = cls(path, manifest, writable=True, lock_fd=lock_fd)
@@ -154,7 +221,8 @@ class FeatureStore:
 
     @classmethod
     def open(cls, path: str | Path, *, writable: bool = False) -> FeatureStore:
-        """Open an existing store; ``writable`` locks it and cuts off uncommitted leftovers."""
+        """Open an existing store, checking its files and its last commit's checksums;
+        ``writable`` locks it and cuts off what an interrupted commit left (nothing else)."""
         path = Path(path)
         if not path.is_dir():
             raise StoreError(f"feature store {path} does not exist")
@@ -231,15 +299,13 @@ class FeatureStore:
         self.close()
 
     def _check_files(self, *, repair: bool) -> None:
-        """Check the data files hold the committed bytes; when ``repair``, cut off the rest."""
+        """Check the data files hold the committed bytes and the last commit's checksums; when
+        ``repair`` (a writer's open), cut off bytes past them *only* when ``.commit.json`` shows
+        they are what an interrupted commit from this very state wrote. Anything else is refused
+        before a byte is cut (a manifest older than its data)."""
         m = self._manifest
-        expected = {
-            VECTORS: m["count"] * m["dim"] * 4,
-            NAMES: m["names_bytes"],
-            FAILURES: m["failures_bytes"],
-        }
-        for name, size in m.get(SIDE, {}).items():
-            expected[name] = int(size)
+        expected = committed_sizes(m)
+        tails = {}
         for name, size in expected.items():
             file = self.path / name
             try:
@@ -248,14 +314,52 @@ class FeatureStore:
                 raise StoreError(f"{file} is missing (store damaged)") from None
             if actual < size:
                 raise StoreError(f"{file} holds {actual} bytes, fewer than the {size} committed (store damaged)")
-            if repair and actual > size:
-                with open(file, "r+b") as fh:
+            if actual > size:
+                tails[name] = actual - size
+        last = m.get("last_chunk")
+        if last:
+            errors = chunk_errors(self.path, last)
+            if errors:
+                rows = last.get("rows", [0, 0])
+                raise StoreError(
+                    f"{self.path}: the last commit (rows {rows[0]}..{rows[1] - 1}) is damaged ({'; '.join(errors)}): "
+                    "see regatt verify STORE (--repair cuts back to the last good chunk, keeping a copy)"
+                )
+        if not repair:
+            return
+        if tails and not self._interrupted_commit(expected, tails):
+            what = ", ".join(f"{n} {b} bytes" for n, b in sorted(tails.items()))
+            extra = ""
+            if VECTORS in tails:
+                extra = f" ({tails[VECTORS] / (4 * self.dim):g} rows of vectors)"
+            raise StoreError(
+                f"{self.path} holds data past what its manifest commits: {what}{extra}; not an interrupted "
+                "commit (the manifest is older than the data: edited, or restored from a backup?). Nothing was "
+                "cut. Check it with  regatt verify STORE; cut it with  regatt verify --repair STORE (keeps a copy)"
+            )
+        for name, size in expected.items():
+            if name in tails:
+                with open(self.path / name, "r+b") as fh:
                     fh.truncate(size)
                     fh.flush()
                     os.fsync(fh.fileno())
-        if repair:
-            for leftover in self.path.glob(MANIFEST + ".tmp*"):
-                leftover.unlink()
+        for leftover in self.path.glob(MANIFEST + ".tmp*"):
+            leftover.unlink()
+
+    def _interrupted_commit(self, committed: dict[str, int], tails: dict[str, int]) -> bool:
+        """True when ``.commit.json`` records a commit that started from exactly ``committed``
+        and the bytes past it are no more than that commit was writing."""
+        try:
+            pending = json.loads((self.path / PENDING).read_text(encoding="utf-8"))
+            start, end = pending["from"], pending["to"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if any(name not in start or int(start[name]) != size for name, size in committed.items()):
+            return False
+        for name, extra in tails.items():
+            if name not in start or name not in end or int(start[name]) + extra > int(end[name]):
+                return False
+        return True
 
     # ------------------------------------------------------------------ properties
 
@@ -349,6 +453,13 @@ class FeatureStore:
             raise ValueError(f"expected vectors ({len(names)}, {self.dim}), got {vectors.shape}")
         if vectors.dtype != np.float32:
             raise ValueError(f"expected float32 vectors, got {vectors.dtype}")
+        finite = np.isfinite(vectors).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise StoreError(
+                f"{len(bad)} row(s) hold NaN or infinite values, first {names[int(bad[0])]!r}: not stored "
+                f"in {self.path} (a descriptor must be finite)"
+            )
         failures = list(failures)
         side = {_side_name(k): v for k, v in (side or {}).items()}
         if not names and not failures and not side and not side_meta:
@@ -367,34 +478,64 @@ class FeatureStore:
         side_meta: dict[str, object],
     ) -> None:
         m = dict(self._manifest)
+        before = committed_sizes(m)
+        writes: list[tuple[str, int, memoryview]] = []  # (file, committed offset, bytes)
+        sizes = dict(m.get(SIDE, {}))
+        for file, data in side.items():
+            data = memoryview(data).cast("B")
+            if not data.nbytes and file in sizes:
+                continue
+            committed = int(sizes.get(file, 0))
+            writes.append((file, committed, data))
+            sizes[file] = committed + data.nbytes
         if side:
-            sizes = dict(m.get(SIDE, {}))
-            for file, data in side.items():
-                data = memoryview(data).cast("B")
-                if not data.nbytes and file in sizes:
-                    continue
-                committed = int(sizes.get(file, 0))
-                (self.path / file).touch()
-                self._append_bytes(file, committed, data)
-                sizes[file] = committed + data.nbytes
             m[SIDE] = sizes
         if side_meta:
             m[SIDE_META] = {**m.get(SIDE_META, {}), **side_meta}
+        start_row = int(m["count"])
         if len(names):
             blob = memoryview(np.ascontiguousarray(vectors, dtype="<f4")).cast("B")
-            self._append_bytes(VECTORS, m["count"] * self.dim * 4, blob)
+            writes.append((VECTORS, m["count"] * self.dim * 4, blob))
             text = "".join(json.dumps(str(n)) + "\n" for n in names).encode("utf-8")
-            self._append_bytes(NAMES, m["names_bytes"], text)
+            writes.append((NAMES, m["names_bytes"], memoryview(text)))
             m["count"] += len(names)
             m["names_bytes"] += len(text)
         if failures:
             text = "".join(json.dumps({"name": f.name, "reason": f.reason}) + "\n" for f in failures).encode("utf-8")
-            self._append_bytes(FAILURES, m["failures_bytes"], text)
+            writes.append((FAILURES, m["failures_bytes"], memoryview(text)))
             m["failures_bytes"] += len(text)
             m["failure_count"] = m.get("failure_count", 0) + len(failures)
         m["commits"] += 1
+        if "checksums_bytes" not in m:  # a store from before checksums: they start here
+            m["checksums_bytes"] = 0
+            m["checksums_from_row"] = start_row
+            before[CHECKSUMS] = 0
+        chunk = {
+            "commit": m["commits"],
+            "rows": [start_row, int(m["count"])],
+            "files": {f: [off, data.nbytes, zlib.crc32(data)] for f, off, data in writes},
+        }
+        if m.get(SIDE_META):  # what a repair that cuts back to this chunk restores
+            chunk["side_meta"] = m[SIDE_META]
+        line = (json.dumps(chunk, sort_keys=True) + "\n").encode("utf-8")
+        writes.append((CHECKSUMS, int(m["checksums_bytes"]), memoryview(line)))
+        m["checksums_bytes"] += len(line)
+        m["last_chunk"] = chunk
+        after = committed_sizes(m)
+        self._write_pending({"from": before, "to": after})
+        for file, off, data in writes:
+            (self.path / file).touch()
+            self._append_bytes(file, off, data)
         self._write_manifest(m)
         self._manifest = m
+        # committed: no record of a commit in flight is left (a manifest restored from before
+        # this commit then finds none, and is refused instead of cutting this commit's data)
+        (self.path / PENDING).unlink(missing_ok=True)
+
+    def _write_pending(self, record: dict) -> None:
+        """``.commit.json``: the sizes this commit starts from and reaches, before its data."""
+        with atomic_write(self.path / PENDING, "w") as fh:
+            json.dump(record, fh, sort_keys=True)
 
     def _append_bytes(self, name: str, committed: int, data: bytes | memoryview) -> None:
         with open(self.path / name, "r+b") as fh:

@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "explain_cmd",
     "serve_cmd",
     "dedup_cmd",
+    "verify_cmd",
 )
 
 app = typer.Typer(
