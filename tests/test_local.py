@@ -237,3 +237,30 @@ def test_cli_eval_rerank_adds_local_features_and_reports_both(tiny_model, tmp_pa
     assert res["rerank"] == 5 and res["map_rerank"] > res["map"]
     assert res["map_rerank"] > 90
     assert LocalIndex.open(FeatureStore.open(store)).count == 15
+
+
+def test_serve_rerank_over_a_store_with_local_features(tiny_model, views_dir, tmp_path, photos):
+    from httpserver import Server
+
+    store = tmp_path / "s"
+    _encode(tiny_model, [str(views_dir)], store, local=True)
+    plain = tmp_path / "plain"
+    _encode(tiny_model, [str(views_dir)], plain)
+    ok, jpg = cv2.imencode(".jpg", other_view(photos["coffee"], seed=4))
+    srv = Server(tiny_model, "--store", str(store), log=tmp_path / "serve.log")
+    try:
+        status, body = srv.json("POST", "/v1/search?top=2&rerank=6", jpg.tobytes())
+        assert status == 200, body
+        assert body["hits"][0]["name"].endswith("coffee.jpg") and body["hits"][0]["inliers"] >= 15
+        status, body = srv.json("POST", "/v1/search?top=2", jpg.tobytes())
+        assert status == 200 and "inliers" not in body["hits"][0]
+        status, body = srv.json("POST", "/v1/search?rerank=-1", jpg.tobytes())
+        assert status == 422
+    finally:
+        srv.stop()
+    srv = Server(tiny_model, "--store", str(plain), log=tmp_path / "serve2.log")
+    try:
+        status, body = srv.json("POST", "/v1/search?rerank=5", jpg.tobytes())
+        assert status == 422 and "--resume --local" in body["error"]
+    finally:
+        srv.stop()

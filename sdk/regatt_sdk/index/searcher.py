@@ -179,12 +179,19 @@ class Searcher:
             scores, rows = self.search_vectors(vec, top)
             return SearchResult(self.hits(scores[0], rows[0]))
         from ..local.extract import extract
+
+        reranker = self.reranker()
+        qf = extract(read_query(image, roi), reranker.local.config, reranker.local.codebook)
+        return self.search_local(vec, qf, top, rerank)
+
+    def search_local(self, vec: np.ndarray, qf: Any, top: int, rerank: int) -> SearchResult:
+        """The two stages for a query already described: its descriptor ``vec`` (D,) and local
+        features ``qf``; ``rerank`` (>= 1, clipped to the index size with a note) candidates
+        from the global search, plus the visual-word candidates, verified."""
         from ..local.rerank import check_k
 
         reranker = self.reranker()
         k, note = check_k(int(rerank), self.index.size)
-        photo = read_query(image, roi)
-        qf = extract(photo, reranker.local.config, reranker.local.codebook)
         scores, rows = self.search_vectors(vec, max(top, k))
         cfg = reranker.config.with_candidates(k)
         verified, order = reranker.rerank(vec, qf, scores[0], rows[0], self.index.vectors, cfg)

@@ -39,6 +39,8 @@ from .metrics import Metrics, resident_bytes
 
 #: default upload limit (bytes)
 DEFAULT_MAX_BYTES = 32 * 2**20
+#: the largest ``rerank`` a search may ask for (each candidate costs ~1 ms)
+MAX_RERANK = 1000
 #: the largest ``top`` a search may ask for
 MAX_TOP = 1000
 _IMAGE_BODY = {
@@ -56,6 +58,7 @@ _IMAGE_BODY = {
                         "roi": {"type": "string", "description": "x1,y1,x2,y2 in original pixels"},
                         "top": {"type": "integer"},
                         "qe": {"type": "integer"},
+                        "rerank": {"type": "integer", "description": "verify the top K with local features"},
                     },
                 }
             },
@@ -139,12 +142,23 @@ def parse_int(text: Any, name: str, default: int, low: int, high: int) -> int:
 
 
 def decode_and_prepare(
-    data: bytes, max_side: int, roi, max_pixels: int, max_decoded_bytes: int = SERVE_MAX_DECODED_BYTES
-) -> tuple[np.ndarray, tuple[int, int]]:
-    """Upload bytes -> (prepared BGR uint8 (h, w, 3), original (width, height)); 422 on bad input."""
+    data: bytes,
+    max_side: int,
+    roi,
+    max_pixels: int,
+    max_decoded_bytes: int = SERVE_MAX_DECODED_BYTES,
+    local: Any = None,
+) -> tuple[np.ndarray, tuple[int, int]] | tuple[np.ndarray, tuple[int, int], Any]:
+    """Upload bytes -> (prepared BGR uint8 (h, w, 3), original (width, height)); 422 on bad input.
+    With ``local`` (a function of the photo cropped to ``roi``), its result is returned third."""
     try:
         bgr = decode_image(data, "upload", max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
-        return prepare(bgr, max_side, roi), (int(bgr.shape[1]), int(bgr.shape[0]))
+        prepared = prepare(bgr, max_side, roi)
+        if local is not None:
+            from ..index.searcher import read_query
+
+            return prepared, (int(bgr.shape[1]), int(bgr.shape[0])), local(read_query(bgr, roi))
+        return prepared, (int(bgr.shape[1]), int(bgr.shape[0]))
     except ImageError as exc:
         raise ApiError(422, f"not a usable image: {exc.reason}") from None
     except ValueError as exc:
@@ -186,6 +200,8 @@ class Service:
             if len(collection) == 0:
                 raise RegattError(f"feature store {c.store} is empty")
             self.searcher = collection.searcher(ann=c.ann)
+            if collection.store.side_meta.get("local"):
+                self.searcher.reranker().ivf  # noqa: B018 - open the local features and the inverted file now
         elif c.db is not None:
             self.searcher = Searcher.for_db(
                 c.db, self.encoder, table=c.table, ef_search=c.ef_search, pool_size=max(1, c.db_pool)
@@ -199,7 +215,9 @@ class Service:
             close = getattr(self.searcher.index, "close", None)
             if close is not None and index is not self.searcher.index:
                 close()  # the augmented rows are searched in memory: no more database calls
+            store_path = self.searcher.store_path
             self.searcher = Searcher(index, self.searcher.names, self.encoder)
+            self.searcher.store_path = store_path
         self.metrics.gauge(
             "regatt_queue_depth",
             "Images admitted and not yet answered.",
@@ -230,8 +248,11 @@ class Service:
         if close is not None:
             close()
 
-    async def describe(self, data: bytes, roi) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
-        """``(descriptor (D,), original (w, h), used (w, h))`` of one upload, through the queue."""
+    async def describe(
+        self, data: bytes, roi, *, local: bool = False
+    ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        """``(descriptor (D,), original (w, h), used (w, h))`` of one upload, through the queue;
+        with ``local``, the upload's local features (cropped to ``roi``) are a fourth item."""
         assert self.batcher is not None
         try:
             self.batcher.admit()
@@ -243,12 +264,14 @@ class Service:
 
         async def work():
             loop = asyncio.get_running_loop()
-            prepared, size = await loop.run_in_executor(
+            out = await loop.run_in_executor(
                 self.decode_pool, decode_and_prepare, data, self.encoder.prepare_side, roi, c.max_pixels,
-                c.max_decoded_bytes,
+                c.max_decoded_bytes, self.extract_local if local else None,
             )  # fmt: skip
+            prepared, size = out[0], out[1]
             vec = await self.batcher.encode(prepared)
-            return vec, size, (int(prepared.shape[1]), int(prepared.shape[0]))
+            used = (int(prepared.shape[1]), int(prepared.shape[0]))
+            return (vec, size, used, out[2]) if local else (vec, size, used)
 
         try:
             return await asyncio.wait_for(work(), c.timeout_s)
@@ -260,17 +283,43 @@ class Service:
         finally:
             self.batcher.release()
 
-    def search(self, vec: np.ndarray, top: int, qe: int) -> list[dict[str, Any]]:
+    def extract_local(self, photo: np.ndarray) -> Any:
+        """Local features of an upload (cropped to its roi), as the store keeps them."""
+        from ..local.extract import extract
+
+        local = self.searcher.reranker().local
+        return extract(photo, local.config, local.codebook)
+
+    def can_rerank(self) -> None:
+        """Refuse (422) re-ranking on a server whose index has no local features."""
+        from ..local.storage import LocalFeaturesMissing
+
+        if self.searcher is None or self.searcher.store_path is None:
+            raise ApiError(422, "rerank needs a feature store with local features (regatt serve MODEL --store STORE)")
+        try:
+            self.searcher.reranker()
+        except LocalFeaturesMissing as exc:
+            raise ApiError(422, f"rerank is not available: {exc}; then restart the server") from None
+
+    def search(self, vec: np.ndarray, top: int, qe: int, rerank: int = 0, local: Any = None) -> list[dict[str, Any]]:
         from ..expansion import QueryExpansion
         from ..index.searcher import Searcher
 
         s = self.searcher
         searcher = Searcher(s.index, s.names, steps=[QueryExpansion(k=qe)] if qe > 0 else [])
-        scores, rows = searcher.search_vectors(vec, top)
-        return [
-            {"rank": h.rank, "name": display(h.name), "score": h.score, "row": h.row}
-            for h in searcher.hits(scores[0], rows[0])
-        ]
+        if rerank:
+            searcher.store_path, searcher._reranker = s.store_path, s.reranker()
+            hits = searcher.search_local(vec, local, top, rerank).hits
+        else:
+            scores, rows = searcher.search_vectors(vec, top)
+            hits = searcher.hits(scores[0], rows[0])
+        out = []
+        for h in hits:
+            hit = {"rank": h.rank, "name": display(h.name), "score": h.score, "row": h.row}
+            if rerank:
+                hit["inliers"] = h.inliers
+            out.append(hit)
+        return out
 
 
 async def read_body(receive, headers: dict[str, str], max_bytes: int, timeout_s: float | None = None) -> bytes:
@@ -391,14 +440,24 @@ def create_app(config: ServeConfig, service: Service | None = None):
     @app.post("/v1/search", openapi_extra=_IMAGE_BODY, summary="Top-k matches of one image")
     async def search(request: Request):
         """Top ``top`` (default 10) names and scores from the store, FAISS index or database,
-        with average query expansion over ``qe`` neighbours (0: off)."""
+        with average query expansion over ``qe`` neighbours (0: off); ``rerank=K`` verifies the
+        global top K and the visual-word candidates with local features (a store encoded with
+        ``--local``): verified hits first, each with its ``inliers``."""
         if svc.searcher is None:
             raise ApiError(404, "this server has no database: start it with --store STORE or --db URL")
         data, fields = await upload(request)
         top = parse_int(fields.get("top"), "top", 10, 1, MAX_TOP)
         qe = parse_int(fields.get("qe"), "qe", 0, 0, 100)
-        vec, size, used = await svc.describe(data, parse_roi(fields.get("roi")))
-        hits = await asyncio.get_running_loop().run_in_executor(svc.search_pool, svc.search, vec, top, qe)
+        rerank = parse_int(fields.get("rerank"), "rerank", 0, 0, MAX_RERANK)
+        local = None
+        if rerank:
+            svc.can_rerank()
+            vec, size, used, local = await svc.describe(data, parse_roi(fields.get("roi")), local=True)
+        else:
+            vec, size, used = await svc.describe(data, parse_roi(fields.get("roi")))
+        hits = await asyncio.get_running_loop().run_in_executor(
+            svc.search_pool, svc.search, vec, top, qe, rerank, local
+        )
         return {
             "hits": hits,
             "card_hash": str(svc.encoder.card.hash),
