@@ -13,7 +13,7 @@ RUNTIME_TESTS := tests/test_sdk.py tests/test_engines.py tests/test_index.py tes
 	tests/test_integrity.py
 RUNTIME_VENV := .venv-runtime
 
-.PHONY: venv test test-runtime wheel-smoke demo bench clean
+.PHONY: venv test test-runtime wheel-smoke docs demo bench clean
 
 venv: $(VENV)/.installed
 
@@ -50,6 +50,10 @@ wheel-smoke: venv
 	$(PY) -m venv $(WHEEL_VENV)
 	$(WHEEL_VENV)/bin/python -m pip install -q "$$(ls $(WHEEL_DIR)/regatt-*.whl)[cpu,serve]"
 	cd $(WHEEL_DIR) && $(CURDIR)/$(WHEEL_VENV)/bin/python $(CURDIR)/scripts/wheel_smoke.py $(CURDIR)/tests/fixtures/tiny.onnx
+
+# The documentation site (docs/, mkdocs.yml) into build/site; --strict: a broken link fails.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q
 
 demo: venv
 	$(BIN)/python scripts/demo_photos.py out/demo/photos

@@ -14,7 +14,8 @@ dynamic graph (at most ``cache_size + 1`` compiles in all: a collection cycling 
 sizes, such as photos of mixed orientations in batches, measured 12 img/s with eviction against
 the onnxruntime engine's 57). ``shapes="static"`` keeps a least-recently-used cache of
 ``cache_size`` graphs instead.
-``benchmarks/results/openvino.md`` has the measurements behind this.
+``benchmarks/results/engines.md`` and ``engine_procs.md`` have the engine measurements;
+``tests/test_openvino.py`` tests the shape policy.
 
 Precision: ``fp32`` sets ``INFERENCE_PRECISION_HINT=f32`` explicitly (OpenVINO otherwise runs
 bf16 on CPUs that have it, which is not exact); ``bf16`` asks for bf16 (opt-in, gated by cosine,
