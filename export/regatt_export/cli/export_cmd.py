@@ -30,7 +30,7 @@ def export(
     attention: Optional[str] = typer.Option(
         None,
         "--attention",
-        help="context | regional | none (default: context with --official, --attention-weights, and for the built-in default, which ships retrieval-trained context attention; none for other backbones).",
+        help="context | regional | none (default: context with --official, --attention-weights, and for the built-in default, which ships retrieval-trained context attention; none otherwise).",
     ),
     attention_weights: Optional[Path] = typer.Option(
         None, "--attention-weights", help="File written by  regatt train."
