@@ -197,6 +197,8 @@ def test_resolve_image(tmp_path):
     assert resolve_image("a", tmp_path) == tmp_path / "a.jpg"
     assert resolve_image("sub/b.png", tmp_path) == tmp_path / "sub" / "b.png"
     assert resolve_image("missing", tmp_path) is None and resolve_image("a") is None
+    (tmp_path / "tab\there.jpg").write_bytes(b"x")  # a --db table holds the displayed name
+    assert resolve_image("tab\\there.jpg", tmp_path) == tmp_path / "tab\there.jpg"
 
 
 # -- the card hash and the compatibility rule ---------------------------------------------------

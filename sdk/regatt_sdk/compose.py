@@ -228,10 +228,16 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG")
 
 def resolve_image(name: str, images: str | os.PathLike | None = None) -> Path | None:
     """The image file of a store row: the name itself when it is a file, else ``images/name``,
-    else ``images/name`` + one of :data:`IMAGE_SUFFIXES`; ``None`` when none exists."""
-    candidates = [Path(name)]
-    if images is not None:
-        root = Path(images)
-        candidates.append(root / name)
-        candidates += [root / f"{name}{ext}" for ext in IMAGE_SUFFIXES]
-    return next((c for c in candidates if c.is_file()), None)
+    else ``images/name`` + one of :data:`IMAGE_SUFFIXES`; each also for the file name a displayed
+    name's escapes stand for (:func:`regatt_sdk.names.candidates`: a ``--db`` table holds the
+    displayed name); ``None`` when none exists."""
+    from .names import candidates
+
+    found: list[Path] = []
+    for n in candidates(name):
+        found.append(Path(n))
+        if images is not None:
+            root = Path(images)
+            found.append(root / n)
+            found += [root / f"{n}{ext}" for ext in IMAGE_SUFFIXES]
+    return next((c for c in found if c.is_file()), None)

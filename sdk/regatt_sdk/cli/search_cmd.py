@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from ..compose import parse_roi
+from ..compose import parse_roi, resolve_image
 from ..errors import RegattError
-from ..names import candidates, display
+from ..names import display
 from .engine_opts import (
     backend_option,
     device_option,
@@ -29,17 +29,6 @@ from .engine_opts import (
 from .query_opts import qe_option, query_scales_option, show_option
 
 __all__ = ["parse_roi", "resolve_image", "search"]
-
-
-def resolve_image(name: str, images: Path | None) -> Path | None:
-    """The image file of a store row: the name itself if it is a file, else under ``images``."""
-    found = []
-    for n in candidates(name):  # a --db table holds the displayed name: its escapes undone too
-        found.append(Path(n))
-        if images is not None:
-            found.append(images / n)
-            found += [images / f"{n}{ext}" for ext in (".jpg", ".jpeg", ".png", ".JPG")]
-    return next((c for c in found if c.is_file()), None)
 
 
 def search(
