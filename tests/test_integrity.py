@@ -183,3 +183,16 @@ def test_stores_from_before_checksums_keep_opening(tmp_path: Path) -> None:
     assert [(d.start, d.end) for d in report.damage] == [(30, 31)] and report.damage[0].names == ["img0030.jpg"]
     out = repair(path)
     assert out.kept == 30 and FeatureStore.open(path).count == 30 and verify(path).ok
+
+
+def test_a_killed_creation_is_made_again_but_data_without_a_manifest_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    path.mkdir()
+    for name in (".lock", "vectors.f32", "names.jsonl", "failures.jsonl"):
+        (path / name).write_bytes(b"")  # killed between its first files and its first manifest
+    FeatureStore.create(path, card_hash="h", dim=DIM).close()
+    make_store(tmp_path / "t", chunks=1)
+    (tmp_path / "t" / "manifest.json").unlink()
+    with pytest.raises(StoreError, match="holds feature-store data .* but no manifest.json"):
+        FeatureStore.create(tmp_path / "t", card_hash="h", dim=DIM)
+    assert (tmp_path / "t" / "vectors.f32").stat().st_size == 50 * DIM * 4

@@ -185,15 +185,29 @@ class FeatureStore:
             if (path / MANIFEST).exists():
                 raise StoreError(f"{path} is already a feature store")
             leftovers = [p.name for p in path.iterdir()]
-            if leftovers:
+            ours = {LOCK, VECTORS, NAMES, FAILURES, CHECKSUMS, PENDING}
+            if leftovers and not all(n in ours or n.startswith(MANIFEST + ".tmp") for n in leftovers):
                 raise StoreError(f"{path} is a non-empty directory that is not a feature store; choose a new path")
+            # a store being created by another writer (refused by the lock below), or one whose
+            # creation was killed before its first manifest (made again from nothing)
         if dim <= 0:
             raise StoreError(f"descriptor dimension must be positive, got {dim}")
         path.mkdir(parents=True, exist_ok=True)
         lock_fd = cls._lock(path)
         try:
+            if (path / MANIFEST).exists():  # created by the writer that held the lock before us
+                raise StoreError(f"{path} is already a feature store")
+            held = [
+                n for n in (VECTORS, NAMES, FAILURES, CHECKSUMS) if (path / n).exists() and (path / n).stat().st_size
+            ]
+            if held:  # data without a manifest: never overwritten
+                raise StoreError(
+                    f"{path} holds feature-store data ({', '.join(held)}) but no {MANIFEST}: restore the "
+                    "manifest or choose a new output path"
+                )
             for name in (VECTORS, NAMES, FAILURES, CHECKSUMS):
-                (path / name).touch()
+                with open(path / name, "wb"):
+                    pass
             manifest = {
                 "format": STORE_FORMAT,
                 "kind": STORE_KIND,
