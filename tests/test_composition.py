@@ -269,3 +269,35 @@ def test_cli_commands_share_the_rule(tmp_path, capsys):
     out = capsys.readouterr()
     assert exc.value.code in (0, None), out.err
     assert len(out.out.strip().splitlines()) == 2
+
+
+# -- logging -------------------------------------------------------------------------------------
+def test_quiet_as_a_library_verbose_on_the_cli(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, logging\n"
+        "from regatt_sdk.compose import EncoderOptions, open_encoder\n"
+        "if sys.argv[2] == 'on': logging.basicConfig(level=logging.INFO)\n"
+        "open_encoder(sys.argv[1], EncoderOptions(device='cpu'))\n"
+    )
+    for mode in ("off", "on"):
+        done = subprocess.run([sys.executable, "-c", code, str(TINY), mode], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert ("regatt_sdk.compose" in done.stderr) == (mode == "on"), (mode, done.stderr)
+
+    from regatt_sdk.cli.app import main
+
+    store = _store(tmp_path / "s", read_card(TINY).hash, read_card(TINY).dim, rows=3)
+    q = tmp_path / "q.png"
+    import cv2
+
+    cv2.imwrite(str(q), np.random.default_rng(2).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    for flags, shown in (([], False), (["-v"], True)):
+        with pytest.raises(SystemExit) as exc:
+            main([*flags, "search", str(TINY), str(store), str(q), "--top", "1", "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert exc.value.code in (0, None), err
+        assert ("regatt_sdk.compose: " in err) == shown, err
+        assert ("onnxruntime" in err) == shown

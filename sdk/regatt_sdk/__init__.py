@@ -7,6 +7,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import logging as _logging
+
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())  # quiet unless configured (logs.py)
+
 __all__ = ["Collection", "Encoder", "EncoderOptions", "ModelCard", "load_features", "open_encoder", "__version__"]
 
 

@@ -20,6 +20,7 @@ model's (or the model's hash from before tool versions left it).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,6 +30,8 @@ import numpy as np
 
 from .compose import EncoderOptions, Roi, check_compatible, encoder_for_store, open_encoder, open_store, parse_roi
 from .errors import RegattError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .dedup.run import DuplicateReport
@@ -160,9 +163,11 @@ class Collection:
         options.setdefault("progress", False)
         self._close()
         try:
-            return encode_to_store(
+            report = encode_to_store(
                 encoder_for_store(encoder, self.path), list(sources), self.path, resume=True, local=local, **options
             )
+            log.info("%s", report.summary())
+            return report
         finally:
             self._store = open_store(self.path, encoder, allow_empty=True)
 
@@ -183,6 +188,8 @@ class Collection:
             self._searchers[key] = Searcher.for_store(
                 self.path, self.encoder, backend=backend, ann=ann, nprobe=nprobe, steps=steps
             )
+            index = self._searchers[key].index
+            log.debug("%s: %s index over %d rows", self.path, type(index).__name__, len(self))
         return self._searchers[key]
 
     def search(

@@ -16,6 +16,7 @@ the bench) builds an :class:`~regatt_sdk.encoder.Encoder` and opens a feature st
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, fields, replace
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from .card import ModelCard
     from .encoder import Encoder
     from .store import FeatureStore
+
+log = logging.getLogger(__name__)
 
 Roi = tuple[float, float, float, float]
 ScalesSpec = Union[str, float, tuple[float, ...], None]
@@ -123,7 +126,16 @@ def open_encoder(model: str | os.PathLike, options: EncoderOptions | None = None
     from .encoder import Encoder
 
     options = options or EncoderOptions()
-    return Encoder(model, **options.encoder_kwargs())
+    encoder = Encoder(model, **options.encoder_kwargs())
+    if log.isEnabledFor(logging.INFO):
+        d = encoder.engine.describe()
+        why = f" ({encoder.choice.reason})" if encoder.choice is not None and encoder.choice.reason else ""
+        log.info(
+            "%s: %s %s on %s%s, threads %s, S=%d (prepared at %d), card %s",
+            model, d.get("engine"), d.get("version", ""), d.get("device"), why, d.get("threads"),
+            encoder.max_side, encoder.prepare_side, encoder.card.hash,
+        )  # fmt: skip
+    return encoder
 
 
 # -- one rule between a model and a store ----------------------------------------------------
@@ -151,6 +163,7 @@ def open_store(
     from .store import FeatureStore, StoreError
 
     store = FeatureStore.open(Path(path))
+    log.debug("%s: %d rows x %d, card %s", path, store.count, store.dim, store.card_hash)
     if store.count == 0 and not allow_empty:
         raise StoreError(f"feature store {path} is empty: encode images into it first (regatt encode)")
     if model is not None:
@@ -198,6 +211,7 @@ def encoder_for_store(encoder: Encoder, path: str | os.PathLike) -> Any:
     reporting that hash. A store of another model is left for the pipeline to refuse."""
     recorded = store_card_hash(path)
     if recorded is not None and recorded != encoder.card.hash and encoder.card.matches(recorded):
+        log.info("%s records this model's legacy card hash %s: appending under it", path, recorded)
         return _EncoderAs(encoder, recorded)
     return encoder
 

@@ -49,8 +49,14 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    verbose: int = typer.Option(
+        0, "--verbose", "-v", count=True, help="Log what happens on stderr: -v steps, -vv details."
+    ),
 ) -> None:
     """Regional-attention image retrieval."""
+    from ..logs import configure
+
+    configure(verbose)
 
 
 def build() -> typer.Typer:

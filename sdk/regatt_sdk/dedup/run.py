@@ -10,6 +10,7 @@ then picks one member to keep per group (``keep``: ``largest``, ``first`` or ``o
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import RegattError
+
+log = logging.getLogger(__name__)
 
 PRESETS = ("exact", "near", "scene")
 GROUPING = ("components", "tight")
@@ -237,4 +240,6 @@ def find_duplicates(
                 )
             )
     label = f"preset {preset}" if preset else "descriptor cosine"
-    return DuplicateReport(rows, t, label, int(result.candidates), len(names), skipped, report_notes)
+    report = DuplicateReport(rows, t, label, int(result.candidates), len(names), skipped, report_notes)
+    log.info("%s%s", report.summary(), f"; {len(skipped)} images left out of the copy check" if skipped else "")
+    return report
