@@ -301,3 +301,46 @@ def test_quiet_as_a_library_verbose_on_the_cli(tmp_path, capsys):
         assert exc.value.code in (0, None), err
         assert ("regatt_sdk.compose: " in err) == shown, err
         assert ("onnxruntime" in err) == shown
+
+
+def test_ray_actors_get_every_encoder_option(tmp_path):
+    """The Ray actor builds its encoder from the same options (engine, precision, memory reach it)
+    and shards record the output store's hash (a legacy one on resume)."""
+    pytest.importorskip("openvino")
+    from regatt_sdk.distributed import EncodeActor
+
+    actor = EncodeActor(
+        str(TINY), str(tmp_path), device="cpu", threads=1, max_side=64, engine="openvino", card_hash="legacy0123456789"
+    )
+    assert actor.encoder.engine.name == "openvino" and actor.encoder.max_side == 64
+    assert actor.card_hash == "legacy0123456789"
+    plain = EncodeActor(str(TINY), str(tmp_path), device="cpu", threads=1, memory="arena")
+    assert plain.encoder.engine.name == "onnxruntime" and plain.card_hash == plain.encoder.card.hash
+
+
+@pytest.mark.slow
+def test_encode_ray_cli_with_engine_options_and_a_legacy_store(tmp_path, capsys):
+    pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    import cv2
+
+    from regatt_sdk.cli.app import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(4)
+    for k in range(4):
+        cv2.imwrite(str(src / f"{k}.png"), rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    card = read_card(TINY)
+    legacy = tmp_path / "legacy"
+    FeatureStore.create(legacy, card_hash=card.legacy_hash, dim=card.dim, model={"max_side": 96}).close()
+    args = ["encode", str(TINY), str(src), "-o", str(legacy), "--resume", "--ray", "local", "--ray-actors", "1"]
+    args += ["--device", "cpu", "--engine", "onnxruntime", "--memory", "arena", "--threads", "1", "--max-side", "96"]
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--no-progress"])
+    out = capsys.readouterr()
+    assert exc.value.code == 0, out.err
+    st = FeatureStore.open(legacy)
+    assert st.count == 4 and st.card_hash == card.legacy_hash
+    single = open_encoder(TINY, EncoderOptions(device="cpu", max_side=96)).encode(sorted(str(p) for p in src.iterdir()))
+    np.testing.assert_allclose(st.vectors, single, atol=1e-5)
