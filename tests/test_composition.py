@@ -217,6 +217,11 @@ def test_card_hash_identifies_the_model_not_the_tools():
         assert dataclasses.replace(card, **change).hash != card.hash, change
     golden = dataclasses.replace(card.golden, vector=[v + 0.01 for v in card.golden.vector])
     assert dataclasses.replace(card, golden=golden).hash != card.hash  # other weights
+    # where the files were on the exporting machine is not the model; which files were is
+    here = dataclasses.replace(card, provenance={"official": "/data/release", "calibration": {"folder": "/d/photos/"}})
+    there = dataclasses.replace(card, provenance={"official": "D:\\mnt\\release", "calibration": {"folder": "photos"}})
+    other = dataclasses.replace(card, provenance={"official": "/data/release2", "calibration": {"folder": "/d/photos"}})
+    assert here.hash == there.hash != other.hash and here.legacy_hash != there.legacy_hash
     assert card.matches(card.hash) and card.matches(card.legacy_hash)
     assert not card.matches(elsewhere.legacy_hash) and not card.matches(None)
 

@@ -19,6 +19,15 @@ CARD_FORMAT = 1
 #: ``provenance`` entries that record measurements of the written file (parity cosines, timings)
 #: rather than what the model is; left out of :attr:`ModelCard.hash` with ``versions``
 MEASURED_PROVENANCE = ("parity",)
+#: ``provenance`` entries that may hold a path on the exporting machine (the release directory,
+#: a weights file; and ``calibration.folder``): only their last part enters the hash
+PATH_PROVENANCE = ("official", "weights")
+
+
+def _last_part(path: str) -> str:
+    """The last component of a path written on any system (``/a/b/`` and ``C:\\a\\b`` -> ``b``)."""
+    parts = [p for p in path.replace("\\", "/").split("/") if p]
+    return parts[-1] if parts else path
 
 
 @dataclass(frozen=True)
@@ -119,14 +128,22 @@ class ModelCard:
         return cls(**data)
 
     def identity_json(self) -> str:
-        """The card's JSON less what describes the tools rather than the model: ``versions``
-        (torch, onnx, Python, regatt) and the :data:`MEASURED_PROVENANCE` entries of
-        ``provenance`` (numbers measured by whichever onnxruntime ran the checks)."""
+        """The card's JSON less what describes the tools and the machine rather than the model:
+        ``versions`` (torch, onnx, Python, regatt), the :data:`MEASURED_PROVENANCE` entries of
+        ``provenance`` (numbers measured by whichever onnxruntime ran the checks), and the
+        directories of the paths it records (:data:`PATH_PROVENANCE`, ``calibration.folder``)."""
         data = json.loads(self.to_json())
         data.pop("versions", None)
         prov = data.get("provenance")
         if isinstance(prov, dict):
-            data["provenance"] = {k: v for k, v in prov.items() if k not in MEASURED_PROVENANCE}
+            prov = {k: v for k, v in prov.items() if k not in MEASURED_PROVENANCE}
+            for key in PATH_PROVENANCE:  # where the files were, not what they were: the last part
+                if isinstance(prov.get(key), str):
+                    prov[key] = _last_part(prov[key])
+            calibration = prov.get("calibration")
+            if isinstance(calibration, dict) and isinstance(calibration.get("folder"), str):
+                prov["calibration"] = {**calibration, "folder": _last_part(calibration["folder"])}
+            data["provenance"] = prov
         return json.dumps(data, sort_keys=True)
 
     @property
