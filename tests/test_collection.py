@@ -133,3 +133,28 @@ def test_options_need_a_model_file(tmp_path):
     with pytest.raises(CollectionError, match="need a model"):
         Collection.open(tmp_path / "c", None, OPTS)
     assert Collection.open(tmp_path / "c", col.encoder).encoder is col.encoder
+
+
+def test_pgvector_table_as_the_backend(pictures, tmp_path, pg_url):
+    pytest.importorskip("psycopg")
+    pytest.importorskip("pgvector")
+    col = Collection.create(tmp_path / "c", TINY, OPTS, db=pg_url, table="collection_t")
+    col.add([str(pictures / "p1.png"), str(pictures / "p3.png")])
+    col.add([str(pictures)])  # the table follows the store: only the rows it lacks
+    assert col.sync()["added"] == 0 and col.sync()["rows"] == len(col) == 7
+    on_db = col.search(pictures / "p3.png", top=4)
+    in_store = Collection.open(tmp_path / "c", TINY, OPTS).search(pictures / "p3.png", top=4)
+    assert on_db[0].name == in_store[0].name == str(pictures / "p3.png")
+    np.testing.assert_allclose([h.score for h in on_db], [h.score for h in in_store], atol=1e-5)
+    assert col.search_vectors(col.vectors[2], top=1)[0][0].row == 2
+    with pytest.raises(CollectionError, match="searches its table"):
+        col.search(pictures / "p3.png", backend="faiss")
+    col.close()
+    # a store of another model is refused by the table
+    from regatt_sdk.index.pgvector import DatabaseError
+
+    other = tmp_path / "other"
+    with FeatureStore.create(other, card_hash="0123456789abcdef", dim=32) as st:
+        st.append(["x"], np.full((1, 32), 32**-0.5, np.float32))
+    with pytest.raises(DatabaseError, match="another model"):
+        Collection.open(other, db=pg_url, table="collection_t").sync()

@@ -48,11 +48,25 @@ class CollectionError(RegattError):
 
 class Collection:
     """A feature store at ``path`` and (optionally) the :class:`~regatt_sdk.encoder.Encoder` of
-    the model that made it. Make one with :meth:`create` or :meth:`open`."""
+    the model that made it. Make one with :meth:`create` or :meth:`open`.
 
-    def __init__(self, path: str | os.PathLike, encoder: Encoder | None = None):
+    Backends: searches run on the store's FAISS ANN index when it has a usable one, else exactly
+    over the store; with ``db`` (a PostgreSQL URL, ``pip install 'regatt[postgres]'``) on the
+    pgvector ``table`` there, which :meth:`add` keeps in step with the store (only the rows the
+    table lacks are copied; a table of another model is refused)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        encoder: Encoder | None = None,
+        *,
+        db: str | None = None,
+        table: str = "regatt",
+    ):
         self.path = Path(path)
         self.encoder = encoder
+        self.db = db
+        self.table = table
         self._searchers: dict[tuple, Searcher] = {}
         self._store: FeatureStore | None = None
         self._store = open_store(self.path, encoder, allow_empty=True)
@@ -66,11 +80,13 @@ class Collection:
         options: EncoderOptions | None = None,
         *,
         local: bool | Any = False,
+        db: str | None = None,
+        table: str = "regatt",
     ) -> Collection:
         """A new, empty collection at ``path`` (a new or empty directory) for ``model`` (an
         ``.onnx`` file opened with ``options``, or an open encoder). ``local``: keep local
         features of every image (``True`` or a :class:`~regatt_sdk.local.LocalConfig`), for
-        ``search(..., rerank=K)``."""
+        ``search(..., rerank=K)``. ``db`` / ``table``: search a pgvector table (see the class)."""
         from .pipeline import model_info
         from .store import FeatureStore
 
@@ -85,7 +101,7 @@ class Collection:
                 start_local(store, None if local is True else local)
         finally:
             store.close()
-        return cls(path, encoder)
+        return cls(path, encoder, db=db, table=table)
 
     @classmethod
     def open(
@@ -93,20 +109,24 @@ class Collection:
         path: str | os.PathLike,
         model: str | os.PathLike | Encoder | None = None,
         options: EncoderOptions | None = None,
+        *,
+        db: str | None = None,
+        table: str = "regatt",
     ) -> Collection:
         """The collection at ``path``; with ``model`` (needed to add images or search by
-        image) checked to be the model that made it (:class:`~regatt_sdk.store.StoreError`)."""
+        image) checked to be the model that made it (:class:`~regatt_sdk.store.StoreError`).
+        ``db`` / ``table``: search a pgvector table (see the class)."""
         if model is None:
             if options is not None:
                 raise CollectionError("encoder options need a model: Collection.open(path, model, options)")
-            return cls(path)
+            return cls(path, db=db, table=table)
         from .card import read_card
 
         if not isinstance(model, (str, os.PathLike)):
-            return cls(path, _encoder(model, options))
+            return cls(path, _encoder(model, options), db=db, table=table)
         store = open_store(path, allow_empty=True)  # refuse a foreign store before opening the model
         check_compatible(read_card(model), store.card_hash, store.dim, f"feature store {path}", model)
-        return cls(path, _encoder(model, options))
+        return cls(path, _encoder(model, options), db=db, table=table)
 
     # -- reading -----------------------------------------------------------------------------
     @property
@@ -167,27 +187,60 @@ class Collection:
                 encoder_for_store(encoder, self.path), list(sources), self.path, resume=True, local=local, **options
             )
             log.info("%s", report.summary())
-            return report
         finally:
             self._store = open_store(self.path, encoder, allow_empty=True)
+        if self.db is not None:
+            self.sync()
+        return report
+
+    def sync(self) -> dict[str, Any]:
+        """Copy the store's rows that the ``db`` table lacks into it (idempotent; the table made
+        if missing, refused if another model's); :meth:`add` calls it. Returns what was done
+        (:func:`regatt_sdk.index.pgvector.load_store`)."""
+        from .index.pgvector import load_store, redact
+
+        if self.db is None:
+            raise CollectionError("this collection has no database: open it with db=URL")
+        self._close_searchers()
+        done = load_store(self.path, self.db, table=self.table)
+        log.info("%s table %s: %d rows added, %d in all", redact(self.db), self.table, done["added"], done["rows"])
+        return done
 
     # -- searching ---------------------------------------------------------------------------
-    def searcher(self, *, qe: int = 0, backend: str = "exact", ann: bool = True, nprobe: int | None = None) -> Searcher:
+    def searcher(
+        self,
+        *,
+        qe: int = 0,
+        backend: str = "exact",
+        ann: bool = True,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> Searcher:
         """The :class:`~regatt_sdk.index.searcher.Searcher` over this collection (cached per
-        arguments until the next :meth:`add`): its ANN index when it has a usable one (``ann``;
-        a stale one is skipped with a ``RuntimeWarning``), else a ``backend`` index;
-        ``qe``: average query expansion over the top ``qe`` (0: off)."""
+        arguments until the next :meth:`add`): with ``db``, the pgvector table (``ef_search``
+        HNSW candidates); else the store's ANN index when it has a usable one (``ann``; a stale
+        one is skipped with a ``RuntimeWarning``), else a ``backend`` index; ``qe``: average
+        query expansion over the top ``qe`` (0: off)."""
         from .expansion import QueryExpansion
         from .index.searcher import Searcher
 
         if len(self) == 0:
             raise CollectionError(f"collection {self.path} is empty: add images first")
-        key = (int(qe), backend, bool(ann), nprobe)
+        if self.db is not None and (backend != "exact" or nprobe is not None):
+            raise CollectionError("backend and nprobe choose a store index: a collection with db= searches its table")
+        if self.db is None and ef_search is not None:
+            raise CollectionError("ef_search is for a pgvector table: open the collection with db=URL")
+        key = (int(qe), backend, bool(ann), nprobe, ef_search)
         if key not in self._searchers:
             steps = [QueryExpansion(k=qe)] if qe > 0 else []
-            self._searchers[key] = Searcher.for_store(
-                self.path, self.encoder, backend=backend, ann=ann, nprobe=nprobe, steps=steps
-            )
+            if self.db is not None:
+                self._searchers[key] = Searcher.for_db(
+                    self.db, self.encoder, table=self.table, ef_search=ef_search, steps=steps
+                )
+            else:
+                self._searchers[key] = Searcher.for_store(
+                    self.path, self.encoder, backend=backend, ann=ann, nprobe=nprobe, steps=steps
+                )
             index = self._searchers[key].index
             log.debug("%s: %s index over %d rows", self.path, type(index).__name__, len(self))
         return self._searchers[key]
@@ -283,8 +336,19 @@ class Collection:
             )
         return self.encoder
 
-    def _close(self) -> None:
+    def _close_searchers(self) -> None:
+        for searcher in self._searchers.values():
+            close = getattr(searcher.index, "close", None)  # a database index holds connections
+            if close is not None:
+                close()
         self._searchers.clear()
+
+    def close(self) -> None:
+        """Release the database connections of cached searchers (the store needs none)."""
+        self._close_searchers()
+
+    def _close(self) -> None:
+        self._close_searchers()
         if self._store is not None:
             self._store.close()
             self._store = None
