@@ -168,6 +168,28 @@ def test_names_not_utf8_in_a_db_table(tiny_model: Path, odd_folder: Path, odd_st
     assert by_db.returncode == 0 and by_db.stdout == by_store.stdout, (by_db.stderr, by_db.stdout, by_store.stdout)
 
 
+def test_names_not_utf8_in_dedup_outputs_and_failure_lines(odd_folder: Path, odd_store: Path, tmp_path: Path) -> None:
+    """``dedup --store`` writes groups.csv, groups.json and remove.txt (one path a line) for such
+    names (was: UnicodeEncodeError); a failed file with such a name is one ``failed:`` line."""
+    out = tmp_path / "out"
+    r = regatt("dedup", "--store", str(odd_store), "-o", str(out), "--threshold", "-1", "--keep", "first")
+    assert r.returncode == 0, r.stderr.decode("utf-8", "replace")
+    removes = (out / "remove.txt").read_text(encoding="utf-8").splitlines()
+    assert len(removes) == 5 and display(str(odd_folder / NEWLINE)) in removes
+    assert display(str(odd_folder / BAD_BYTES)) in removes
+    assert all(Path(to_path(p)).is_file() for p in removes)  # the displayed paths lead back to the files
+    assert len((out / "groups.csv").read_text(encoding="utf-8").splitlines()) == 7
+    json.loads((out / "groups.json").read_text(encoding="utf-8"))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / os.fsdecode(b"broken\xff\nfile.jpg")).write_bytes(b"not an image")
+    r = regatt("encode", str(ROOT / "tests" / "fixtures" / "tiny.onnx"), str(bad), "-o", str(tmp_path / "s"),
+               "--no-progress")  # fmt: skip
+    err = r.stderr.decode("utf-8")
+    assert r.returncode == 1 and "failed: " in err and "broken\\xff\\nfile.jpg" in err, err
+    assert len([line for line in err.splitlines() if "broken" in line]) == 1, err
+
+
 # -------------------------------------------------------------------------- 3: database down
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import typer
 
 from ..dedup.run import DuplicateRow
+from ..names import display
 from .engine_opts import (
     device_option,
     encoder_options,
@@ -36,7 +37,12 @@ from .errors import fail
 
 def write_outputs(out: Path, found: list[DuplicateRow]) -> None:
     """``OUT/groups.csv``, ``OUT/groups.json`` and ``OUT/remove.txt`` of the rows found."""
-    rows = [r.as_dict() for r in found]
+    # names and paths as one valid UTF-8 line each (regatt_sdk.names): a file name that is not
+    # UTF-8, or holds a newline, cannot break the CSV, the JSON or remove.txt's one path a line
+    rows = [
+        {**d, "name": display(d["name"]), "path": None if d["path"] is None else display(str(d["path"]))}
+        for d in (r.as_dict() for r in found)
+    ]
     out.mkdir(parents=True, exist_ok=True)
     fields = ["group", "member", "name", "score", "cosine", "action"]
     with open(out / "groups.csv", "w", newline="", encoding="utf-8") as f:
@@ -83,7 +89,7 @@ def dedup(
     if undo is not None:
         rep = undo_moves(undo)
         for path, why in rep.skipped:
-            typer.echo(f"not restored: {path}: {why}", err=True)
+            typer.echo(f"not restored: {display(path)}: {display(why)}", err=True)
         typer.echo(f"restored {len(rep.done)} files ({len(rep.skipped)} left)")
         raise typer.Exit(0 if not rep.skipped else 1)
     if output is None:
@@ -118,7 +124,7 @@ def dedup(
             collection = Collection.create(store, encoder)
         report = collection.add(sources, batch_size=batch_size, progress=progress)
         for f in report.failures[:10]:
-            typer.echo(f"failed: {f.name}: {f.reason}", err=True)
+            typer.echo(f"failed: {display(f.name)}: {display(f.reason)}", err=True)
         if report.rows == 0:
             raise fail(f"no images found in {', '.join(sources)}: nothing to deduplicate")
     else:
@@ -129,7 +135,7 @@ def dedup(
     for note in found.notes:
         typer.secho(f"note: {note}", err=True, fg=typer.colors.YELLOW)
     for path, why in found.skipped:
-        typer.echo(f"skipped in the copy check: {path}: {why}", err=True)
+        typer.echo(f"skipped in the copy check: {display(str(path))}: {display(why)}", err=True)
     write_outputs(output, found.rows)
     typer.echo(f"{found.summary()}; wrote {output}/groups.csv")
     label = f"preset {preset}" if preset else "descriptor cosine"
@@ -144,7 +150,7 @@ def dedup(
         root = Path(os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in targets])) if targets else None
         rep = move_files(targets, move_to, root=root)
         for path, why in rep.skipped:
-            typer.echo(f"not moved: {path}: {why}", err=True)
+            typer.echo(f"not moved: {display(path)}: {display(why)}", err=True)
         typer.echo(f"moved {len(rep.done)} files to {move_to} (undo: regatt dedup --undo {move_to})")
 
 

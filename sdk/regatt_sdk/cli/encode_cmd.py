@@ -13,6 +13,7 @@ import typer
 
 from ..engines.device import parse_device
 from ..imageio import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+from ..names import display
 from ..sources import check_specs, parse_extensions
 from .engine_opts import (
     device_option,
@@ -157,7 +158,7 @@ def encode(
             local=local,
         )
     for failure in report.failures[:SHOWN_FAILURES]:
-        typer.echo(f"failed: {failure.name}: {failure.reason}", err=True)
+        typer.echo(f"failed: {display(failure.name)}: {display(failure.reason)}", err=True)
     if report.failed > SHOWN_FAILURES:
         typer.echo(f"... and {report.failed - SHOWN_FAILURES} more failures", err=True)
     typer.echo(report.summary())
