@@ -10,7 +10,7 @@ RUNTIME_TESTS := tests/test_sdk.py tests/test_engines.py tests/test_index.py tes
 	tests/test_store.py tests/test_imageio.py tests/test_pipeline.py tests/test_evaluation.py \
 	tests/test_datasets.py tests/test_layering.py tests/test_encode_cli.py tests/test_explain.py \
 	tests/test_ann.py tests/test_distributed.py tests/test_composition.py tests/test_collection.py tests/test_reliability.py \
-	tests/test_integrity.py tests/test_faults.py tests/test_hostile.py
+	tests/test_integrity.py tests/test_faults.py tests/test_hostile.py tests/test_local.py
 RUNTIME_VENV := .venv-runtime
 
 .PHONY: venv test test-runtime wheel-smoke docs demo bench clean
@@ -39,7 +39,8 @@ test-runtime: $(RUNTIME_VENV)/.installed
 	$(RUNTIME_VENV)/bin/python -m pytest -n 2 $(RUNTIME_TESTS)
 
 # Installs as users install: build the wheel, install it (not editable) into a fresh venv with
-# only the runtime extras, and run the main job on it (scripts/wheel_smoke.py: encode, search,
+# only the runtime extras, and run the main job on it with the default export (made by the
+# development venv: the runtime has no torch; scripts/wheel_smoke.py: encode, search,
 # dedup --store, the Python Collection, serve /readyz), from outside the repository.
 WHEEL_VENV := .venv-wheel
 WHEEL_DIR := build/wheel-smoke
@@ -49,7 +50,8 @@ wheel-smoke: venv
 	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w $(WHEEL_DIR) .
 	$(PY) -m venv $(WHEEL_VENV)
 	$(WHEEL_VENV)/bin/python -m pip install -q "$$(ls $(WHEEL_DIR)/regatt-*.whl)[cpu,serve]"
-	cd $(WHEEL_DIR) && $(CURDIR)/$(WHEEL_VENV)/bin/python $(CURDIR)/scripts/wheel_smoke.py $(CURDIR)/tests/fixtures/tiny.onnx
+	$(BIN)/regatt export -o $(WHEEL_DIR)/default.onnx > $(WHEEL_DIR)/export.log
+	cd $(WHEEL_DIR) && $(CURDIR)/$(WHEEL_VENV)/bin/python $(CURDIR)/scripts/wheel_smoke.py $(CURDIR)/$(WHEEL_DIR)/default.onnx
 
 # The documentation site (docs/, mkdocs.yml) into build/site; --strict: a broken link fails.
 docs: venv
