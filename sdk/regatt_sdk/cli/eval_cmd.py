@@ -57,10 +57,13 @@ def database_features(dataset, encoder, store_path: Path, model: Path, *, progre
     """
     from ..collection import Collection
     from ..sources import SourceItem
-    from ..store import MANIFEST
+    from ..store import MANIFEST, StoreError
 
     if (store_path / MANIFEST).exists():
-        collection = Collection.open(store_path, encoder)  # a store of another model is refused
+        try:
+            collection = Collection.open(store_path, encoder)  # a store of another model is refused
+        except StoreError as exc:
+            raise StoreError(f"{exc}; or pass another --store") from None
     else:
         collection = Collection.create(store_path, encoder, local=local)
     items = [SourceItem(name, str(path)) for name, path in zip(dataset.names, dataset.paths)]
