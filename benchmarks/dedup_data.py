@@ -8,8 +8,10 @@ landmark each get ``--copies`` edited copies (the edits of ``regatt_sdk.dedup.ed
 every other photo of those landmarks stays as a same-scene distractor, and half of
 ``../shared/data/imagenet-sample`` (even positions for val, odd for test) are extra negatives.
 Written under ``WORK/SPLIT/``: ``images/`` (the edited copies; originals are read in place),
-``items.json`` (path, copy group, landmark, edit), and ``signals.npz`` (descriptors, regional
-vectors (float16) with boxes and sizes, our DCT hash, imagededup's PHash/DHash/WHash).
+``items.json`` (path, copy group, landmark, edit), and ``signals.npz`` (descriptors, our DCT
+hash, the local features ``regatt dedup`` extracts from a file (:func:`regatt_sdk.local.extract`:
+keypoints, int8 descriptors, per-image counts, scales and sizes), imagededup's PHash/DHash/WHash).
+Any export works (the default has no ``--explain`` outputs and needs none).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ sys.path[:0] = [str(ROOT / "sdk"), str(ROOT / "export")]
 from regatt_export.splits import landmark_split  # noqa: E402
 from regatt_sdk.dedup import edits  # noqa: E402
 from regatt_sdk.dedup.phash import phash  # noqa: E402
-from regatt_sdk.dedup.regional import encode_with_regions  # noqa: E402
 from regatt_sdk.imageio import read_image  # noqa: E402
+from regatt_sdk.local.extract import extract  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -85,33 +87,33 @@ def signals(items: list[dict], model: str) -> dict[str, np.ndarray]:
     from regatt_sdk.encoder import Encoder
 
     enc = Encoder(model, device="cpu")
-    descs, hashes, vecs, boxes, counts, sizes = [], [], [], [], [], []
+    descs, hashes, kps, ldesc, counts, geo = [], [], [], [], [], []
     t0 = time.perf_counter()
     for n, it in enumerate(items):
         image = read_image(it["path"])
-        d, reg, _ = encode_with_regions(enc, image)
-        descs.append(d)
+        descs.append(enc.encode(image))
         hashes.append(phash(image))
-        vecs.append(reg.vectors.astype(np.float16))
-        boxes.append(reg.boxes)
-        counts.append(reg.vectors.shape[0])
-        sizes.append(reg.size)
+        f = extract(image)
+        kps.append(f.kp)
+        ldesc.append(f.desc)
+        counts.append(len(f))
+        geo.append((f.scale, f.width, f.height))
         if n % 200 == 0:
             print(f"  {n}/{len(items)} {time.perf_counter() - t0:.0f} s", flush=True)
     return {
         "descriptors": np.stack(descs).astype(np.float32),
         "dct_hash": np.array(hashes, dtype=np.uint64),
-        "region_vectors": np.concatenate(vecs),
-        "region_boxes": np.concatenate(boxes),
-        "region_counts": np.array(counts, dtype=np.int64),
-        "sizes": np.array(sizes, dtype=np.int64),
+        "local_kp": np.concatenate(kps).astype(np.float32),
+        "local_desc": np.concatenate(ldesc).astype(np.int8),
+        "local_counts": np.array(counts, dtype=np.int64),
+        "local_geo": np.array(geo, dtype=np.float64),  # scale, width, height per image
         "card_hash": np.array(enc.card.hash),
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="a model exported with --explain (regions output)")
+    ap.add_argument("--model", required=True, help="the exported model (the default export)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/dedup_bench"))
     ap.add_argument("--originals", type=int, default=10, help="edited photos per landmark")
     ap.add_argument("--copies", type=int, default=3, help="edited copies per chosen photo")

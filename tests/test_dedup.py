@@ -1,11 +1,13 @@
 """regatt_sdk.dedup: range search, grouping, keep policies, the move manifest and its undo,
-the DCT hash and the region features, on tiny fixtures (scikit-image photos + known edits)."""
+the DCT hash and the geometric copy features, on tiny fixtures (scikit-image photos + known
+edits)."""
 
 from __future__ import annotations
 
 import json
 import os
 
+import cv2
 import numpy as np
 import pytest
 
@@ -15,7 +17,6 @@ from regatt_sdk.dedup.moves import MANIFEST, move_files, read_manifest, undo_mov
 from regatt_sdk.dedup.pairs import pairs_exact, pairs_from_index, pairs_ivf, similar_pairs
 from regatt_sdk.dedup.phash import hamming, phash, popcount64
 from regatt_sdk.dedup.policy import FileInfo, choose_keep, keep_remove
-from regatt_sdk.dedup.regional import Regions, region_features
 from regatt_sdk.errors import RegattError
 
 
@@ -92,6 +93,8 @@ def test_components_chain_and_tight_groups_split_it():
         rep = g.representative
         assert all((min(rep, m), max(rep, m)) in pairs for m in g.members[1:].tolist())
     assert sorted(len(g) for g in tight) == [2, 3]  # 1 takes 0 and 2; 3 is left alone
+    # rows after the last paired one (7, 8) have no pairs: same groups
+    assert [g.members.tolist() for g in group_pairs(9, (i, j, s), "tight")] == [g.members.tolist() for g in tight]
     assert pairs_in_groups(loose) >= pairs
     with pytest.raises(RegattError, match="unknown grouping"):
         group_pairs(7, (i, j, s), "bogus")
@@ -170,20 +173,67 @@ def test_edits_change_the_image_and_unknown_edits_are_named(photos):
         edits.apply("sepia", img, rng)
 
 
-def test_region_features_identity_shift_and_unrelated():
-    rng = np.random.default_rng(0)
-    v = rng.normal(size=(30, 32)).astype(np.float32)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    xy = rng.uniform(0, 200, size=(30, 2))
-    boxes = np.concatenate([xy, xy + 50], axis=1).astype(np.float32)
-    a = Regions(v, boxes, (300, 300))
-    same = region_features(a, a)
-    assert same == pytest.approx({"agree": 1.0, "matched": 1.0, "geom": 1.0})
-    shifted = region_features(a, Regions(v, boxes + 20, (300, 300)))  # one shift maps every box
-    assert shifted["geom"] == pytest.approx(1.0)
-    scrambled = region_features(a, Regions(v, boxes[rng.permutation(30)], (300, 300)))
-    assert scrambled["matched"] == 1.0 and scrambled["geom"] < 0.5
-    w = rng.normal(size=(20, 32)).astype(np.float32)
-    w /= np.linalg.norm(w, axis=1, keepdims=True)
-    other = region_features(a, Regions(w, boxes[:20], (300, 300)))
-    assert other["agree"] < 0.6 and other["matched"] == 0.0 and other["geom"] == 0.0
+def edited_copy(img: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A copy warped by a near-similarity (rotation, scale, a small shear), cropped, re-lit,
+    blurred a little and JPEG-compressed."""
+    rng = np.random.default_rng(seed)
+    h, w = img.shape[:2]
+    a = np.deg2rad(float(rng.uniform(3, 6)) * rng.choice([-1, 1]))
+    s = float(rng.uniform(0.8, 0.9))
+    m = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) @ np.array([[s, 0.05 * s], [0.0, s]])
+    centre = np.array([w / 2, h / 2])
+    t = centre - m @ centre
+    warped = cv2.warpAffine(img, np.hstack([m, t[:, None]]), (w, h), borderMode=cv2.BORDER_REFLECT)
+    crop = warped[int(0.08 * h) : int(0.9 * h), int(0.12 * w) : int(0.95 * w)]
+    lit = np.clip(crop.astype(np.float32) * np.float32([0.85, 1.0, 1.2]) + 20, 0, 255).astype(np.uint8)
+    return edits.jpeg(cv2.GaussianBlur(lit, (0, 0), 0.8), 70)
+
+
+def test_geometry_separates_an_edited_copy_from_other_photos(photos):
+    from regatt_sdk.dedup.geometry import FEATURES, NO_SCALE, match_geometry, pair_geometry
+    from regatt_sdk.local.extract import extract
+
+    names = ["astronaut", "coffee", "chelsea", "rocket", "camera"]
+    feats = {n: extract(photos[n]) for n in names}
+    copies = {n: extract(edited_copy(photos[n], k)) for k, n in enumerate(names)}
+    col = {f: k for k, f in enumerate(FEATURES)}
+    for n in names:
+        same = match_geometry(feats[n], [copies[n]])[0]
+        assert np.expm1(same[col["inliers"]]) >= 20, (n, same)
+        assert same[col["inlier_ratio"]] >= 0.6 and same[col["affine_share"]] >= 0.8, (n, same)
+        # the copy is about 0.85x its original, then cropped to ~0.83 of its sides: ~1.0 overall
+        assert same[col["log_scale"]] < 0.3 and same[col["shear"]] < 0.2, (n, same)
+        others = match_geometry(feats[n], [copies[m] for m in names if m != n])
+        assert np.all(np.expm1(others[:, col["inliers"]]) < 15), (n, others)
+        assert np.all(others[:, col["inlier_share"]] < 0.05), (n, others)
+    # pairs in any order give the same rows as one query at a time; an unreadable row: no geometry
+    table = [feats[n] for n in names] + [copies["coffee"], None]
+    i, j = np.array([1, 0, 1, 2, 0]), np.array([5, 5, 6, 5, 1])
+    got = pair_geometry(lambda k: table[k], i, j)
+    np.testing.assert_allclose(got[0], match_geometry(feats["coffee"], [copies["coffee"]])[0])
+    assert got[0, col["inlier_share"]] > 0.2 and got[1, col["inlier_share"]] < 0.05
+    assert got[2, col["inliers"]] == 0 and got[2, col["log_scale"]] == NO_SCALE
+
+
+def test_copy_signals_take_stored_local_features_and_extract_the_rest(tmp_path, photos):
+    from regatt_sdk.dedup.run import copy_signals
+    from regatt_sdk.local.extract import extract
+
+    paths = []
+    for n in ("astronaut", "coffee"):
+        paths.append(tmp_path / f"{n}.png")
+        cv2.imwrite(str(paths[-1]), photos[n])
+    skipped: list = []
+
+    class Stored:  # a LocalIndex holding row 0 only
+        count = 1
+
+        def features(self, k):
+            assert k == 0
+            return extract(photos["chelsea"])
+
+    hashes, local = copy_signals([*paths, tmp_path / "missing.png"], skipped, Stored())
+    assert hashes[0] == phash(photos["astronaut"]) and hashes[2] == 0
+    np.testing.assert_array_equal(local(0).desc, extract(photos["chelsea"]).desc)  # from the store
+    np.testing.assert_array_equal(local(1).desc, extract(cv2.imread(str(paths[1]))).desc)  # from the file
+    assert local(2) is None and "missing.png" in skipped[0][0]

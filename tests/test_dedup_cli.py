@@ -1,5 +1,6 @@
-"""``regatt dedup`` end to end with the tiny exported model (random weights, regions output) on
-scikit-image photos and known edits: outputs, keep policy, --show, --move-to and --undo, bad input."""
+"""``regatt dedup`` end to end with the tiny exported model (random weights) on scikit-image
+photos and known edits: outputs, keep policy, --show, --move-to and --undo, the copy check
+(``--preset near``, also on a model exported without ``--explain``), bad input."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import sample_photos  # noqa: E402
+from conftest import TINY_ONNX, sample_photos  # noqa: E402
 from regatt_sdk.cli.app import main  # noqa: E402
 from regatt_sdk.dedup import edits  # noqa: E402
 from regatt_sdk.dedup.moves import MANIFEST  # noqa: E402
+from test_dedup import edited_copy  # noqa: E402
 
 
 def run_main(args: list[str]) -> int:
@@ -109,6 +111,63 @@ def test_preset_near_runs_the_copy_check(tiny_model, folder, tmp_path, capsys):
     assert "preset near" in capsys.readouterr().out
     for r in read_rows(out):
         assert 0.0 <= float(r["score"]) <= 1.0  # copy probabilities
+
+
+@pytest.fixture(scope="module")
+def copies_folder(tmp_path_factory) -> Path:
+    """Five photos, and an edited copy (rotated, scaled, sheared, cropped, re-lit, JPEG) of two."""
+    root = tmp_path_factory.mktemp("copies") / "photos"
+    (root / "edited").mkdir(parents=True)
+    for k, (name, img) in enumerate(sample_photos().items()):
+        if name == "hubble_deep_field":
+            continue
+        cv2.imwrite(str(root / f"{name}.jpg"), img)
+        if name in ("astronaut", "coffee"):
+            cv2.imwrite(str(root / "edited" / f"{name}.jpg"), edited_copy(img, k))
+    return root
+
+
+@pytest.mark.parametrize("which", ["tiny_model", "without_explain"])
+def test_preset_near_groups_an_edited_copy_and_not_other_photos(which, request, copies_folder, tmp_path, capsys):
+    # the committed fixture model has no regional outputs (exported without --explain)
+    model = TINY_ONNX if which == "without_explain" else request.getfixturevalue("tiny_model")
+    if which == "without_explain":
+        from regatt_sdk.card import read_card
+
+        assert "regions" not in read_card(model).outputs
+    out = tmp_path / "out"
+    code = run_main(["dedup", str(model), str(copies_folder), "-o", str(out), "--preset", "near", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    groups: dict[str, set[str]] = {}
+    for r in read_rows(out):
+        groups.setdefault(r["group"], set()).add(Path(r["name"]).relative_to(copies_folder).as_posix())
+    found = sorted(sorted(g) for g in groups.values())
+    assert found == [["astronaut.jpg", "edited/astronaut.jpg"], ["coffee.jpg", "edited/coffee.jpg"]], found
+
+
+def test_copy_check_uses_a_store_s_local_features(copies_folder, tmp_path, monkeypatch):
+    import importlib
+
+    from regatt_sdk.collection import Collection
+    from regatt_sdk.encoder import Encoder
+    from regatt_sdk.pipeline import encode_to_store
+
+    store = tmp_path / "store"
+    encode_to_store(Encoder(TINY_ONNX), [str(copies_folder)], store, local=True, progress=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("local features extracted although the store has them")
+
+    monkeypatch.setattr(importlib.import_module("regatt_sdk.local.extract"), "extract", refuse)
+    found = Collection.open(store, TINY_ONNX).duplicates(preset="near")
+    groups: dict[int, set[str]] = {}
+    for r in found.rows:
+        groups.setdefault(r.group, set()).add(Path(r.name).relative_to(copies_folder).as_posix())
+    assert sorted(sorted(g) for g in groups.values()) == [
+        ["astronaut.jpg", "edited/astronaut.jpg"],
+        ["coffee.jpg", "edited/coffee.jpg"],
+    ]
+    assert not found.skipped and not [n for n in found.notes if "local features" in n]
 
 
 def test_bad_input(tiny_model, folder, tmp_path, capsys):

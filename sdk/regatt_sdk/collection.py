@@ -308,8 +308,9 @@ class Collection:
     ) -> DuplicateReport:
         """Groups of duplicates among the rows and what to keep in each
         (:func:`regatt_sdk.dedup.run.find_duplicates`): ``threshold`` alone groups by descriptor
-        cosine; ``preset`` ``exact`` | ``near`` (the copy check: needs the model, exported with
-        ``--explain``, and the files: names are paths or relative to ``images``) | ``scene``.
+        cosine; ``preset`` ``exact`` | ``near`` (the copy check: needs the model (any export)
+        and the files: names are paths or relative to ``images``; uses the collection's local
+        features when it keeps them, else extracts them from the files) | ``scene``.
         Neither: the ``near`` preset. Never moves or deletes anything."""
         from .dedup.run import find_duplicates
 
@@ -326,6 +327,7 @@ class Collection:
             images=images,
             backend=backend,
             index=lambda: self.searcher().index,
+            store=self.store,
         )
 
     # -- helpers -----------------------------------------------------------------------------

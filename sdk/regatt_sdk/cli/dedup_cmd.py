@@ -58,7 +58,7 @@ def write_outputs(out: Path, found: list[DuplicateRow]) -> None:
 
 
 def dedup(
-    model: Path = typer.Argument(None, help="Exported .onnx model (regatt export --explain for the copy check)."),
+    model: Path = typer.Argument(None, help="Exported .onnx model (any export; the copy check also reads the image files)."),
     sources: list[str] = typer.Argument(None, help="Image files, folders, @LIST files.", show_default=False),
     store: Path = typer.Option(None, "--store", help="Reuse this feature store instead of encoding SOURCES."),
     output: Path = typer.Option(None, "--output", "-o", help="Output folder (groups.csv, groups.json, remove.txt)."),

@@ -1,4 +1,4 @@
-"""From descriptors (and, for copies, hashes and regions) to groups: the library behind
+"""From descriptors (and, for copies, hashes and local features) to groups: the library behind
 ``regatt dedup``.
 
 * :func:`group_by_cosine`: pairs with descriptor cosine ``>= threshold`` (range search,
@@ -6,23 +6,26 @@
   grouping stored descriptors alone.
 * :func:`group_copies`: candidate pairs (cosine ``>= cand_cosine`` or DCT-hash similarity
   ``>= cand_hash``), each scored by the calibrated :class:`~.score.CopyModel` from cosine,
-  hash and region agreement; pairs with copy probability ``>= threshold`` are grouped.
+  hash and the geometry of the local-feature matches (:mod:`.geometry`); pairs with copy
+  probability ``>= threshold`` are grouped.
 
-Shapes: ``vectors (N, D)`` unit rows; ``hashes (N,)`` uint64; ``regions(k) -> Regions``.
+Shapes: ``vectors (N, D)`` unit rows; ``hashes (N,)`` uint64; ``local(k) -> LocalFeatures`` (or
+``None`` for a row whose features cannot be had).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from .geometry import FEATURES as GEOMETRY_FEATURES
+from .geometry import pair_geometry
 from .groups import Group, group_pairs
 from .pairs import Pairs, check_threshold, check_vectors, similar_pairs
 from .phash import hamming
-from .regional import FEATURES as REGION_FEATURES
-from .regional import Regions, region_features
 from .score import CopyModel
 
 
@@ -74,26 +77,22 @@ def copy_candidates(vectors: np.ndarray, hashes: np.ndarray, model: CopyModel, b
     return key // vectors.shape[0], key % vectors.shape[0]
 
 
-def pair_features(vectors: np.ndarray, hashes: np.ndarray, regions: Callable[[int], Regions],
+def pair_features(vectors: np.ndarray, hashes: np.ndarray, local: Callable[[int], Any],
                   i: np.ndarray, j: np.ndarray) -> np.ndarray:  # fmt: skip
-    """``(P, 5)`` features (cosine, hash, agree, matched, geom) of pairs ``(i, j)``."""
-    out = np.zeros((i.size, 2 + len(REGION_FEATURES)), dtype=np.float64)
+    """``(P, F)`` features of pairs ``(i, j)`` in :data:`~.score.FEATURES` order: cosine, hash,
+    then :data:`~.geometry.FEATURES` (one matrix product per row ``i`` against its partners)."""
+    out = np.zeros((i.size, 2 + len(GEOMETRY_FEATURES)), dtype=np.float64)
     if i.size == 0:
         return out
     a = np.asarray(vectors[i], np.float32)
     b = np.asarray(vectors[j], np.float32)
     out[:, 0] = np.einsum("pd,pd->p", a, b)
     out[:, 1] = 1.0 - hamming(hashes[i], hashes[j]) / 64.0
-    last, ra = -1, None
-    for p in np.argsort(i, kind="stable").tolist():
-        if int(i[p]) != last:
-            last, ra = int(i[p]), regions(int(i[p]))
-        f = region_features(ra, regions(int(j[p])))
-        out[p, 2:] = [f[k] for k in REGION_FEATURES]
+    out[:, 2:] = pair_geometry(local, i, j)
     return out
 
 
-def group_copies(vectors: np.ndarray, hashes: np.ndarray, regions: Callable[[int], Regions], model: CopyModel,
+def group_copies(vectors: np.ndarray, hashes: np.ndarray, local: Callable[[int], Any], model: CopyModel,
                  threshold: float, *, mode: str = "components", backend: str = "auto") -> DedupResult:  # fmt: skip
     """Groups of edited copies: pairs whose copy probability is ``>= threshold``."""
     check_vectors(vectors)
@@ -102,7 +101,7 @@ def group_copies(vectors: np.ndarray, hashes: np.ndarray, regions: Callable[[int
     if hashes.shape != (vectors.shape[0],):
         raise ValueError(f"need one hash per descriptor: {hashes.shape} hashes, {vectors.shape[0]} descriptors")
     i, j = copy_candidates(vectors, hashes, model, backend)
-    prob = model.probability(pair_features(vectors, hashes, regions, i, j)) if i.size else np.zeros(0)
+    prob = model.probability(pair_features(vectors, hashes, local, i, j)) if i.size else np.zeros(0)
     keep = prob >= t
     pairs = (i[keep], j[keep], prob[keep].astype(np.float32))
     return DedupResult(group_pairs(int(vectors.shape[0]), pairs, mode), pairs, int(i.size), t)

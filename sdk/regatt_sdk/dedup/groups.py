@@ -79,8 +79,8 @@ def tight_groups(n: int, i: np.ndarray, j: np.ndarray, s: np.ndarray) -> list[tu
     representative; see the module docstring)."""
     off, nb, sc = _adjacency(n, i, j, s)
     degree = np.diff(off)
-    strength = np.add.reduceat(sc, off[:-1]) if sc.size else np.zeros(n)
-    strength = np.where(degree > 0, strength, 0.0)
+    # summed scores per row (reduceat fails when the last rows have no pairs)
+    strength = np.bincount(np.repeat(np.arange(n), degree), weights=sc, minlength=n)
     order = np.lexsort((np.arange(n), -strength, -degree))
     taken = np.zeros(n, dtype=bool)
     out = []

@@ -4,7 +4,8 @@ returned :class:`DuplicateReport`, for the caller to show).
 
 :func:`find_duplicates` ``(vectors, names, ...)`` groups the rows by descriptor cosine
 (``threshold``, or the ``scene`` preset) or, for the ``exact``/``near`` presets, by the
-calibrated copy check (DCT hash + regional agreement; needs the encoder and the image files),
+calibrated copy check (DCT hash + the geometry of local-feature matches; needs the image files,
+and takes the local features from the store when it keeps them: ``regatt encode --local``),
 then picks one member to keep per group (``keep``: ``largest``, ``first`` or ``oldest``).
 """
 
@@ -123,18 +124,40 @@ def pixels(path: Path | None) -> int:
         return 0
 
 
-def copy_signals(encoder: Any, paths: Sequence[Path | None], skipped: list[tuple[str, str]]):
-    """DCT hashes ``(N,)`` and a cached region lookup for the copy check; unreadable rows are
-    appended to ``skipped`` and get an empty region set (they can still pair by descriptor)."""
-    from ..imageio import read_image
-    from .phash import phash
-    from .regional import Regions, encode_with_regions, has_regions
+def store_local(store: Any, notes: list[str] | None = None) -> Any:
+    """The :class:`~regatt_sdk.local.storage.LocalIndex` of ``store`` (for the rows that have local
+    features), or ``None`` when it keeps none or they cannot be read (the reason appended to
+    ``notes``): the copy check then extracts them from the image files."""
+    from ..local.extract import LocalConfig
+    from ..local.storage import LocalFeaturesMissing, LocalIndex
 
-    if not has_regions(encoder):
-        raise DedupError(
-            f"{encoder.model_path}: exported without the regional outputs the copy check uses: "
-            "re-export with  regatt export --explain  (or group by descriptor alone with --threshold)"
+    try:
+        index = LocalIndex.open(store, rows_needed=0)
+    except LocalFeaturesMissing:
+        return None
+    except RegattError as exc:
+        if notes is not None:
+            notes.append(f"local features of the store not used ({exc}); extracted from the image files")
+        return None
+    if index.count and index.config != LocalConfig() and notes is not None:
+        notes.append(
+            f"the store's local features were extracted with {index.config.to_json()}, the presets were "
+            f"calibrated with {LocalConfig().to_json()}; their thresholds may not carry over"
         )
+    return index if index.count else None
+
+
+def copy_signals(paths: Sequence[Path | None], skipped: list[tuple[str, str]], local_index: Any = None):
+    """DCT hashes ``(N,)`` (every image read once) and a lookup ``local(k) -> LocalFeatures | None``
+    for the copy check: row ``k``'s local features from ``local_index`` (a store's
+    :class:`~regatt_sdk.local.storage.LocalIndex`) when it has them, else extracted from the file
+    when first asked (kept for later pairs: only rows in candidate pairs are ever extracted).
+    Unreadable rows are appended to ``skipped`` and get ``None`` (they can still pair by descriptor
+    and hash)."""
+    from ..imageio import read_image
+    from ..local.extract import extract
+    from .phash import phash
+
     hashes = np.zeros(len(paths), dtype=np.uint64)
     bad: set[int] = set()
     for k, p in enumerate(paths):
@@ -145,19 +168,24 @@ def copy_signals(encoder: Any, paths: Sequence[Path | None], skipped: list[tuple
         except RegattError as exc:
             bad.add(k)
             skipped.append((str(p), str(exc)))
-    cache: dict[int, Regions] = {}
-    empty = Regions(np.zeros((0, encoder.dim), np.float32), np.zeros((0, 4), np.float32), (1, 1))
+    cache: dict[int, Any] = {}
+    stored = int(local_index.count) if local_index is not None else 0
 
-    def regions(k: int) -> Regions:
+    def local(k: int) -> Any:
         if k in bad:
-            return empty
+            return None
+        if k < stored:
+            return local_index.features(k)
         if k not in cache:
-            _, reg, _ = encode_with_regions(encoder, paths[k])
-            cache[k] = Regions(reg.vectors.astype(np.float16), reg.boxes, reg.size)
-        r = cache[k]
-        return Regions(r.vectors.astype(np.float32), r.boxes, r.size)
+            try:
+                cache[k] = extract(read_image(paths[k]))
+            except RegattError as exc:  # changed since its hash was read
+                bad.add(k)
+                skipped.append((str(paths[k]), str(exc)))
+                return None
+        return cache[k]
 
-    return hashes, regions
+    return hashes, local
 
 
 def find_duplicates(
@@ -172,12 +200,14 @@ def find_duplicates(
     images: str | os.PathLike | None = None,
     backend: str = "auto",
     index: Callable[[], Any] | None = None,
+    store: Any = None,
 ) -> DuplicateReport:
     """Groups of duplicates among the rows ``vectors (N, D)`` / ``names``.
 
-    ``preset``: ``exact`` | ``near`` (copies: the calibrated copy check, needs ``encoder``
-    exported with ``--explain`` and the image files: names are paths, or relative to
-    ``images``) | ``scene`` (descriptor cosine); ``threshold`` overrides the preset's, or alone
+    ``preset``: ``exact`` | ``near`` (copies: the calibrated copy check, needs ``encoder`` (any
+    export) and the image files: names are paths, or relative to ``images``; local features
+    come from ``store``, the :class:`~regatt_sdk.store.FeatureStore` of the rows, where it keeps
+    them, else from the files) | ``scene`` (descriptor cosine); ``threshold`` overrides the preset's, or alone
     groups by descriptor cosine. ``group``: ``components`` or ``tight``; ``keep``: ``largest``,
     ``first`` or ``oldest``; ``backend``: range search ``auto``, ``exact``, ``ivf``, or ``index``
     (pairs from the vector index ``index()`` returns, e.g. the store's ANN index).
@@ -207,9 +237,9 @@ def find_duplicates(
         )
     t = float(threshold if threshold is not None else presets[preset].threshold)
     if copies:
-        hashes, regions = copy_signals(encoder, paths, skipped)
+        hashes, features = copy_signals(paths, skipped, store_local(store, report_notes) if store is not None else None)
         result = group_copies(
-            vectors, hashes, regions, copy_model, t, mode=group, backend="auto" if backend == "index" else backend
+            vectors, hashes, features, copy_model, t, mode=group, backend="auto" if backend == "index" else backend
         )
     elif backend == "index":
         if index is None:

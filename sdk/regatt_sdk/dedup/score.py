@@ -1,6 +1,8 @@
-"""The copy score of a candidate pair: descriptor cosine, DCT-hash agreement and region features
-combined by a logistic model whose weights and preset thresholds come from ``presets.json``
-(written by ``benchmarks/dedup_bench.py --calibrate`` on the benchmark's ``val`` landmarks).
+"""The copy score of a candidate pair: descriptor cosine, DCT-hash agreement and the geometry of
+its local-feature matches (:mod:`.geometry`) combined by a logistic model whose weights and
+preset thresholds come from ``presets.json`` (written by ``benchmarks/dedup_bench.py
+--calibrate`` on the benchmark's ``val`` landmarks). Any export works: nothing comes from the
+model but the descriptor.
 
 Shapes: ``features`` ``(P, F)`` float64 in the order of :data:`FEATURES`; scores ``(P,)``.
 """
@@ -14,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RegattError
+from .geometry import FEATURES as GEOMETRY_FEATURES
 
-FEATURES = ("cosine", "hash", "agree", "matched", "geom")
+FEATURES = ("cosine", "hash", *GEOMETRY_FEATURES)
 PRESETS_FILE = Path(__file__).with_name("presets.json")
 PRESETS = ("exact", "near", "scene")
 
