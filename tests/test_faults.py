@@ -53,36 +53,20 @@ def count(store: Path) -> int:
         return 0
 
 
-def kill_at_random(cmd: list[str], rng, *, span: float, tries: int) -> tuple[int, int]:
-    """Run ``cmd`` ``tries`` times, each killed (SIGKILL) after a uniform random delay in
-    ``[0, span]`` s; ``(kills that landed while it ran, runs that finished first)``."""
-    kills = finished = 0
-    for _ in range(tries):
-        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(float(rng.uniform(0, span)))
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
-        else:
-            finished += 1
-        proc.wait()
-        if finished:
-            break
-    return kills, finished
-
-
 # ------------------------------------------------------------------ kill -9: encode
 
 
-def kill_mid_run(cmd: list[str], store: Path, rng, max_delay: float) -> tuple[bool, int]:
-    """Start ``cmd``, wait for its first commit to ``store``, then SIGKILL it after a uniform
-    random delay in ``[0, max_delay]`` s; ``(killed while running, rows committed then)``."""
+def kill_mid_run(cmd: list[str], store: Path, rng, total: int) -> tuple[bool, int]:
+    """Start ``cmd`` and SIGKILL it once ``store`` has reached a random row count between what
+    it held and half of what is left (whatever the machine's speed), a few ms of random delay
+    later (so some kills land inside a commit); ``(killed while running, rows committed then)``."""
     before = count(store)
+    target = before + int(rng.integers(1, max(2, (total - before) // 2)))
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while proc.poll() is None and count(store) <= before and time.monotonic() < deadline:
-        time.sleep(0.005)
-    time.sleep(float(rng.uniform(0, max_delay)))
+    while proc.poll() is None and count(store) < target and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(float(rng.uniform(0, 0.005)))
     killed = proc.poll() is None
     if killed:
         os.kill(proc.pid, signal.SIGKILL)
@@ -116,7 +100,7 @@ def test_kill_9_encode_then_resume_is_bit_for_bit(tiny_model: Path, many_photos:
     store = tmp_path / "killed"
     kills, at = 0, []
     for _ in range(5):
-        killed, rows = kill_mid_run(regatt("encode", *args, "-o", str(store), "--resume"), store, rng, 0.4)
+        killed, rows = kill_mid_run(regatt("encode", *args, "-o", str(store), "--resume"), store, rng, N_PHOTOS)
         report = verify(store)  # after every kill: every committed byte checks
         assert report.ok, report.lines()
         names, vectors = load_features(store)
@@ -208,7 +192,8 @@ move_files(files, sys.argv[2], root=sys.argv[1])
 
 
 def test_kill_9_dedup_move_then_undo_restores_every_file(tmp_path: Path) -> None:
-    from regatt_sdk.dedup.moves import undo_moves
+    from regatt_sdk.dedup.moves import read_manifest, undo_moves
+    from regatt_sdk.errors import RegattError
 
     photos = tmp_path / "photos"
     want = {}
@@ -218,14 +203,29 @@ def test_kill_9_dedup_move_then_undo_restores_every_file(tmp_path: Path) -> None
         p.write_bytes(os.urandom(64) + bytes([i % 256]))
         want[p] = p.read_bytes()
     moved = tmp_path / "moved"
-    rng = np.random.default_rng(7)
-    kills, _ = kill_at_random([sys.executable, "-c", MOVE, str(photos), str(moved)], rng, span=1.5, tries=1)
+    seed = int(time.time())
+    rng = np.random.default_rng(seed)
+    target = int(rng.integers(1, 150))
+    proc = subprocess.Popen([sys.executable, "-c", MOVE, str(photos), str(moved)], env=ENV)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if len(read_manifest(moved)["moves"]) >= target:
+                break
+        except RegattError:
+            pass
+        time.sleep(0.001)
+    kills = int(proc.poll() is None)
+    if kills:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert kills == 1
     gone = sum(not p.exists() for p in want)
     rep = undo_moves(moved)
     assert not rep.skipped, rep.skipped[:3]
     assert all(p.read_bytes() == data for p, data in want.items())
     FIGURES["dedup_move_kill9"] = {"kills": kills, "files": len(want), "moved_at_kill": gone,
-                                   "restored": len(rep.done), "files_lost": 0}  # fmt: skip
+                                   "restored": len(rep.done), "files_lost": 0, "seed": seed}  # fmt: skip
 
 
 # ------------------------------------------------------------------ PostgreSQL down under serve
