@@ -122,6 +122,13 @@ def main() -> None:
         if len(hits) != 3 or not hits[0].endswith(pictures[2].name):
             sys.exit(f"wheel-smoke: regatt search gave {hits}")
         step("regatt search: the query ranks first")
+        run("encode", str(model), str(work / "pictures"), "-o", str(store), "--resume", "--local", "--no-progress",
+            "--device", "cpu")  # fmt: skip
+        hits = run("search", str(model), str(store), str(pictures[2]), "--top", "3", "--rerank", "5",
+                   "--device", "cpu").splitlines()  # fmt: skip
+        if not hits or not hits[0].endswith(pictures[2].name) or "inliers" not in hits[0]:
+            sys.exit(f"wheel-smoke: regatt search --rerank gave {hits}")
+        step(f"regatt encode --resume --local, search --rerank: {hits[0].split()[2]} inliers for the query itself")
         run(
             "dedup",
             str(model),

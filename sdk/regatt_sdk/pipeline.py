@@ -64,6 +64,7 @@ class EncodeReport:
     rows: int = 0
     elapsed_s: float = 0.0
     failures: list[Failure] = field(default_factory=list)
+    local_added: int = 0  # stored rows that got their local features in this run
 
     @property
     def ok(self) -> bool:
@@ -87,6 +88,8 @@ class EncodeReport:
             + f" in {self.elapsed_s:.1f} s ({rate:.1f} img/s); store {self.store}: "
             + f"{self.rows} rows x {self.dim}"
         )
+        if self.local_added:
+            line += f"; local features added to {self.local_added} stored rows"
         if self.failed:
             line += f"; failures listed in {os.path.join(self.store, 'failures.jsonl')}"
         return line
@@ -273,7 +276,7 @@ def encode_to_store(
         report = EncodeReport(store=os.fspath(store_path), dim=dim)
         extractor = _local_extractor(store, local)
         if extractor is not None:
-            _backfill_local(store, extractor, iter_sources(sources, extensions=extensions, list_files=list_files),
+            report.local_added = _backfill_local(store, extractor, iter_sources(sources, extensions=extensions, list_files=list_files),
                             rois, workers, chunk_rows, max_pixels, min_side, upscale_small)  # fmt: skip
         done = store.done_names() if resume else set()
         items = iter_sources(sources, extensions=extensions, list_files=list_files)
