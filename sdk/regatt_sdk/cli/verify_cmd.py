@@ -40,9 +40,10 @@ def verify(
         typer.echo(f"to cut it back to the last good chunk (a copy is kept): regatt verify --repair {store}")
         raise typer.Exit(1)
     done = repair_store(store)
+    cut = ", ".join(f"{name} {nbytes} bytes" for name, nbytes in sorted(done.files.items()))
     typer.echo(
-        f"repaired: kept {done.kept} rows, cut {done.cut}; the cut bytes and the old manifest are in {done.copy}"
-        + (" (encode the cut images again with regatt encode ... --resume)" if done.cut else "")
+        f"repaired: kept {done.kept} rows, cut {done.cut} committed rows ({cut}); the cut bytes and the old "
+        f"manifest are in {done.copy}; encode the images that are not in the store again with regatt encode ... --resume"
     )
     if not verify_store(store).ok:
         typer.echo("still damaged after the repair", err=True)
