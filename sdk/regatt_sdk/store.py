@@ -186,7 +186,9 @@ class FeatureStore:
                 raise StoreError(f"{path} is already a feature store")
             leftovers = [p.name for p in path.iterdir()]
             ours = {LOCK, VECTORS, NAMES, FAILURES, CHECKSUMS, PENDING}
-            if leftovers and not all(n in ours or n.startswith(MANIFEST + ".tmp") for n in leftovers):
+            if leftovers and not all(
+                n in ours or n.startswith((MANIFEST + ".tmp", PENDING + ".tmp")) for n in leftovers
+            ):
                 raise StoreError(f"{path} is a non-empty directory that is not a feature store; choose a new path")
             # a store being created by another writer (refused by the lock below), or one whose
             # creation was killed before its first manifest (made again from nothing)
@@ -357,7 +359,7 @@ class FeatureStore:
                     fh.truncate(size)
                     fh.flush()
                     os.fsync(fh.fileno())
-        for leftover in self.path.glob(MANIFEST + ".tmp*"):
+        for leftover in [*self.path.glob(MANIFEST + ".tmp*"), *self.path.glob(PENDING + ".tmp*")]:
             leftover.unlink()
 
     def _interrupted_commit(self, committed: dict[str, int], tails: dict[str, int]) -> bool:
