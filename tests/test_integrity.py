@@ -196,3 +196,15 @@ def test_a_killed_creation_is_made_again_but_data_without_a_manifest_is_kept(tmp
     with pytest.raises(StoreError, match="holds feature-store data .* but no manifest.json"):
         FeatureStore.create(tmp_path / "t", card_hash="h", dim=DIM)
     assert (tmp_path / "t" / "vectors.f32").stat().st_size == 50 * DIM * 4
+
+
+def test_a_truncated_file_is_cut_back_to_the_chunk_it_reaches(tmp_path: Path) -> None:
+    path = make_store(tmp_path / "s", chunks=4)
+    size = (path / "names.jsonl").stat().st_size
+    with open(path / "names.jsonl", "r+b") as fh:
+        fh.truncate(size - 10)  # the last chunk's names lose their end
+    with pytest.raises(StoreError, match="fewer than"):
+        FeatureStore.open(path)
+    report = verify(path)
+    assert min(d.start for d in report.damage) == 150
+    assert repair(path).kept == 150 and FeatureStore.open(path).count == 150 and verify(path).ok

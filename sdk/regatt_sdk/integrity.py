@@ -137,6 +137,7 @@ def verify(path: str | os.PathLike) -> VerifyReport:
     damage: list[Damage] = []
     tails: dict[str, int] = {}
     actual: dict[str, int] = {}
+    short: dict[str, int] = {}
     for name, size in committed.items():
         try:
             actual[name] = (path / name).stat().st_size
@@ -145,27 +146,26 @@ def verify(path: str | os.PathLike) -> VerifyReport:
         if actual[name] < 0:
             damage.append(Damage(0, max(count, 1), f"{name} is missing"))
         elif actual[name] < size:
-            start = actual[name] // (4 * dim) if name == VECTORS else 0
-            damage.append(
-                Damage(start, max(count, start + 1), f"{name} holds {actual[name]} of {size} committed bytes")
-            )
+            short[name] = actual[name]
         elif actual[name] > size:
             tails[name] = actual[name] - size
 
     # names: one JSON line per row
     offsets = [0]
-    if actual.get(NAMES, -1) >= committed[NAMES]:
+    if actual.get(NAMES, -1) >= 0:
         with open(path / NAMES, "rb") as fh:
             data = fh.read(committed[NAMES])
         pos = 0
         for k, line in enumerate(data.splitlines(keepends=True)):
+            if not line.endswith(b"\n"):
+                break  # cut short (reported with the file's size)
             pos += len(line)
             offsets.append(pos)
             try:
                 json.loads(line)
             except ValueError:
                 damage.append(Damage(k, k + 1, "its name line is not JSON"))
-        if len(offsets) - 1 != count:
+        if len(offsets) - 1 != count and NAMES not in short:
             start = min(len(offsets) - 1, count)
             damage.append(Damage(start, max(count, start + 1), f"{len(offsets) - 1} name lines for {count} rows"))
 
@@ -208,6 +208,12 @@ def verify(path: str | os.PathLike) -> VerifyReport:
             if errors:
                 damage.append(Damage(rows[0], max(rows[1], rows[0] + 1), "; ".join(errors), k))
     unchecked = min(count, int(m.get("checksums_from_row", count)))
+    for name, have in short.items():  # the first row whose bytes are missing
+        starts = [int(c["rows"][0]) for c in chunks if name in c["files"] and sum(c["files"][name][:2]) > have]
+        fallback = {VECTORS: have // (4 * dim), NAMES: len(offsets) - 1}.get(name, 0 if name in (CHECKSUMS,) else count)
+        start = min(starts) if starts else fallback
+        reason = f"{name} holds {have} of {committed[name]} committed bytes"
+        damage.append(Damage(start, max(count, start + 1), reason))
     for d in damage:
         if not d.names and d.start < count:
             d.names = _names_of(path, offsets, range(d.start, min(d.end, count)))
@@ -249,9 +255,20 @@ def _cut_point(report: VerifyReport, m: dict) -> tuple[int, dict[str, int]]:
     keep = dict(committed)
     keep[VECTORS] = first * 4 * dim
     keep[NAMES] = report._line_offsets[first] if first < len(report._line_offsets) else committed[NAMES]
+    keep[FAILURES] = _whole_lines(report.path / FAILURES, committed[FAILURES])
     if CHECKSUMS in keep:
         keep[CHECKSUMS] = 0
     return first, keep
+
+
+def _whole_lines(file: Path, limit: int) -> int:
+    """Bytes of the whole lines among the first ``limit`` bytes of ``file`` (what is there)."""
+    try:
+        with open(file, "rb") as fh:
+            data = fh.read(limit)
+    except OSError:
+        return 0
+    return data.rfind(b"\n") + 1
 
 
 def repair(path: str | os.PathLike) -> RepairReport:
