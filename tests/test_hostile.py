@@ -210,6 +210,33 @@ def test_slow_clients_get_408_and_do_not_block_others(server, photo_dir: Path) -
                                "others_answered_s": round(other, 2), "last_408_s": round(slowest, 2)}  # fmt: skip
 
 
+def test_a_client_dripping_its_body_gets_408(server) -> None:
+    """A byte every 0.2 s never pauses for --body-timeout, but falls behind the minimum average
+    rate: 408 within a few seconds, connection closed (not held for the 10000 s it would take)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as s:
+        s.sendall(b"POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n")
+        t = time.monotonic()
+        s.setblocking(False)
+        data = b""
+        while time.monotonic() - t < 12:
+            try:
+                s.send(b"\xff")
+            except OSError:
+                break
+            time.sleep(0.2)
+            try:
+                chunk = s.recv(65536)
+            except BlockingIOError:
+                continue
+            data += chunk
+            if not chunk or data.endswith(b"}"):
+                break
+        took = time.monotonic() - t
+    assert data.startswith(b"HTTP/1.1 408") and b"too slow" in data, data[:300]
+    assert took < 4, took
+    FIGURES["dripping_client"] = {"status": 408, "seconds": round(took, 2)}
+
+
 def test_peak_rss_stays_bounded(server, photo_dir: Path) -> None:
     """After everything above (and four bombs at once), the server's peak RSS stays within
     160 MiB of what it used when it became ready."""

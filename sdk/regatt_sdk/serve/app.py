@@ -322,21 +322,33 @@ class Service:
         return out
 
 
+#: after its first ``--body-timeout`` seconds a body must keep arriving at this average rate
+#: (bytes/s), so that a client dripping a byte now and then cannot hold a connection either
+MIN_BODY_RATE = 8 * 1024
+
+
 async def read_body(receive, headers: dict[str, str], max_bytes: int, timeout_s: float | None = None) -> bytes:
     """The request body, refused with 413 from ``Content-Length`` or once it grows past
-    ``max_bytes``, and with 408 (connection closed) when ``timeout_s`` pass between two pieces."""
+    ``max_bytes``, and with 408 (connection closed) when ``timeout_s`` pass between two pieces or
+    the body falls behind ``timeout_s + received / MIN_BODY_RATE`` seconds in all."""
     length = headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
         raise ApiError(413, f"upload of {int(length)} bytes is over the limit of {max_bytes} bytes (--max-bytes)")
     chunks: list[bytes] = []
     total = 0
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     while True:
+        wait = None
+        if timeout_s is not None:
+            wait = max(0.0, min(timeout_s, start + timeout_s + total / MIN_BODY_RATE - loop.time()))
         try:
-            message = await asyncio.wait_for(receive(), timeout_s)
+            message = await asyncio.wait_for(receive(), wait)
         except asyncio.TimeoutError:
+            elapsed = loop.time() - start
             raise ApiError(
-                408, f"request body stalled: nothing received for {timeout_s:g} s after {total} bytes (--body-timeout)",
-                {"Connection": "close"},
+                408, f"request body too slow: {total} bytes in {elapsed:.1f} s (a body may pause at most {timeout_s:g} s, "
+                f"--body-timeout, and must average {MIN_BODY_RATE // 1024} KiB/s after that)", {"Connection": "close"},
             ) from None  # fmt: skip
         if message["type"] == "http.disconnect":
             raise ApiError(400, "client disconnected")
