@@ -237,9 +237,9 @@ def test_memory_bounded_commits(tmp_path: Path, monkeypatch) -> None:
     sizes: list[int] = []
     original = FeatureStore.append
 
-    def spy(self, names, vectors, failures=()):
+    def spy(self, names, vectors, failures=(), **side):
         sizes.append(len(names))
-        return original(self, names, vectors, failures)
+        return original(self, names, vectors, failures, **side)
 
     monkeypatch.setattr(FeatureStore, "append", spy)
     report = encode_to_store(FakeEncoder(), [folder], tmp_path / "s", progress=False, batch_size=2, chunk_rows=10)
