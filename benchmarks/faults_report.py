@@ -115,6 +115,9 @@ def markdown(report: dict) -> str:
             lines += ["", f"Slow clients: {s['stalled_body']} stalled in their body got {s['status']} "
                       f"(the last after {s['last_408_s']} s, `--body-timeout 1`); with {s['stalled_headers']} more "
                       f"stalled in their headers, other requests were answered in {s['others_answered_s']} s."]  # fmt: skip
+        d = h.get("dripping_client")
+        if d:
+            lines += ["", f"A client dripping its body a byte every 0.2 s got {d['status']} after {d['seconds']} s."]
     outcomes = report["run"]["tests"]
     bad = {k: v for k, v in outcomes.items() if v != "passed"}
     if bad:
