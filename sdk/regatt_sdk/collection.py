@@ -193,12 +193,35 @@ class Collection:
             self.sync()
         return report
 
-    def sync(self) -> dict[str, Any]:
-        """Copy the store's rows that the ``db`` table lacks into it (idempotent; the table made
-        if missing, refused if another model's); :meth:`add` calls it. Returns what was done
-        (:func:`regatt_sdk.index.pgvector.load_store`)."""
+    def sync(self, sources: str | os.PathLike | Iterable[Any] | None = None, *, local: bool | None = None,
+             **options: Any) -> Any:  # fmt: skip
+        """With ``sources`` (folders, files, ``@list`` files): bring the collection in step with
+        them (:func:`regatt_sdk.sync.sync`: new and changed photos encoded, removed ones
+        tombstoned, metadata recorded; idempotent, crash-safe), then the ``db`` table if any;
+        returns the :class:`~regatt_sdk.sync.SyncReport`. ``options``: ``extensions``,
+        ``list_files``, ``batch_size``, ``workers``, ``chunk_rows``, ``progress``, ...
+
+        Without ``sources``: copy the store's rows that the ``db`` table lacks into it and delete
+        the removed ones (idempotent; the table made if missing, refused if another model's);
+        :meth:`add` calls it. Returns what was done (:func:`regatt_sdk.index.pgvector.load_store`)."""
         from .index.pgvector import load_store, redact
 
+        if sources is not None:
+            from .sync import sync as sync_folders
+
+            encoder = self._need_encoder("sync photos")
+            if isinstance(sources, (str, os.PathLike)):
+                sources = [sources]
+            self._close()
+            try:
+                report = sync_folders(encoder_for_store(encoder, self.path), list(sources), self.path,
+                                      local=local, **options)  # fmt: skip
+                log.info("%s", report.summary())
+            finally:
+                self._store = open_store(self.path, encoder, allow_empty=True)
+            if self.db is not None:
+                self.sync()
+            return report
         if self.db is None:
             raise CollectionError("this collection has no database: open it with db=URL")
         self._close_searchers()

@@ -237,6 +237,8 @@ def encode_to_store(
     extensions: str | Iterable[str] | None = None,
     list_files: Iterable[str | os.PathLike] = (),
     local: bool | Any | None = None,
+    skip: set[str] | None = None,
+    row_side: Callable[[FeatureStore, list[str]], tuple[dict, dict]] | None = None,
 ) -> EncodeReport:
     """Encode every image named by ``sources`` into the store at ``store_path``.
 
@@ -252,8 +254,11 @@ def encode_to_store(
     maps names (or paths) to query boxes ``(x1, y1, x2, y2)`` in original pixels.
 
     Creates the store, or with ``resume`` continues it (refusing one made with another model or
-    ``max_side``), skipping the names it already holds or lists as failed. Returns an
-    :class:`EncodeReport`; per-file problems never raise, they are recorded.
+    ``max_side``), skipping the names it already holds or lists as failed (``skip``: these names
+    instead). ``row_side(store, names) -> (side, side_meta)``: more side-file bytes committed
+    with each chunk of new rows (:mod:`regatt_sdk.sync`: their metadata, the tombstones of the
+    rows they replace). Returns an :class:`EncodeReport`; per-file problems never raise, they
+    are recorded.
     """
     if batch_size < 1 or workers < 1 or chunk_rows < 1:
         raise RegattError("batch size, workers and chunk rows must be at least 1")
@@ -278,7 +283,7 @@ def encode_to_store(
         if extractor is not None:
             report.local_added = _backfill_local(store, extractor, iter_sources(sources, extensions=extensions, list_files=list_files),
                             rois, workers, chunk_rows, max_pixels, min_side, upscale_small)  # fmt: skip
-        done = store.done_names() if resume else set()
+        done = (store.done_names() if resume else set()) if skip is None else skip
         items = iter_sources(sources, extensions=extensions, list_files=list_files)
 
         def todo() -> Iterator[SourceItem]:
@@ -292,7 +297,7 @@ def encode_to_store(
             int(getattr(encoder, "prepare_side", max_side)), max_pixels=max_pixels, min_side=min_side, upscale_small=upscale_small,
             rois=rois, local=extractor.extract if extractor else None,
         )  # fmt: skip
-        _stream(encoder, todo(), load, store, report, batch_size, workers, chunk_rows, progress, extractor)
+        _stream(encoder, todo(), load, store, report, batch_size, workers, chunk_rows, progress, extractor, row_side)
         report.rows = store.count
         report.elapsed_s = time.monotonic() - start
         return report
@@ -311,6 +316,7 @@ def _stream(
     chunk_rows: int,
     progress: bool,
     extractor: _LocalExtractor | None = None,
+    row_side: Callable[[FeatureStore, list[str]], tuple[dict, dict]] | None = None,
 ) -> None:
     """The main loop: prefetch → windows → batches → commits (see the module docstring)."""
     window = 4 * batch_size
@@ -324,6 +330,9 @@ def _stream(
     def commit() -> None:
         block = np.stack(vectors) if vectors else np.zeros((0, store.dim), np.float32)
         side, meta = extractor.side(store, locals_) if extractor and names else (None, None)
+        if row_side is not None and names:
+            more, more_meta = row_side(store, list(names))
+            side, meta = {**(side or {}), **more}, {**(meta or {}), **more_meta}
         store.append(names, block, failures, side=side, side_meta=meta)
         report.encoded += len(names)
         report.failed += len(failures)

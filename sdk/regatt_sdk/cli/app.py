@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "serve_cmd",
     "dedup_cmd",
     "verify_cmd",
+    "changes_cmd",
 )
 
 app = typer.Typer(

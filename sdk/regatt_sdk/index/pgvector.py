@@ -263,8 +263,9 @@ class PgVectorIndex:
     # -- the VectorIndex interface --------------------------------------------------------------
     @property
     def size(self) -> int:
+        """Rows are numbered ``0 .. size-1`` (the store's rows; removed ones are absent)."""
         with self.connection() as conn:
-            return int(conn.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0])
+            return int(conn.execute(f"SELECT coalesce(max(row) + 1, 0) FROM {self.table}").fetchone()[0])
 
     @property
     def dim(self) -> int:
@@ -275,13 +276,14 @@ class PgVectorIndex:
         return str(self.meta.get("card_hash", ""))
 
     def names(self) -> list[str]:
-        """The name of every row, in row order (row ``i`` -> ``names()[i]``)."""
+        """The name of every row, in row order (row ``i`` -> ``names()[i]``; ``""`` for a row
+        removed from the store, which the table no longer holds)."""
         with self.connection() as conn:
             rows = conn.execute(f"SELECT row, name FROM {self.table} ORDER BY row").fetchall()
-        for i, (row, _) in enumerate(rows):
-            if row != i:
-                raise DatabaseError(f"table {self.table} has a gap at row {i}: reload it from its store")
-        return [name for _, name in rows]
+        out = [""] * (int(rows[-1][0]) + 1 if rows else 0)
+        for row, name in rows:
+            out[int(row)] = name
+        return out
 
     def add(self, vectors: np.ndarray, names: Sequence[str] | None = None) -> None:
         """Append ``vectors`` (M, D) as rows ``N .. N+M-1`` (named ``names``, default ``row<i>``)."""
@@ -467,38 +469,75 @@ def load_store(
 
     Adds only the store rows the table lacks (``COPY`` in transactions of ``batch_rows``), after
     checking the model card hash and that the rows already there carry the store's names; then
-    builds the HNSW index (when ``hnsw``). Returns ``{"rows", "added", "seconds", "hnsw_s"}``.
+    builds the HNSW index (when ``hnsw``). Rows removed from the store
+    (:mod:`regatt_sdk.tombstones`) are deleted from the table first and never copied; a store
+    compacted since the last load (another ``side_meta["generation"]``) is loaded again from
+    row 0 (its rows were renumbered). Returns ``{"rows", "added", "deleted", "seconds", "hnsw_s"}``.
     """
     from ..store import FeatureStore
+    from ..tombstones import deleted_rows
 
     store = FeatureStore.open(store_path)
     if store.count == 0:
         raise DatabaseError(f"feature store {store_path} is empty: nothing to load")
     names, vectors = store.names, store.vectors
+    gone = deleted_rows(store)
+    generation = str(store.side_meta.get("generation", ""))
     conn = connect(url)
     t0 = time.perf_counter()
+    deleted = 0
     try:
-        ensure_tables(conn, check_table(table), store.dim, store.card_hash, model=str(store.manifest.get("model", "")))
-        have = int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        meta = ensure_tables(
+            conn, check_table(table), store.dim, store.card_hash, model=str(store.manifest.get("model", ""))
+        )
+        if meta.get("generation", "") != generation:
+            with conn.transaction():  # the store was compacted: its rows were renumbered
+                conn.execute(f"DELETE FROM {table}")
+                conn.execute(
+                    f"INSERT INTO {table}_meta VALUES ('generation', %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (generation,),
+                )
+        if len(gone):
+            with conn.transaction():
+                deleted = conn.execute(f"DELETE FROM {table} WHERE row = ANY(%s)", (gone.tolist(),)).rowcount
+        last = conn.execute(f"SELECT row, name FROM {table} ORDER BY row DESC LIMIT 1").fetchone()
+        have = int(last[0]) + 1 if last else 0
         if have > store.count:
             raise DatabaseError(
-                f"table {table} has {have} rows but {store_path} only {store.count}: it was loaded from "
+                f"table {table} has rows up to {have - 1} but {store_path} only {store.count}: it was loaded from "
                 "another store; use another --table"
             )
-        if have:
-            last = conn.execute(f"SELECT row, name FROM {table} ORDER BY row DESC LIMIT 1").fetchone()
-            if last[0] != have - 1 or last[1] != display(names[have - 1]):
-                raise DatabaseError(
-                    f"table {table} does not hold the first {have} rows of {store_path} (row {last[0]} is "
-                    f"{last[1]!r}): it was loaded from another store; use another --table"
-                )
+        if last and last[1] != display(names[have - 1]):
+            raise DatabaseError(
+                f"table {table} does not hold the first {have} rows of {store_path} (row {last[0]} is "
+                f"{last[1]!r}): it was loaded from another store; use another --table"
+            )
+        removed = np.zeros(store.count, bool)
+        removed[gone[gone < store.count]] = True
+        added = 0
         for start in range(have, store.count, batch_rows):
             stop = min(start + batch_rows, store.count)
-            copy_rows(conn, table, start, names[start:stop], np.asarray(vectors[start:stop], dtype=np.float32))
+            rows = np.flatnonzero(~removed[start:stop]) + start
+            for a, b in _runs(rows):
+                copy_rows(conn, table, a, names[a:b], np.asarray(vectors[a:b], dtype=np.float32))
+                added += b - a
             if progress is not None:
                 progress(stop, store.count)
         hnsw_s = build_hnsw(conn, table, store.dim) if hnsw else 0.0
         conn.execute(f"ANALYZE {table}")
     finally:
         conn.close()
-    return {"rows": store.count, "added": store.count - have, "seconds": time.perf_counter() - t0, "hnsw_s": hnsw_s}
+    return {
+        "rows": store.count - len(gone), "added": added, "deleted": int(deleted),
+        "seconds": time.perf_counter() - t0, "hnsw_s": hnsw_s,
+    }  # fmt: skip
+
+
+def _runs(rows: np.ndarray) -> Iterator[tuple[int, int]]:
+    """``[start, stop)`` runs of consecutive row numbers in sorted ``rows``."""
+    if not len(rows):
+        return
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    for part in np.split(rows, breaks):
+        yield int(part[0]), int(part[-1]) + 1

@@ -69,6 +69,8 @@ class Searcher:
         #: the feature store behind the index (set by :meth:`for_store`): where re-ranking
         #: finds the local features
         self.store_path: Path | None = None
+        #: ``(size,)`` bool of rows never returned (removed or filtered out), or None
+        self.exclude: np.ndarray | None = None
         self._reranker: Any = None
 
     @classmethod
@@ -81,10 +83,13 @@ class Searcher:
         ann: bool = True,
         nprobe: int | None = None,
         steps: Sequence[Any] = (),
+        filters: Any = None,
     ) -> Searcher:
         """A searcher over a feature store: its ANN index when it has a usable one (``ann`` and
         ``backend == "exact"``; a stale or foreign one is skipped with a ``RuntimeWarning``),
-        else a ``backend`` index over the store's memory-mapped vectors."""
+        else a ``backend`` index over the store's memory-mapped vectors. Removed rows
+        (:mod:`regatt_sdk.tombstones`) and rows ``filters`` rejects (:mod:`regatt_sdk.filters`)
+        are never returned (:class:`~regatt_sdk.index.masked.MaskedIndex`)."""
         from ..store import FeatureStore
         from . import build_index
 
@@ -100,8 +105,14 @@ class Searcher:
                 index.meta["nprobe"] = nprobe
         if index is None:
             index = build_index(st.vectors, backend)
+        exclude = excluded_rows(st, filters)
+        if exclude is not None:
+            from .masked import MaskedIndex
+
+            index = MaskedIndex(index, exclude)
         searcher = cls(index, st.names, encoder, steps=steps)
         searcher.store_path = Path(store)
+        searcher.exclude = exclude
         return searcher
 
     @classmethod
@@ -193,8 +204,10 @@ class Searcher:
         reranker = self.reranker()
         k, note = check_k(int(rerank), self.index.size)
         scores, rows = self.search_vectors(vec, max(top, k))
+        found = rows[0] >= 0  # fewer than asked when rows are removed or filtered out
+        scores, rows = scores[:, found], rows[:, found]
         cfg = reranker.config.with_candidates(k)
-        verified, order = reranker.rerank(vec, qf, scores[0], rows[0], self.index.vectors, cfg)
+        verified, order = reranker.rerank(vec, qf, scores[0], rows[0], self.index.vectors, cfg, exclude=self.exclude)
         by_row = {v.row: v for v in verified}
         global_score = {int(r): float(s) for s, r in zip(scores[0], rows[0])}
         hits = []
@@ -204,6 +217,20 @@ class Searcher:
             hits.append(Hit(rank, self.names[int(row)] if self.names else str(row), score, int(row),
                             v.inliers if v else None))  # fmt: skip
         return SearchResult(hits, qf, by_row, [note] if note else [], reranker.local)
+
+
+def excluded_rows(store: Any, filters: Any = None) -> np.ndarray | None:
+    """``(N,)`` bool of the rows a search over ``store`` must never return: removed ones
+    (:mod:`regatt_sdk.tombstones`) and, with ``filters``, those they reject; None when none."""
+    from ..tombstones import deleted_mask
+
+    exclude = deleted_mask(store)
+    if filters:
+        from ..filters import filter_mask
+
+        rejected = ~filter_mask(store, filters)
+        exclude = rejected if exclude is None else (exclude | rejected)
+    return exclude
 
 
 def read_query(image: Any, roi: Any) -> np.ndarray:

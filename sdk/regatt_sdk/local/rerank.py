@@ -120,6 +120,8 @@ class Reranker:
         global_rows: np.ndarray,
         vectors_of,
         config: RerankConfig | None = None,
+        *,
+        exclude: np.ndarray | None = None,
     ) -> tuple[list[Verified], np.ndarray]:
         """Second stage for one query.
 
@@ -128,12 +130,19 @@ class Reranker:
         stored vectors (global scores of visual-word candidates). Returns the verified
         candidates (fused order) and the whole new order of ``global_rows`` plus any added
         candidates ``(k',)`` int64: candidates first, then the rest in global order.
+        ``exclude`` ``(N,)`` bool: rows never to return (removed photos, filtered out).
         """
         cfg = config or self.config
+        if exclude is not None:
+            kept = ~exclude[np.asarray(global_rows, np.int64)]
+            global_rows, global_scores = np.asarray(global_rows)[kept], np.asarray(global_scores)[kept]
         rows = np.asarray(global_rows[: cfg.candidates], np.int64)
         scores = np.asarray(global_scores[: cfg.candidates], np.float32)
         if cfg.bow > 0:
-            extra = self.bow_candidates(query, cfg.bow)
+            skip = 0 if exclude is None else int(np.count_nonzero(exclude))
+            extra = self.bow_candidates(query, cfg.bow + skip)
+            if exclude is not None:
+                extra = extra[~exclude[extra]][: cfg.bow]
             extra = extra[~np.isin(extra, rows)]
             if len(extra):
                 ev = np.asarray(vectors_of(extra), np.float32) @ np.asarray(query_vector, np.float32).ravel()
