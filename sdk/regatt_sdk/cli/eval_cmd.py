@@ -155,7 +155,6 @@ def rerank_ranks(dataset, queries: np.ndarray, db: np.ndarray, store_path: Path,
     from ..compose import open_store
     from ..index import build_index
     from ..index.searcher import Searcher, read_query
-    from ..local.extract import extract
     from ..local.rerank import Reranker, check_k
 
     store = open_store(store_path)
@@ -171,7 +170,7 @@ def rerank_ranks(dataset, queries: np.ndarray, db: np.ndarray, store_path: Path,
     out = np.empty_like(ranks)
     cfg = reranker.config.with_candidates(k)
     for i, q in enumerate(dataset.queries):
-        qf = extract(read_query(str(q.path), q.box), reranker.local.config, reranker.local.codebook)
+        qf = reranker.describe_query(read_query(str(q.path), q.box))
         _, order = reranker.rerank(queries[i], qf, scores[i], to_row[ranks[i]], lambda r: store.vectors[r], cfg)
         order = to_db[order]
         out[i] = order[order >= 0][: ranks.shape[1]]

@@ -189,10 +189,9 @@ class Searcher:
         if not rerank:
             scores, rows = self.search_vectors(vec, top)
             return SearchResult(self.hits(scores[0], rows[0]))
-        from ..local.extract import extract
 
         reranker = self.reranker()
-        qf = extract(read_query(image, roi), reranker.local.config, reranker.local.codebook)
+        qf = reranker.describe_query(read_query(image, roi))
         return self.search_local(vec, qf, top, rerank)
 
     def search_local(self, vec: np.ndarray, qf: Any, top: int, rerank: int) -> SearchResult:

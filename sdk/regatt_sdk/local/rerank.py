@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import RegattError
 from ..store import FeatureStore
-from .extract import LocalFeatures
+from .extract import LocalConfig, LocalFeatures
 from .ivf import InvertedFile, load_or_build
 from .match import match_many
 from .storage import LocalIndex
@@ -42,9 +42,17 @@ class RerankConfig:
     min_inliers: int = 12
     weight: float = 1.0
     cap: int = 40
+    #: how queries are described (the database keeps the store's LocalConfig): a query photo
+    #: may show the object small, so it gets more pixels and keypoints
+    query_side: int = 640
+    query_keypoints: int = 1000
 
     def with_candidates(self, k: int) -> RerankConfig:
         return replace(self, candidates=k)
+
+    def query_config(self, store: LocalConfig) -> LocalConfig:
+        """The :class:`~.extract.LocalConfig` for query photos against a store made with ``store``."""
+        return replace(store, side=self.query_side, keypoints=self.query_keypoints)
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,12 @@ class Reranker:
         if self._ivf is None:
             self._ivf = load_or_build(self.local, self.local.codebook.words)
         return self._ivf
+
+    def describe_query(self, photo: np.ndarray) -> LocalFeatures:
+        """Local features of a query photo (BGR, already cropped to its box), as queries get them."""
+        from .extract import extract
+
+        return extract(photo, self.config.query_config(self.local.config), self.local.codebook)
 
     def bow_candidates(self, query: LocalFeatures, k: int) -> np.ndarray:
         """The ``k`` best rows by visual words ``(k,)`` int64."""

@@ -284,11 +284,8 @@ class Service:
             self.batcher.release()
 
     def extract_local(self, photo: np.ndarray) -> Any:
-        """Local features of an upload (cropped to its roi), as the store keeps them."""
-        from ..local.extract import extract
-
-        local = self.searcher.reranker().local
-        return extract(photo, local.config, local.codebook)
+        """Local features of an upload (cropped to its roi), as queries get them."""
+        return self.searcher.reranker().describe_query(photo)
 
     def can_rerank(self) -> None:
         """Refuse (422) re-ranking on a server whose index has no local features."""
