@@ -10,7 +10,7 @@ RUNTIME_TESTS := tests/test_sdk.py tests/test_engines.py tests/test_index.py tes
 	tests/test_store.py tests/test_imageio.py tests/test_pipeline.py tests/test_evaluation.py \
 	tests/test_datasets.py tests/test_layering.py tests/test_encode_cli.py tests/test_explain.py \
 	tests/test_ann.py tests/test_distributed.py tests/test_composition.py tests/test_collection.py tests/test_docs.py tests/test_reliability.py \
-	tests/test_integrity.py tests/test_faults.py tests/test_hostile.py tests/test_local.py \
+	tests/test_integrity.py tests/test_faults.py tests/test_hostile.py tests/test_local.py tests/test_precision_gate.py \
 	tests/test_changes.py tests/test_sync.py
 RUNTIME_VENV := .venv-runtime
 

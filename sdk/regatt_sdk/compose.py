@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from .engines.choose import CHOICES as ENGINES  # engine names (None: the device's engine)
-from .engines.choose import PRECISIONS  # compute precisions (INT8/fp16 are files, run as they are)
+from .engines.choose import PRECISION_CHOICES as PRECISIONS  # auto + compute precisions (INT8/fp16: files)
 from .errors import RegattError
 
 if TYPE_CHECKING:
@@ -55,8 +55,8 @@ class EncoderOptions:
 
     ``device``: any form :func:`regatt_sdk.engines.parse_device` accepts; ``engine``:
     ``onnxruntime``, ``openvino``, ``auto`` or ``None`` (the device's engine); ``precision``:
-    ``fp32`` or ``bf16``; ``memory``: the onnxruntime memory plan (``pattern``, ``arena``,
-    ``lean``); ``threads``: inference threads (``None``: the engine's default); ``max_side``: S
+    ``fp32``, ``bf16`` or ``auto`` (the fastest variant that passes the retrieval gate here);
+    ``memory``: the onnxruntime memory plan (``pattern``, ``arena``, ``lean``); ``threads``: inference threads (``None``: the engine's default); ``max_side``: S
     (``None``: the model card's); ``query_scales``: multiples of S queries are described at
     (``None``: as the database). Values are checked when the options are made
     (:class:`OptionError`); whether the engine runs this model here is checked (gated) when the

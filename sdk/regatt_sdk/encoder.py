@@ -35,8 +35,10 @@ class Encoder:
     onnxruntime session's memory plan (:data:`regatt_sdk.engines.ort.MEMORY_PLANS`: ``"pattern"``,
     onnxruntime's default, or ``"arena"``, whose RSS settles whatever the image sizes, as a
     long-running server needs, or ``"lean"``). ``precision``:
-    ``"fp32"`` or ``"bf16"`` (OpenVINO on CPUs with BF16; opt-in). A named engine and precision
-    are gated (:mod:`regatt_sdk.engines.gate`) before use and refused with the reason
+    ``"fp32"``, ``"bf16"`` (OpenVINO on CPUs with BF16) or ``"auto"`` (the fastest engine x
+    precision that passes the retrieval gate here; fp32 on CPUs without a bf16 unit; ``.choice``
+    says which and why). A named engine and precision are gated (:mod:`regatt_sdk.engines.gate`,
+    :mod:`regatt_sdk.engines.retrieval`) before use and refused with the reason
     (:class:`ModelError`) when they fail. The encoder keeps the model card, the preprocessing
     and the batching; the graph runs on ``.engine``.
     ``max_side`` overrides the card's longest side S (default 1024); ``.prepare_side`` is the

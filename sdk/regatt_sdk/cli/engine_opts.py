@@ -22,7 +22,10 @@ ENGINE_HELP = (
     "Inference engine: onnxruntime, openvino (pip install 'regatt[openvino]') or auto (the fastest "
     "engine that passes its gate here, probed once per model and machine). Default: the device's engine."
 )
-PRECISION_HELP = "Compute precision: fp32, or bf16 (openvino on CPUs with BF16; gated by descriptor cosine)."
+PRECISION_HELP = (
+    "Compute precision: fp32, bf16 (openvino on CPUs with BF16) or auto (the fastest engine x precision that "
+    "passes the retrieval gate here, probed once per model and machine; fp32 on CPUs without AVX512-BF16/AMX)."
+)
 MEMORY_HELP = (
     "onnxruntime memory plan: arena (the CPU arena without per-shape memory patterns: RSS settles "
     "whatever the image sizes, same speed), pattern (onnxruntime's default: a memory pattern per "

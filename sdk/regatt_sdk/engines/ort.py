@@ -26,6 +26,13 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 #: at the same speed (the server's default); ``"lean"``: neither: each run's buffers go back to
 #: malloc, the least memory at rest, about 30 % slower on CPU.
 MEMORY_PLANS = ("pattern", "arena", "lean")
+#: the onnxruntime config key that lets intra-op worker threads busy-wait for work after a run
+SPIN_KEY = "session.intra_op.allow_spinning"
+#: whether the Encoder's own sessions spin (``spinning=None``). Measured on 2 cores
+#: (``benchmarks/results/side_by_side.md``): after each run onnxruntime's workers keep spinning
+#: for ~10-15 ms, so an OpenVINO run that follows loses a core; without spinning onnxruntime alone
+#: is as fast within the noise. The SDK's own reference and probe sessions never spin.
+ENCODER_SPINNING = False
 #: device kind -> the onnxruntime provider it needs
 PROVIDERS: dict[str, str] = {
     "cpu": "CPUExecutionProvider",
@@ -111,11 +118,14 @@ def check_memory(memory: str) -> str:
     return memory
 
 
-def session_options(ort, threads: int | None = None, *, optimize: bool = True, memory: str = "pattern"):
+def session_options(
+    ort, threads: int | None = None, *, optimize: bool = True, memory: str = "pattern", spinning: bool | None = None
+):
     """Quiet ``SessionOptions``: all graph optimisations (unless ``optimize=False``), ``threads``
     intra-op threads (default: the CPUs this process may use), the ``memory`` plan (one of
     :data:`MEMORY_PLANS`: ``enable_mem_pattern`` off for ``arena``, that and
-    ``enable_cpu_mem_arena`` off for ``lean``)."""
+    ``enable_cpu_mem_arena`` off for ``lean``); ``spinning``: whether idle worker threads
+    busy-wait (:data:`SPIN_KEY`; ``None``: onnxruntime's default, spinning)."""
     check_memory(memory)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = (
@@ -125,7 +135,19 @@ def session_options(ort, threads: int | None = None, *, optimize: bool = True, m
     opts.log_severity_level = 3
     opts.enable_mem_pattern = memory == "pattern"
     opts.enable_cpu_mem_arena = memory != "lean"
+    if spinning is not None:
+        opts.add_session_config_entry(SPIN_KEY, "1" if spinning else "0")
     return opts
+
+
+def spins(session_or_options) -> bool:
+    """Whether a session (or its ``SessionOptions``) lets idle worker threads spin."""
+    opts = getattr(session_or_options, "get_session_options", None)
+    opts = opts() if opts is not None else session_or_options
+    try:
+        return opts.get_session_config_entry(SPIN_KEY) != "0"
+    except Exception:  # no entry: onnxruntime's default, spinning
+        return True
 
 
 def create_session(
@@ -136,11 +158,12 @@ def create_session(
     options: Any = None,
     providers: Sequence[Any] | None = None,
     memory: str = "pattern",
+    spinning: bool | None = None,
 ):
     """An ``InferenceSession`` for ``model`` (a path, or serialized ONNX bytes).
 
-    ``options``: prepared ``SessionOptions`` (default :func:`session_options` with ``threads``
-    and ``memory``, see :data:`MEMORY_PLANS`);
+    ``options``: prepared ``SessionOptions`` (default :func:`session_options` with ``threads``,
+    ``memory`` (see :data:`MEMORY_PLANS`) and ``spinning``);
     ``providers``: an explicit providers list (default :func:`choose_providers` of ``device``).
     Warns (with the fix) if CUDA/TensorRT was asked for but onnxruntime fell back to CPU.
     """
@@ -156,7 +179,7 @@ def create_session(
         if not path.is_file():
             raise ModelError(f"{path}: not a file")
         source, label = str(path), str(path)
-    opts = options if options is not None else session_options(ort, threads, memory=memory)
+    opts = options if options is not None else session_options(ort, threads, memory=memory, spinning=spinning)
     chosen = list(providers) if providers is not None else choose_providers(dev)
     try:
         sess = ort.InferenceSession(source, sess_options=opts, providers=chosen)
@@ -207,9 +230,11 @@ def run_bound(session, input_name: str, feed, output_names: str | Sequence[str])
 class OrtEngine(NamedIO):
     """An onnxruntime session behind the :class:`~regatt_sdk.engines.base.Engine` interface.
 
-    ``OrtEngine(model, device="auto", threads=None, memory="pattern")``; ``model`` a path or ONNX
-    bytes; ``memory`` one of :data:`MEMORY_PLANS`. On CUDA or TensorRT, runs use IO binding (input
-    uploaded once, outputs on the host).
+    ``OrtEngine(model, device="auto", threads=None, memory="pattern", spinning=None)``; ``model`` a
+    path or ONNX bytes; ``memory`` one of :data:`MEMORY_PLANS`; ``spinning``: whether idle worker
+    threads busy-wait (``None``: onnxruntime's default; the Encoder passes :data:`ENCODER_SPINNING`,
+    the SDK's reference sessions ``False``). On CUDA or TensorRT, runs use IO binding (input
+    uploaded once, outputs on the host). :meth:`close` releases the session (and its threads).
     """
 
     name = "onnxruntime"
@@ -223,22 +248,33 @@ class OrtEngine(NamedIO):
         options: Any = None,
         providers: Sequence[Any] | None = None,
         memory: str = "pattern",
+        spinning: bool | None = None,
     ):
         self.device = parse_device(device)
         self.threads = threads
         #: the memory plan (None when prepared ``options`` were given: they decide)
         self.memory = check_memory(memory) if options is None else None
-        self.session = create_session(model, self.device, threads, options=options, providers=providers, memory=memory)
+        self.session = create_session(
+            model, self.device, threads, options=options, providers=providers, memory=memory, spinning=spinning
+        )
+        #: whether the session's idle worker threads spin
+        self.spinning = spins(self.session)
         self._input = self.session.get_inputs()[0].name
         self._outputs = tuple(o.name for o in self.session.get_outputs())
         self._bind = runs_on_gpu(self.session)
 
     @property
     def providers(self) -> list[str]:
-        return list(self.session.get_providers())
+        return list(self.session.get_providers()) if self.session is not None else []
+
+    def close(self) -> None:
+        """Release the session and its thread pool now (the engine cannot run afterwards)."""
+        self.session = None
 
     def run(self, feed: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """``{name: array}`` for ``outputs`` (default all) on the one-input ``feed``."""
+        if self.session is None:
+            raise ModelError("this onnxruntime engine was closed")
         names = list(outputs) if outputs is not None else list(self._outputs)
         if self._bind:
             arrays = run_bound(self.session, self._input, feed, names)
@@ -254,6 +290,7 @@ class OrtEngine(NamedIO):
             "version": getattr(import_ort(), "__version__", "?"),
             "threads": self.threads or cpu_count(),
             "memory": self.memory,
+            "spinning": self.spinning,
         }
 
     def __repr__(self) -> str:
