@@ -238,12 +238,15 @@ class Collection:
         ann: bool = True,
         nprobe: int | None = None,
         ef_search: int | None = None,
+        filters: Any = None,
     ) -> Searcher:
         """The :class:`~regatt_sdk.index.searcher.Searcher` over this collection (cached per
         arguments until the next :meth:`add`): with ``db``, the pgvector table (``ef_search``
         HNSW candidates); else the store's ANN index when it has a usable one (``ann``; a stale
         one is skipped with a ``RuntimeWarning``), else a ``backend`` index; ``qe``: average
-        query expansion over the top ``qe`` (0: off)."""
+        query expansion over the top ``qe`` (0: off); ``filters``: only rows whose photo
+        metadata they keep (:mod:`regatt_sdk.filters`: ``["folder=trips", "date>=2024-01-01"]``
+        or ``{"camera": "Canon EOS R6"}``). Removed rows are never returned."""
         from .expansion import QueryExpansion
         from .index.searcher import Searcher
 
@@ -253,16 +256,19 @@ class Collection:
             raise CollectionError("backend and nprobe choose a store index: a collection with db= searches its table")
         if self.db is None and ef_search is not None:
             raise CollectionError("ef_search is for a pgvector table: open the collection with db=URL")
-        key = (int(qe), backend, bool(ann), nprobe, ef_search)
+        from .filters import parse_filters
+
+        where = tuple(f.text for f in parse_filters(filters))
+        key = (int(qe), backend, bool(ann), nprobe, ef_search, where)
         if key not in self._searchers:
             steps = [QueryExpansion(k=qe)] if qe > 0 else []
             if self.db is not None:
                 self._searchers[key] = Searcher.for_db(
-                    self.db, self.encoder, table=self.table, ef_search=ef_search, steps=steps
+                    self.db, self.encoder, table=self.table, ef_search=ef_search, steps=steps, filters=list(where)
                 )
             else:
                 self._searchers[key] = Searcher.for_store(
-                    self.path, self.encoder, backend=backend, ann=ann, nprobe=nprobe, steps=steps
+                    self.path, self.encoder, backend=backend, ann=ann, nprobe=nprobe, steps=steps, filters=list(where)
                 )
             index = self._searchers[key].index
             log.debug("%s: %s index over %d rows", self.path, type(index).__name__, len(self))
@@ -279,14 +285,18 @@ class Collection:
         backend: str = "exact",
         ann: bool = True,
         nprobe: int | None = None,
+        filters: Any = None,
     ) -> list[Hit]:
         """The ``top`` rows most similar to ``image`` (a path or a BGR uint8 array), cropped to
         ``roi`` (``(x1, y1, x2, y2)`` or ``"x1,y1,x2,y2"`` in original pixels) before it is
         described, as :class:`~regatt_sdk.index.searcher.Hit` s (rank, name, score, row).
         ``rerank=K``: verify the global top ``K`` and the visual-word candidates with local
         features and geometry (needs a collection with local features); hits then carry
-        ``inliers``."""
-        return self.search_full(image, top, roi, qe, rerank=rerank, backend=backend, ann=ann, nprobe=nprobe).hits
+        ``inliers``. ``filters``: only photos whose metadata they keep (see :meth:`searcher`);
+        exact search returns the true filtered top ``top``."""
+        return self.search_full(
+            image, top, roi, qe, rerank=rerank, backend=backend, ann=ann, nprobe=nprobe, filters=filters
+        ).hits
 
     def search_full(
         self,
@@ -299,18 +309,21 @@ class Collection:
         backend: str = "exact",
         ann: bool = True,
         nprobe: int | None = None,
+        filters: Any = None,
     ) -> SearchResult:
         """:meth:`search` with what the second stage found: the query's local features and each
         verified hit's matches and geometry (what ``regatt search --show`` draws)."""
         self._need_encoder("search by image")
         box = parse_roi(roi, "roi") if isinstance(roi, str) else roi
         query = os.fspath(image) if isinstance(image, os.PathLike) else image
-        searcher = self.searcher(qe=qe, backend=backend, ann=ann, nprobe=nprobe)
+        searcher = self.searcher(qe=qe, backend=backend, ann=ann, nprobe=nprobe, filters=filters)
         return searcher.search_full(query, roi=box, top=top, rerank=rerank)
 
-    def search_vectors(self, queries: np.ndarray, top: int = 10, qe: int = 0) -> list[list[Hit]]:
+    def search_vectors(
+        self, queries: np.ndarray, top: int = 10, qe: int = 0, *, filters: Any = None
+    ) -> list[list[Hit]]:
         """The ``top`` hits of each query descriptor (``(D,)`` or ``(Q, D)``): one list per query."""
-        s = self.searcher(qe=qe)
+        s = self.searcher(qe=qe, filters=filters)
         q = np.asarray(queries, np.float32)
         if q.ndim == 1:
             q = q[None]

@@ -74,6 +74,13 @@ def search(
         help="Verify the global top K (and the visual-word candidates) with local features and "
         "geometry, and rank verified hits first (needs a store encoded with --local). 0: off.",
     ),  # fmt: skip
+    where: list[str] = typer.Option(
+        None,
+        "--where",
+        help="Only photos whose metadata match, e.g. folder=trips/2024, date>=2024-01-01, camera='Canon EOS R6' "
+        "(fields: folder, camera, date, mtime, width, height, size; repeatable: all apply; needs a store "
+        "kept by regatt sync).",
+    ),  # fmt: skip
 ) -> None:
     """Rank the images of a feature store (or a --db table) by similarity to a query image."""
     if db is not None:
@@ -83,6 +90,9 @@ def search(
     elif query is None:
         raise RegattError("give MODEL STORE QUERY (or MODEL --db URL QUERY)")
     box = parse_roi(roi)
+    from ..filters import parse_filters
+
+    filters = [f.text for f in parse_filters(where)]  # a malformed filter fails before the model loads
     if not model.is_file():
         raise RegattError(f"{model}: model file not found")
     if not query.is_file():
@@ -104,24 +114,29 @@ def search(
     encoder = open_encoder(model, options)
     steps = [QueryExpansion(k=qe)] if qe > 0 else []
     if db is not None:
-        searcher = Searcher.for_db(db, encoder, table=table, ef_search=ef_search)
+        searcher = Searcher.for_db(db, encoder, table=table, ef_search=ef_search, filters=filters)
     else:
         collection = Collection.open(store, encoder)  # a store made by another model is refused
         if len(collection) == 0:
             raise RegattError(f"feature store {store} is empty: encode images into it with 'regatt index'")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
-            searcher = collection.searcher(backend=backend, ann=ann, nprobe=nprobe)
+            searcher = collection.searcher(backend=backend, ann=ann, nprobe=nprobe, filters=filters)
         for w in caught:
             typer.secho(f"warning: {w.message}", err=True, fg=typer.colors.YELLOW)
     index = searcher.index
     if dba > 0:
         from ..expansion import DatabaseAugmentation
 
-        _, index = DatabaseAugmentation(k=dba).apply(np.zeros((1, encoder.dim), np.float32), index)
-    store_path = searcher.store_path
+        inner = getattr(index, "inner", index)  # the index under a mask of removed / filtered-out rows
+        _, index = DatabaseAugmentation(k=dba).apply(np.zeros((1, encoder.dim), np.float32), inner)
+        if searcher.exclude is not None:  # they stay out of the augmented index's results
+            from ..index.masked import MaskedIndex
+
+            index = MaskedIndex(index, searcher.exclude)
+    store_path, exclude = searcher.store_path, searcher.exclude
     searcher = Searcher(index, searcher.names, encoder, steps=steps)
-    searcher.store_path = store_path
+    searcher.store_path, searcher.exclude = store_path, exclude
     if rerank and db is not None:
         raise RegattError("--rerank needs a feature store with local features, not --db")
     result = searcher.search_full(query, roi=box, top=top, rerank=rerank)

@@ -178,6 +178,9 @@ class PgVectorIndex:
         self.table = check_table(table)
         self.ef_search = int(ef_search)
         self.exact = exact
+        #: ``(SQL condition on the jsonb column meta, parameters)`` every search applies
+        #: (:meth:`set_filters`), or None
+        self.where: tuple[str, list] | None = None
         if int(pool_size) < 1:
             raise ValueError(f"pool_size must be at least 1, got {pool_size}")
         self.pool_size = int(pool_size)
@@ -295,10 +298,46 @@ class PgVectorIndex:
         with self.connection() as conn:
             copy_rows(conn, self.table, start, names, v)
 
-    def _search_one(self, conn, q: np.ndarray, k: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+    def set_filters(self, filters: Any) -> None:
+        """Search only rows whose photo metadata ``filters`` keep (:mod:`regatt_sdk.filters`);
+        HNSW searches then use pgvector's iterative index scans (``hnsw.iterative_scan =
+        relaxed_order``, pgvector >= 0.8) so that a filtered query still finds its ``k`` rows."""
+        from ..filters import parse_filters, sql_where
+
+        if not parse_filters(filters):
+            self.where = None
+            return
+        with self.connection() as conn:
+            has = conn.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_name = %s AND column_name = 'meta'", (self.table,)
+            ).fetchone()
+            version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        if not has:
+            raise DatabaseError(
+                f"table {self.table} holds no photo metadata to filter on: load it from a synced store with  "
+                "regatt sync MODEL SOURCES... -o STORE --db URL"
+            )
+        major_minor = tuple(int(x) for x in re.findall(r"\d+", version[0] if version else "0")[:2])
+        self._iterative = major_minor >= (0, 8)
+        self.where = sql_where(filters)
+
+    def search_where(self, queries: np.ndarray, k: int, where: tuple[str, list]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` with the condition ``where`` (:func:`regatt_sdk.filters.sql_where`) for
+        this call only (thread-safe: the index is not changed)."""
+        if not hasattr(self, "_iterative"):
+            with self.connection() as conn:
+                version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+            self._iterative = tuple(int(x) for x in re.findall(r"\d+", version[0] if version else "0")[:2]) >= (0, 8)
+        return self.search(queries, k, where=where)
+
+    def _search_one(
+        self, conn, q: np.ndarray, k: int, exact: bool, where: tuple[str, list] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        where = where or self.where
+        cond, cond_params = where or ("TRUE", [])
         if exact:
-            sql = f"SELECT row, embedding <#> %s AS d FROM {self.table} ORDER BY d LIMIT %s"
-            params: tuple = (q, k)
+            sql = f"SELECT row, embedding <#> %s AS d FROM {self.table} WHERE {cond} ORDER BY d LIMIT %s"
+            params: tuple = (q, *cond_params, k)
         else:
             if self.kind == "halfvec":
                 from pgvector import HalfVector
@@ -309,14 +348,16 @@ class PgVectorIndex:
             # HNSW finds candidates; the stored float32 vectors give the exact scores
             sql = (
                 f"SELECT row, embedding <#> %s AS d FROM (SELECT row, embedding FROM {self.table} "
-                f"ORDER BY {order} LIMIT %s) c ORDER BY d, row"
+                f"WHERE {cond} ORDER BY {order} LIMIT %s) c ORDER BY d, row"
             )
-            params = (q, qq, k)
+            params = (q, *cond_params, qq, k)
         with conn.transaction():
             if exact:
                 conn.execute("SET LOCAL enable_indexscan = off")
             else:
                 conn.execute(f"SET LOCAL hnsw.ef_search = {max(self.ef_search, k)}")
+                if where is not None and getattr(self, "_iterative", False):
+                    conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
             rows = conn.execute(sql, params).fetchall()
         ids = np.full(k, -1, dtype=np.int64)
         scores = np.full(k, -np.inf, dtype=np.float32)
@@ -324,7 +365,9 @@ class PgVectorIndex:
             ids[j], scores[j] = row, -d
         return scores, ids
 
-    def search(self, queries: np.ndarray, k: int, *, exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, *, exact: bool | None = None, where: tuple[str, list] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` by inner product: ``(scores (Q, k), rows (Q, k))`` (HNSW unless ``exact``,
         default the index's own)."""
         q = as_queries(queries)
@@ -338,7 +381,7 @@ class PgVectorIndex:
             raise ValueError(f"k must be at least 1, got {k}")
         exact = self.exact if exact is None else exact
         with self.connection() as conn:
-            out = [self._search_one(conn, row, k, exact) for row in q]
+            out = [self._search_one(conn, row, k, exact, where) for row in q]
         return np.stack([s for s, _ in out]), np.stack([i for _, i in out])
 
     def rank(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -524,6 +567,7 @@ def load_store(
                 added += b - a
             if progress is not None:
                 progress(stop, store.count)
+        _load_photo_meta(conn, table, store, removed)
         hnsw_s = build_hnsw(conn, table, store.dim) if hnsw else 0.0
         conn.execute(f"ANALYZE {table}")
     finally:
@@ -532,6 +576,29 @@ def load_store(
         "rows": store.count - len(gone), "added": added, "deleted": int(deleted),
         "seconds": time.perf_counter() - t0, "hnsw_s": hnsw_s,
     }  # fmt: skip
+
+
+def _load_photo_meta(conn, table: str, store: Any, removed: np.ndarray) -> None:
+    """The store's photo metadata (:mod:`regatt_sdk.photometa`) into the jsonb column ``meta``
+    (added when missing) of the rows that lack it, for filtered searches."""
+    from ..photometa import covered, read_meta
+
+    if not covered(store):
+        return
+    import json
+
+    with conn.transaction():
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS meta jsonb")
+    todo = [int(r) for (r,) in conn.execute(f"SELECT row FROM {table} WHERE meta IS NULL ORDER BY row").fetchall()]
+    recs = read_meta(store)
+    todo = [r for r in todo if r < len(recs) and not removed[r]]
+    for a in range(0, len(todo), DEFAULT_BATCH_ROWS):
+        with conn.transaction():
+            with conn.cursor() as cur:
+                cur.executemany(
+                    f"UPDATE {table} SET meta = %s::jsonb WHERE row = %s",
+                    [(json.dumps(recs[r]), r) for r in todo[a : a + DEFAULT_BATCH_ROWS]],
+                )
 
 
 def _runs(rows: np.ndarray) -> Iterator[tuple[int, int]]:

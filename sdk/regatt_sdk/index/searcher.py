@@ -125,10 +125,12 @@ class Searcher:
         ef_search: int | None = None,
         steps: Sequence[Any] = (),
         pool_size: int = 1,
+        filters: Any = None,
     ) -> Searcher:
         """A searcher over a pgvector table (:class:`~regatt_sdk.index.pgvector.PgVectorIndex`)
         loaded by ``regatt index ... --db URL``, through ``pool_size`` connections; refuses a
-        table made by another model than ``encoder``'s."""
+        table made by another model than ``encoder``'s. ``filters``: only rows whose photo
+        metadata they keep (:meth:`PgVectorIndex.set_filters`)."""
         from .pgvector import DEFAULT_EF_SEARCH, DatabaseError, PgVectorIndex, redact
 
         index = PgVectorIndex(url, table, ef_search=ef_search or DEFAULT_EF_SEARCH, pool_size=pool_size)
@@ -138,6 +140,12 @@ class Searcher:
                 f"table {table} at {redact(url)} was filled by another model (card {index.card_hash}), "
                 f"not {encoder.model_path} (card {encoder.card.hash}): search with the model that made it"
             )
+        if filters:
+            try:
+                index.set_filters(filters)
+            except BaseException:
+                index.close()
+                raise
         return cls(index, index.names(), encoder, steps=steps)
 
     def search_vectors(self, queries: np.ndarray, top: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -59,6 +59,10 @@ _IMAGE_BODY = {
                         "top": {"type": "integer"},
                         "qe": {"type": "integer"},
                         "rerank": {"type": "integer", "description": "verify the top K with local features"},
+                        "where": {
+                            "type": "string",
+                            "description": "metadata filters separated by ';', e.g. folder=trips/2024; date>=2024-01-01",
+                        },
                     },
                 }
             },
@@ -174,6 +178,7 @@ class Service:
         self.ready = False
         self.encoder: Any = None
         self.searcher: Any = None
+        self._filtered: dict[tuple[str, ...], tuple[Any, Any]] = {}  # filters -> (index, exclude)
         self.batcher: MicroBatcher | None = None
         self.golden_diff: float | None = None
         self.loaded = False
@@ -210,14 +215,18 @@ class Service:
             from ..expansion import DatabaseAugmentation
 
             _, index = DatabaseAugmentation(k=c.dba).apply(
-                np.zeros((1, self.encoder.dim), np.float32), self.searcher.index
+                np.zeros((1, self.encoder.dim), np.float32), getattr(self.searcher.index, "inner", self.searcher.index)
             )
             close = getattr(self.searcher.index, "close", None)
             if close is not None and index is not self.searcher.index:
                 close()  # the augmented rows are searched in memory: no more database calls
-            store_path = self.searcher.store_path
+            if getattr(self.searcher, "exclude", None) is not None:  # removed rows stay out
+                from ..index.masked import MaskedIndex
+
+                index = MaskedIndex(index, self.searcher.exclude)
+            store_path, exclude = self.searcher.store_path, getattr(self.searcher, "exclude", None)
             self.searcher = Searcher(index, self.searcher.names, self.encoder)
-            self.searcher.store_path = store_path
+            self.searcher.store_path, self.searcher.exclude = store_path, exclude
         self.metrics.gauge(
             "regatt_queue_depth",
             "Images admitted and not yet answered.",
@@ -298,12 +307,39 @@ class Service:
         except LocalFeaturesMissing as exc:
             raise ApiError(422, f"rerank is not available: {exc}; then restart the server") from None
 
-    def search(self, vec: np.ndarray, top: int, qe: int, rerank: int = 0, local: Any = None) -> list[dict[str, Any]]:
+    def filtered(self, where: tuple[str, ...]) -> tuple[Any, Any]:
+        """``(index, exclude)`` of the searcher restricted to the rows ``where`` keeps (cached)."""
+        if where not in self._filtered:
+            s = self.searcher
+            inner = getattr(s.index, "inner", s.index)
+            if s.store_path is None:  # a database: the filters go into its SQL
+                from ..filters import sql_where
+
+                self._filtered[where] = (_WhereIndex(inner, sql_where(list(where))), None)
+            else:
+                from ..compose import open_store
+                from ..filters import filter_mask
+                from ..index.masked import MaskedIndex
+
+                store = open_store(s.store_path)
+                exclude = ~filter_mask(store, list(where))[: inner.size]
+                if getattr(s, "exclude", None) is not None:
+                    exclude |= s.exclude
+                self._filtered[where] = (MaskedIndex(inner, exclude), exclude)
+            while len(self._filtered) > 64:
+                self._filtered.pop(next(iter(self._filtered)))
+        return self._filtered[where]
+
+    def search(
+        self, vec: np.ndarray, top: int, qe: int, rerank: int = 0, local: Any = None, where: tuple[str, ...] = ()
+    ) -> list[dict[str, Any]]:
         from ..expansion import QueryExpansion
         from ..index.searcher import Searcher
 
         s = self.searcher
-        searcher = Searcher(s.index, s.names, steps=[QueryExpansion(k=qe)] if qe > 0 else [])
+        index, exclude = self.filtered(where) if where else (s.index, getattr(s, "exclude", None))
+        searcher = Searcher(index, s.names, steps=[QueryExpansion(k=qe)] if qe > 0 else [])
+        searcher.exclude = exclude
         if rerank:
             searcher.store_path, searcher._reranker = s.store_path, s.reranker()
             hits = searcher.search_local(vec, local, top, rerank).hits
@@ -317,6 +353,33 @@ class Service:
                 hit["inliers"] = h.inliers
             out.append(hit)
         return out
+
+
+def parse_where(text: Any) -> tuple[str, ...]:
+    """The ``where`` field (filters separated by ``;``) as canonical filter texts; 422 naming a
+    bad one (:mod:`regatt_sdk.filters`)."""
+    from ..filters import FilterError, parse_filters
+
+    if not text:
+        return ()
+    try:
+        return tuple(f.text for f in parse_filters([p for p in str(text).split(";") if p.strip()]))
+    except FilterError as exc:
+        raise ApiError(422, str(exc)) from None
+
+
+class _WhereIndex:
+    """A pgvector index searched with one set of filters (the shared index is not changed)."""
+
+    def __init__(self, index: Any, where: tuple[str, list]):
+        self.index, self.where = index, where
+        self.backend, self.size, self.dim = index.backend, index.size, index.dim
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search_where(queries, k, self.where)
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        return self.index.vectors(ids)
 
 
 #: after its first ``--body-timeout`` seconds a body must keep arriving at this average rate
@@ -458,6 +521,16 @@ def create_app(config: ServeConfig, service: Service | None = None):
         top = parse_int(fields.get("top"), "top", 10, 1, MAX_TOP)
         qe = parse_int(fields.get("qe"), "qe", 0, 0, 100)
         rerank = parse_int(fields.get("rerank"), "rerank", 0, 0, MAX_RERANK)
+        where = parse_where(fields.get("where"))
+        if where:
+            from ..filters import FilterError
+
+            if svc.searcher.store_path is None and not hasattr(svc.searcher.index, "search_where"):
+                raise ApiError(422, "where filters need a store kept by regatt sync, or its pgvector table")
+            try:
+                svc.filtered(where)
+            except FilterError as exc:
+                raise ApiError(422, str(exc)) from None
         local = None
         if rerank:
             svc.can_rerank()
@@ -465,7 +538,7 @@ def create_app(config: ServeConfig, service: Service | None = None):
         else:
             vec, size, used = await svc.describe(data, parse_roi(fields.get("roi")))
         hits = await asyncio.get_running_loop().run_in_executor(
-            svc.search_pool, svc.search, vec, top, qe, rerank, local
+            svc.search_pool, svc.search, vec, top, qe, rerank, local, where
         )
         return {
             "hits": hits,
