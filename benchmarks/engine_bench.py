@@ -119,10 +119,10 @@ def main() -> None:
     models = []
     for spec in args.model:
         path, h, w = parse_spec(spec)
-        models.append(bench_model(path, h, w, args.rounds, args.threads, FP32_VARIANTS, path.stem))
+        models.append(bench_model(path, h, w, args.rounds, args.threads, FP32_VARIANTS, path.stem, separate=False))
     for spec in args.int8:
         path, h, w = parse_spec(spec)
-        models.append(bench_model(path, h, w, args.rounds, args.threads, INT8_VARIANTS, path.stem))
+        models.append(bench_model(path, h, w, args.rounds, args.threads, INT8_VARIANTS, path.stem, separate=False))
     peak_end = machine_peak(args.threads, sizes=sizes, runs=5)
     measured = max(peak_start.measured_gflops, peak_end.measured_gflops)
     theoretical = max(p.theoretical_gflops or 0 for p in (peak_start, peak_end)) or None

@@ -211,6 +211,63 @@ def test_bench_engines_side_by_side(tiny_model: Path, tmp_path: Path, capsys) ->
     assert {p["engine"].split()[0] for p in peak["start"]["probes"]} >= {"onnxruntime", "openvino", "numpy"}
     pct = 100 * rows["onnxruntime"]["gflops_per_s"] / peak["measured_gflops"]
     assert rows["onnxruntime"]["pct_measured_peak"] == pytest.approx(pct)
+    # one fresh process per engine and round (the default): each row holds its processes' medians
+    assert block["separate"] and all(len(r["process_p50_ms"]) == 2 for r in rows.values())
+    assert all(r["retrieval"]["top10_mean"] == 1.0 for r in rows.values())  # exact engines rank as fp32
+    assert "one fresh process per engine/precision and round" in text and "retrieval gate" in section
+    # a peak per precision, measured and theoretical, in the JSON and the Markdown
+    assert set(report["peaks"]) == {"fp32", "bf16", "int8"} and "| precision | unit (CPU flag) |" in text
+    assert report["peaks"]["fp32"]["measured_gops"] == peak["measured_gflops"]
+    assert set(report["machine"]["units"]) == {"fp32", "bf16", "int8"}
+
+
+def test_bench_same_process_matrix(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    js = tmp_path / "s.json"
+    args = ["bench", str(tiny_model), "--size", "64x96", "--engines", "ort-cpu", *FAST, "--json", str(js)]
+    assert run_main([*args, "--engine", "onnxruntime", "--same-process"]) == 0
+    assert "one interleaved run per model, in one process" in capsys.readouterr().out
+    (block,) = json.loads(js.read_text())["engines"]
+    assert not block["separate"] and block["rows"][0]["runs"] == 2
+
+
+def test_precision_units_by_cpu_flag_never_by_vendor() -> None:
+    from regatt_sdk.bench.peak import precision_units
+
+    spr = precision_units({"fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8"})
+    assert (spr["bf16"]["unit"], spr["bf16"]["ops_per_cycle"]) == ("AMX-BF16", 1024)
+    assert (spr["int8"]["unit"], spr["int8"]["ops_per_cycle"]) == ("AMX-INT8", 2048)
+    cpx = precision_units({"fma", "avx512f", "avx512_bf16", "avx512_vnni"})  # AVX512-BF16 without AMX
+    assert (cpx["bf16"]["flag"], cpx["bf16"]["ops_per_cycle"]) == ("avx512_bf16", 128)
+    assert (cpx["int8"]["flag"], cpx["int8"]["ops_per_cycle"]) == ("avx512_vnni", 256)
+    avx2 = precision_units({"fma", "avx2"})
+    assert avx2["bf16"]["ops_per_cycle"] is None and "no bf16 unit" in avx2["bf16"]["rule"]
+    assert avx2["int8"]["unit"] is None and avx2["fp32"]["ops_per_cycle"] == 32
+
+
+def test_precision_peaks_check_their_products() -> None:
+    pytest.importorskip("openvino")
+    from regatt_sdk.bench.peak import Peak, openvino_gemm, precision_peaks
+
+    for precision in ("bf16", "int8"):  # each raises if its product is wrong
+        assert openvino_gemm(64, threads=1, runs=1, warmup=0, precision=precision).best_gflops_per_s > 0
+    fp32 = Peak(100.0, "test", [], 200.0, 64, 2.0, "test", 1, "test")
+    peaks = precision_peaks(1, fp32, sizes=(64,), runs=1)
+    assert peaks["fp32"]["measured_gops"] == 100.0 and peaks["fp32"]["theoretical_gops"] == 64 * 2.0
+    assert peaks["int8"]["measured_gops"] > 0 and {p["engine"].split()[0] for p in peaks["int8"]["probes"]} == {
+        "onnxruntime",
+        "openvino",
+    }
+    for p in peaks.values():
+        assert p["theoretical_gops"] is None or p["theoretical_gops"] == p["ops_per_cycle"] * 2.0
+
+
+def test_paper_columns_beside_engine_rows() -> None:
+    from regatt_sdk.bench.runner import _paper_columns
+
+    blocks = [{"attention": "context", "rows": [{"p50_ms": 246.0}]}, {"attention": "other", "rows": [{"p50_ms": 1.0}]}]
+    _paper_columns(blocks)
+    assert blocks[0]["rows"][0]["paper_ms"] == pytest.approx(123.0) and blocks[0]["rows"][0]["vs_paper"] == 2.0
+    assert blocks[1]["rows"][0]["paper_ms"] is None
 
 
 def test_bench_engine_and_precision_choices(tmp_path: Path, capsys) -> None:

@@ -100,6 +100,8 @@ def test_reference_model_finds_the_fp32_source_beside_a_variant(tiny_model, tmp_
     fake = tmp_path / "model-int8.onnx"
     fake.write_bytes(b"")  # only its card matters here: passed in
     assert retrieval.reference_model(fake, variant) == (tmp_path / "model.onnx", "onnxruntime fp32 on model.onnx")
+    flipped = replace(variant, golden=replace(card.golden, vector=[-v for v in card.golden.vector]))
+    assert retrieval.reference_model(fake, flipped)[0] is None  # same card, other weights
     other = replace(variant, dim=card.dim + 1)
     path, label = retrieval.reference_model(fake, other)
     assert path is None and "no fp32 source beside it" in label

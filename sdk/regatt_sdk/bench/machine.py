@@ -8,10 +8,13 @@ import platform
 from pathlib import Path
 
 from ..engines.ort import cpu_count
+from .peak import precision_units
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
-_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "avx_vnni")
+_FLAGS_OF_INTEREST = (
+    "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni",
+)  # fmt: skip
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -46,6 +49,8 @@ def machine_info(threads: int) -> dict[str, object]:
         "usable_cpus": cpu_count(),
         "threads": threads,
         "simd": [f for f in _FLAGS_OF_INTEREST if f in flags],
+        # the unit each precision runs on here, by flag (AMX-BF16, AVX512-VNNI...; None: none)
+        "units": {p: u["unit"] for p, u in precision_units(flags).items()},
         "hypervisor": "hypervisor" in flags,
         "memory_total_mb": _meminfo_mb("MemTotal"),
         "os": f"{platform.system()} {platform.release()}",

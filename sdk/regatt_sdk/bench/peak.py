@@ -35,14 +35,16 @@ _CLOCK_C = r"""
 #include <time.h>
 double regatt_add_chain(long n) {
     struct timespec a, b;
-    unsigned long x = 0;
+    unsigned long x = 0, one = 1;
     clock_gettime(CLOCK_MONOTONIC, &a);
     for (long i = 0; i < n; i++) {
+        /* register + register: newer cores fold chains of immediate adds at rename (Golden
+           Cove and later ran "add $1" at several per cycle, a 21 GHz "clock") */
         __asm__ volatile(
-            "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
-            "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
-            "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
-            "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
+            "add %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\t"
+            "add %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\t"
+            "add %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\t"
+            "add %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0" : "+r"(x) : "r"(one));
     }
     clock_gettime(CLOCK_MONOTONIC, &b);
     return (b.tv_sec - a.tv_sec) + 1e-9 * (b.tv_nsec - a.tv_nsec);
@@ -140,12 +142,19 @@ def measure_clock(repeats: int = 1000, seconds: float = 0.002) -> tuple[float | 
     return best, f"measured: dependent integer adds, one per cycle (best of {repeats})"
 
 
-def openvino_gemm(size: int, threads: int, runs: int = 10, warmup: int = 2) -> GemmResult | None:
-    """fp32 ``size``-cube MatMul in OpenVINO (f32 precision forced), or None without openvino."""
+def openvino_gemm(
+    size: int, threads: int, runs: int = 10, warmup: int = 2, precision: str = "fp32"
+) -> GemmResult | None:
+    """``size``-cube MatMul in OpenVINO, or None without openvino. ``precision``: ``fp32`` (f32
+    forced, two inputs), ``bf16`` (bf16 hint, the second matrix a constant like a layer's
+    weights: oneDNN's AMX/AVX512-BF16 kernels) or ``int8`` (u8 activations x i8 weights through
+    FakeQuantize, which OpenVINO runs as an integer FullyConnected: AMX-INT8/VNNI kernels)."""
     from ..engines import openvino as ovmod
 
     if not ovmod.available():
         return None
+    if precision != "fp32":
+        return _openvino_low_gemm(size, threads, runs, warmup, precision)
     ov = ovmod.import_openvino()
     import openvino.opset13 as ops
 
@@ -167,6 +176,122 @@ def openvino_gemm(size: int, threads: int, runs: int = 10, warmup: int = 2) -> G
     if not np.allclose(got[:4, :4], a[:4] @ b[:, :4], rtol=1e-3, atol=1e-2):
         raise RuntimeError("GEMM probe: OpenVINO MatMul gave a wrong product")
     return _probe("openvino MatMul", size, threads, runs, warmup, lambda: request.infer({0: a, 1: b}))
+
+
+def _openvino_low_gemm(size: int, threads: int, runs: int, warmup: int, precision: str) -> GemmResult:
+    from ..engines import openvino as ovmod
+
+    ov = ovmod.import_openvino()
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(0)
+    a_in = ops.parameter([size, size], np.float32, name="A")
+    if precision == "int8":
+        a = rng.integers(0, 256, (size, size)).astype(np.float32)
+        w = rng.integers(-127, 128, (size, size)).astype(np.float32)
+
+        def c(v: float):
+            return ops.constant(np.array(v, np.float32))
+
+        aq = ops.fake_quantize(a_in, c(0), c(255), c(0), c(255), 256)
+        wq = ops.fake_quantize(ops.constant(w), c(-127), c(127), c(-127), c(127), 255)
+        out, hint, label = ops.matmul(aq, wq, False, False), "f32", "openvino MatMul u8 x i8 (FakeQuantize)"
+    elif precision == "bf16":
+        a = rng.standard_normal((size, size), dtype=np.float32)
+        w = rng.standard_normal((size, size), dtype=np.float32)
+        out, hint, label = ops.matmul(a_in, ops.constant(w), False, False), "bf16", "openvino MatMul bf16"
+    else:
+        raise ValueError(f"precision {precision!r}: fp32, bf16 or int8")
+    cfg = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": 1,
+           "PERFORMANCE_HINT": "LATENCY"}  # fmt: skip
+    request = ov.Core().compile_model(ov.Model([out], [a_in]), "CPU", cfg).create_infer_request()
+    request.infer({0: a})
+    got = np.asarray(request.get_output_tensor(0).data[:4, :4], np.float64)
+    want = a[:4].astype(np.float64) @ w[:, :4].astype(np.float64)
+    scale = float(np.abs(want).max()) or 1.0
+    if np.abs(got - want).max() > (1e-5 if precision == "int8" else 3e-2) * scale:
+        raise RuntimeError(f"GEMM probe: OpenVINO {precision} MatMul gave a wrong product")
+    return _probe(label, size, threads, runs, warmup, lambda: request.infer({0: a}))
+
+
+#: CPU flag -> (operations per cycle per core, the rule), best unit first, per precision
+#: (a multiply-add counts 2, as in the fp32 rule)
+LOW_PRECISION_UNITS: dict[str, tuple[tuple[str, int, str], ...]] = {
+    "bf16": (
+        ("amx_bf16", 1024, "AMX-BF16: TDPBF16PS, a 16x32 x 32x16 bf16 tile product (8192 MAC) per 16 cycles"),
+        ("avx512_bf16", 128, "AVX512-BF16: VDPBF16PS, assumed two 512-bit pipes (2 x 16 lanes x 2 pairs x 2)"),
+    ),
+    "int8": (
+        ("amx_int8", 2048, "AMX-INT8: TDPBUSD, a 16x64 x 64x16 u8 x s8 tile product (16384 MAC) per 16 cycles"),
+        ("avx512_vnni", 256, "AVX512-VNNI: VPDPBUSD, assumed two 512-bit pipes (2 x 16 lanes x 4 x 2)"),
+        ("avx_vnni", 128, "AVX-VNNI: VPDPBUSD on 256 bits, two pipes (2 x 8 lanes x 4 x 2)"),
+    ),
+}
+
+
+def precision_units(flags: set[str] | None = None) -> dict[str, dict[str, object]]:
+    """Per precision (``fp32``, ``bf16``, ``int8``): the best unit this CPU has by its flags, its
+    operations per cycle per core and the rule (``ops_per_cycle`` None: no such unit)."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split()) if flags is None else flags
+    fpc, rule = flops_per_cycle({**info, "flags": " ".join(sorted(flags))})
+    out: dict[str, dict[str, object]] = {"fp32": {"unit": "FMA", "flag": "fma", "ops_per_cycle": fpc, "rule": rule}}
+    for precision, units in LOW_PRECISION_UNITS.items():
+        hit = next((u for u in units if u[0] in flags), None)
+        if hit is None:
+            out[precision] = {"unit": None, "flag": None, "ops_per_cycle": None,
+                              "rule": f"no {precision} unit (none of {', '.join(u[0] for u in units)})"}  # fmt: skip
+        else:
+            out[precision] = {"unit": hit[2].split(":")[0], "flag": hit[0], "ops_per_cycle": hit[1], "rule": hit[2]}
+    return out
+
+
+def precision_peaks(
+    threads: int, fp32: Peak, sizes: tuple[int, ...] = SIZES, runs: int = 6
+) -> dict[str, dict[str, object]]:
+    """Measured and theoretical peak per precision: ``fp32`` from ``fp32`` (:func:`machine_peak`),
+    ``bf16`` (OpenVINO MatMul, bf16 hint) and ``int8`` (onnxruntime MatMulInteger and OpenVINO's
+    integer MatMul): GOP/s (a multiply-add = 2), best probe, theoretical = cores x ops/cycle of
+    the CPU's unit (:func:`precision_units`) x the clock measured for ``fp32`` (AMX and AVX-512
+    may run below that clock: the theoretical figure is an upper bound)."""
+    from .gemm import ort_gemm_int8
+
+    units = precision_units()
+    out: dict[str, dict[str, object]] = {}
+    for precision in ("fp32", "bf16", "int8"):
+        unit = units[precision]
+        probes: list[GemmResult] = []
+        notes: list[str] = []
+        if precision == "fp32":
+            best_gops, best_by = fp32.measured_gflops, fp32.measured_by
+            probe_dicts = fp32.probes
+        else:
+            fns = [lambda n: openvino_gemm(n, threads, runs, precision=precision)]
+            if precision == "int8":
+                fns.insert(0, lambda n: ort_gemm_int8(n, threads, runs))
+            for size in sizes:
+                for fn in fns:
+                    try:
+                        r = fn(size)
+                    except Exception as exc:  # a probe that cannot run is left out, and said so
+                        notes.append(f"{precision} probe at {size} failed: {str(exc).splitlines()[0][:120]}")
+                        continue
+                    if r is not None:
+                        probes.append(r)
+            best = max(probes, key=lambda r: r.best_gflops_per_s) if probes else None
+            best_gops = best.best_gflops_per_s if best else None
+            best_by = f"{best.engine} {best.size}^3 (best run)" if best else None
+            probe_dicts = [r.to_dict() for r in probes]
+        opc = unit["ops_per_cycle"]
+        theoretical = opc * fp32.clock_ghz * threads if opc and fp32.clock_ghz else None
+        if theoretical and best_gops and best_gops > theoretical:
+            notes.append(f"measured {best_gops:.0f} GOP/s exceeds the theoretical {theoretical:.0f}: a rule is wrong")
+        out[precision] = {
+            "measured_gops": best_gops, "measured_by": best_by, "probes": probe_dicts,
+            "theoretical_gops": theoretical, "ops_per_cycle": opc, "unit": unit["unit"], "flag": unit["flag"],
+            "rule": unit["rule"], "clock_ghz": fp32.clock_ghz, "cores": threads, "notes": notes,
+        }  # fmt: skip
+    return out
 
 
 def machine_peak(threads: int, sizes: tuple[int, ...] = SIZES, runs: int = 6, *, clock: bool = True) -> Peak:

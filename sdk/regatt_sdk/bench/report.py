@@ -34,6 +34,7 @@ def markdown(report: dict) -> str:
         f"{c['warmup']} warm-up + {c['runs']} timed runs after the first call."
     )
     lines.append(_peak_line(report))
+    lines += _peaks_section(report)
     lines += ["", _table(report), ""]
     paper = report["paper"]
     lines.append(
@@ -84,36 +85,72 @@ def _peak_line(report: dict) -> str:
     )
 
 
-def _engines_section(report: dict) -> list[str]:
-    """Engines x precisions side by side (``--engine``), one interleaved run per model."""
-    blocks = report.get("engines") or []
-    if not blocks:
+def _peaks_section(report: dict) -> list[str]:
+    """Peak per precision: the unit by CPU flag, measured (best GEMM probe) and theoretical."""
+    peaks = report.get("peaks") or {}
+    if not peaks:
         return []
     out = [
         "",
-        "## Engines x precisions (one interleaved run per model)",
+        "| precision | unit (CPU flag) | measured GOP/s | by | theoretical GOP/s | rule |",
+        "|---|---|---:|---|---:|---|",
+    ]
+    for precision, p in peaks.items():
+        unit = f"{p['unit']} ({p['flag']})" if p.get("unit") else "none"
+        theory = (
+            f"{p['cores']} cores x {p['ops_per_cycle']} op/cycle x {p['clock_ghz']:.2f} GHz"
+            if p.get("theoretical_gops")
+            else "–"
+        )
+        out.append(
+            f"| {precision} | {unit} | {_f(p.get('measured_gops'))} | {p.get('measured_by') or '–'} "
+            f"| {_f(p.get('theoretical_gops'))} | {theory}: {p['rule']} |"
+        )
+    return out
+
+
+def _engines_section(report: dict) -> list[str]:
+    """Engines x precisions side by side (``--engine``): fresh processes per variant and round,
+    interleaved (or one process, ``--same-process``)."""
+    blocks = report.get("engines") or []
+    if not blocks:
+        return []
+    how = (
+        "one fresh process per engine/precision and round, interleaved"
+        if all(b.get("separate") for b in blocks)
+        else "one interleaved run per model, in one process"
+    )
+    paper = any(r.get("paper_ms") for b in blocks for r in b["rows"])
+    out = [
         "",
-        "| model | input | engine | precision | p50 ms | x onnxruntime | cosine to onnxruntime | first call ms "
-        "| peak RSS MB | GFLOP/s | % measured peak | % theoretical peak |",
-        "|---|---|---|---|" + "---:|" * 8,
+        f"## Engines x precisions ({how})",
+        "",
+        "| model | input | engine | precision | p50 ms | x onnxruntime | cosine to onnxruntime | retrieval gate "
+        "| first call ms | peak RSS MB | GOP/s | % measured peak | % theoretical peak |"
+        + (" paper GPU ms |" if paper else ""),
+        "|---|---|---|---|" + "---:|" * 3 + "---|" + "---:|" * 5 + ("---:|" if paper else ""),
     ]
     reasons = []
     for b in blocks:
         for r in b["rows"]:
+            g = r.get("retrieval")
+            gate = f"top-10 {g['top10_mean']:.3f}, mAP {g['map_delta']:+.2f}" if g else "–"
             out.append(
                 f"| {b['model']} | {r['input']} | {r['engine']} | {r['label']} | {_f(r['p50_ms'])} "
-                f"| {_f(r['speedup_vs_ort_fp32'], '{:.2f}x')} | {_f(r['cosine_to_ort_fp32'], '{:.6f}')} "
+                f"| {_f(r['speedup_vs_ort_fp32'], '{:.2f}x')} | {_f(r['cosine_to_ort_fp32'], '{:.6f}')} | {gate} "
                 f"| {_f(r['first_call_ms'], '{:.0f}')} | {_f(r['peak_rss_mb'], '{:.0f}')} | {_f(r['gflops_per_s'])} "
                 f"| {_f(r.get('pct_measured_peak'), '{:.0f}%')} | {_f(r.get('pct_theoretical_peak'), '{:.0f}%')} |"
+                + (f" {_f(r.get('paper_ms'), '{:.0f}')} ({_f(r.get('vs_paper'), '{:.2f}x')}) |" if paper else "")
             )
         for key, why in b["refused"].items():
             engine, _, precision = key.partition(" ")
-            out.append(f"| {b['model']} | | {engine} | {precision} | refused | | | | | | | |")
+            out.append(f"| {b['model']} | | {engine} | {precision} | refused |" + " |" * (8 + paper))
             reasons.append(f"- {b['model']}, {key}: {why}")
     out += [
         "",
         "x onnxruntime and cosine: against onnxruntime on the same file (fp32 compute; an INT8 file as it is). "
-        "GFLOP/s and peak shares for fp32 compute on fp32 files only.",
+        "Retrieval gate: top-10 agreement and copies mAP difference to fp32 onnxruntime on the gate's photo set. "
+        "GOP/s: the graph's multiply-adds x 2 per second; % of the peak of the row's precision (table above).",
     ]
     if reasons:
         out += ["", "Refused by the gate:", ""] + reasons

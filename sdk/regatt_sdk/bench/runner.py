@@ -26,7 +26,7 @@ from . import engines as eng
 from . import matrix
 from .machine import load_average, machine_info
 from .paper import PAPER_HARDWARE, PAPER_ROWS, PAPER_TIMES_S
-from .peak import machine_peak, share
+from .peak import machine_peak, precision_peaks, share
 from .profile import Profile, profile_model
 from .targets import evaluate_targets
 
@@ -62,6 +62,8 @@ class BenchConfig:
     engine_matrix: tuple[str, ...] = ()
     #: their precisions (``--precision``); None: each engine's own (see :func:`.matrix.variants_for`)
     matrix_precisions: tuple[str, ...] | None = None
+    #: time each engine/precision in fresh processes, interleaved (False: all in this process)
+    matrix_separate: bool = True
 
 
 @dataclass
@@ -244,6 +246,8 @@ def run_bench(cfg: BenchConfig, tick: Tick, total: Callable[[int], None] | None 
         total(len(cfg.variants) * (per + 1 + side) + 3 + (0 if cfg.model else 1))
     tick("fp32 peak probes")
     peak_first = machine_peak(threads, sizes=(cfg.gemm_size,), runs=cfg.gemm_runs)
+    tick("bf16 and int8 peak probes")
+    peaks = precision_peaks(threads, peak_first, sizes=(cfg.gemm_size,), runs=cfg.gemm_runs)
     with tempfile.TemporaryDirectory(prefix="regatt-bench-") as tmp:
         workdir = Path(cfg.cache) if cfg.cache else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -282,7 +286,12 @@ def run_bench(cfg: BenchConfig, tick: Tick, total: Callable[[int], None] | None 
     notes += list(peak_first.notes) + list(peak_last.notes)
     paper_config = models.backbone_name == PAPER_BACKBONE and max(cfg.height, cfg.width) == 1024
     finish_rows(rows, macs, gemm, paper_config, theoretical, notes)
-    notes += matrix.apply_peak(side_by_side, gemm, theoretical)
+    peaks["fp32"].update(measured_gops=gemm, measured_by=best.measured_by)  # start and end, as the % columns
+    notes += matrix.apply_peak(side_by_side, gemm, theoretical, peaks)
+    for p in peaks.values():
+        notes += list(p["notes"])
+    if paper_config:
+        _paper_columns(side_by_side)
     machine["load_average_end"] = load_average()
     if models.bench_models is not None:
         machine["torch"] = models.bench_models.torch_version()
@@ -317,6 +326,7 @@ def run_bench(cfg: BenchConfig, tick: Tick, total: Callable[[int], None] | None 
             "end": peak_last.to_dict(),
             "used": "best of onnxruntime MatMul, OpenVINO MatMul and NumPy BLAS, start and end of the run",
         },
+        "peaks": peaks,
         "macs": {"profile": {v: p.macs for v, p in profiles.items()}, "torch": macs_torch},
         "profiles": {v: p.to_dict() for v, p in profiles.items()},
         "paper": {"times_s": PAPER_TIMES_S, "rows": PAPER_ROWS, "hardware": PAPER_HARDWARE, "comparable": paper_config},
@@ -350,11 +360,21 @@ def _run_matrix(
         variants = matrix.variants_for(read_card(path).precision, cfg.engine_matrix, cfg.matrix_precisions)
         blocks.append(
             matrix.bench_model(
-                path, cfg.height, cfg.width, cfg.runs, threads, variants, key, macs=macs.get(key), tick=tick
+                path, cfg.height, cfg.width, cfg.runs, threads, variants, key, macs=macs.get(key), tick=tick,
+                separate=cfg.matrix_separate,
             )
-        )
+        )  # fmt: skip
         gc.collect()
     return blocks
+
+
+def _paper_columns(blocks: list[dict[str, object]]) -> None:
+    """The paper's GPU time beside each engine x precision row of its configuration."""
+    for block in blocks:
+        paper_s = PAPER_TIMES_S.get(str(block.get("attention")))
+        for r in block["rows"]:
+            r["paper_ms"] = 1000.0 * paper_s if paper_s else None
+            r["vs_paper"] = r["p50_ms"] / r["paper_ms"] if paper_s else None
 
 
 def _add_quality(cfg: BenchConfig, models: Models, rows: list[dict[str, object]], tick: Tick) -> None:

@@ -75,6 +75,12 @@ def bench(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON here."),
     engine: Optional[list[str]] = engines_option(),
     precision: Optional[list[str]] = precisions_option(),
+    same_process: bool = typer.Option(
+        False,
+        "--same-process",
+        help="Time --engine variants in this process (default: one fresh process per engine/precision and round, "
+        "interleaved, as users run them; in one process onnxruntime's spinning workers slow the next engine).",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress on stderr."),
 ) -> None:
     """Benchmark per-image latency (p50/p90), backbone vs head, GFLOP/s vs the machine's fp32 peak, beside the paper.
@@ -128,6 +134,7 @@ def bench(
         profile_runs=profile_runs,
         engine_matrix=side_engines,
         matrix_precisions=side_precisions,
+        matrix_separate=not same_process,
     )
     report = _run(cfg, run_bench, progress)
     text = markdown(report)

@@ -251,10 +251,26 @@ def family(card: ModelCard) -> str:
     return json.dumps(data, sort_keys=True)
 
 
+#: the least cosine between a variant's golden vector and its fp32 source's (same input): the
+#: weights are the same (INT8 exports are refused below 0.90 at export)
+SOURCE_MIN_COSINE = 0.9
+
+
+def _same_weights(variant: ModelCard, source: ModelCard) -> bool:
+    """Whether the golden vectors (same input) agree: the same weights, not only the same card."""
+    a, b = variant.golden, source.golden
+    if a is None or b is None or (a.height, a.width, a.seed) != (b.height, b.width, b.seed):
+        return a is None or b is None  # nothing to compare: the card alone decides
+    va, vb = np.asarray(a.vector, np.float64), np.asarray(b.vector, np.float64)
+    if va.shape != vb.shape:
+        return False
+    return float(va @ vb / max(np.linalg.norm(va) * np.linalg.norm(vb), 1e-12)) >= SOURCE_MIN_COSINE
+
+
 def reference_model(model: str | Path, card: ModelCard) -> tuple[Path | None, str]:
     """``(path, label)`` of the fp32 file the variant at ``model`` is ranked against: itself for an
     fp32 file; for an INT8/fp16 file its fp32 source among the ``.onnx`` files beside it (same
-    :func:`family`), else ``None`` (the caller then ranks against onnxruntime on the file itself,
+    :func:`family`, golden vectors at cosine >= :data:`SOURCE_MIN_COSINE`), else ``None`` (the caller then ranks against onnxruntime on the file itself,
     and says so)."""
     model = Path(model)
     if card.precision == "fp32":
@@ -267,6 +283,6 @@ def reference_model(model: str | Path, card: ModelCard) -> tuple[Path | None, st
             c = read_card(other)
         except Exception:  # not a regatt model: not a candidate
             continue
-        if c.precision == "fp32" and family(c) == want:
+        if c.precision == "fp32" and family(c) == want and _same_weights(card, c):
             return other, f"onnxruntime fp32 on {other.name}"
     return None, f"onnxruntime on this {card.precision} file (no fp32 source beside it)"
