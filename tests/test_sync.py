@@ -240,3 +240,43 @@ def test_cli_sync_then_compact(tiny_model, folder, tmp_path, capsys):
     assert FeatureStore.open(store).count == 5 and len(read_meta(FeatureStore.open(store))) == 5
     assert run("sync", str(tiny_model), str(folder), "-o", str(store), "--no-progress") == 0
     assert "0 added, 0 changed, 0 removed, 0 touched (same content), 5 unchanged" in capsys.readouterr().out
+
+
+def test_dedup_against_a_collection(encoder, tiny_model, folder, tmp_path, photos, capsys):
+    from regatt_sdk.cli.app import main
+    from regatt_sdk.collection import Collection
+
+    store = tmp_path / "s"
+    sync(encoder, [str(folder)], store)
+    (folder / "camera.jpg").unlink()
+    sync(encoder, [str(folder)], store)  # camera's row is removed: it never matches
+    new = tmp_path / "new"
+    new.mkdir()
+    coffee = photos["coffee"]
+    cv2.imwrite(str(new / "coffee_small.jpg"), cv2.resize(coffee, None, fx=0.7, fy=0.7), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    cv2.imwrite(str(new / "camera_copy.jpg"), photos["camera"])
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(new / "noise.png"), rng.integers(0, 255, (200, 300, 3), dtype=np.uint8))
+    (new / "broken.jpg").write_bytes(b"not a jpeg")
+    col = Collection.open(store, encoder)
+    before = FeatureStore.open(store).manifest
+    for kw in ({"threshold": 0.95}, {"preset": "near"}):
+        rep = col.duplicates_of([str(new)], **kw)
+        assert rep.new == 3 and [n for n, _ in rep.failed] == [str(new / "broken.jpg")]
+        by_new = {}
+        for m in rep.matches:
+            by_new.setdefault(m.new, []).append(m)
+        assert by_new[str(new / "coffee_small.jpg")][0].name == str(folder / "coffee.jpg"), kw
+        assert not any(m.name.endswith("camera.jpg") for m in rep.matches)
+    assert FeatureStore.open(store).manifest == before  # the collection is not changed
+    out = tmp_path / "out"
+    try:
+        main([
+            "dedup", str(tiny_model), "--against", str(store), str(new / "coffee_small.jpg"), "-o", str(out),
+            "--threshold", "0.95",
+        ])  # fmt: skip
+    except SystemExit as exc:
+        assert not exc.code
+    assert "1 of 1 new photos duplicate" in capsys.readouterr().out
+    lines = (out / "against.csv").read_text().splitlines()
+    assert lines[0] == "new,name,score,cosine,row,path" and "coffee.jpg" in lines[1]

@@ -366,6 +366,29 @@ class Collection:
             store=self.store,
         )
 
+    def duplicates_of(
+        self,
+        sources: str | os.PathLike | Iterable[str],
+        *,
+        preset: str | None = None,
+        threshold: float | None = None,
+        top: int = 10,
+        images: str | os.PathLike | None = None,
+    ) -> Any:
+        """Duplicates in this collection of the new photos ``sources`` names, without changing
+        or re-grouping it (:func:`regatt_sdk.dedup.against.find_in_collection`: ``preset``
+        ``exact`` | ``near`` (default; the copy check) | ``scene``, or ``threshold`` alone on
+        descriptor cosine; ``top`` candidates per photo). Returns an
+        :class:`~regatt_sdk.dedup.against.AgainstReport`."""
+        from .dedup.against import find_in_collection
+
+        if len(self) == 0:
+            raise CollectionError(f"collection {self.path} is empty: add images first")
+        if isinstance(sources, (str, os.PathLike)):
+            sources = [sources]
+        return find_in_collection(self, [os.fspath(s) for s in sources], preset=preset, threshold=threshold,
+                                  top=top, images=None if images is None else os.fspath(images))  # fmt: skip
+
     # -- helpers -----------------------------------------------------------------------------
     def _need_encoder(self, what: str) -> Encoder:
         if self.encoder is None:

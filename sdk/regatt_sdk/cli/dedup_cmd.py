@@ -5,6 +5,7 @@ optional move of the removals (with an undo manifest) and a contact-sheet report
                  [--keep largest|first|oldest] [--move-to DIR] [--show DIR]
     regatt dedup [MODEL] --store STORE -o OUT [--threshold T] ...   # reuse a feature store
     regatt dedup --undo DIR                                         # move the files back
+    regatt dedup MODEL --against STORE NEW... -o OUT                # new photos vs a collection
 
 Writes ``OUT/groups.csv`` and ``OUT/groups.json`` (group, member, name, score to the
 representative, descriptor cosine to it, keep/remove), ``OUT/remove.txt`` (one path a line) and,
@@ -72,6 +73,9 @@ def dedup(
     images: Path = typer.Option(None, "--images", help="Folder the store's names are relative to."),
     backend: str = typer.Option("auto", "--backend", help="Range search: auto, exact, ivf, or index (the store's ANN index)."),
     undo: Path = typer.Option(None, "--undo", help="Move the files recorded in this --move-to folder back."),
+    against: Path = typer.Option(None, "--against", help="Check the new photos SOURCES against this feature store "
+                                 "(it is not changed or re-grouped): writes OUT/against.csv."),
+    top: int = typer.Option(10, "--top", min=1, help="Candidates per new photo with --against."),
     device: str = device_option(),
     engine: str = engine_option(),
     precision: str = precision_option(),
@@ -99,6 +103,9 @@ def dedup(
         device=device, engine=engine, precision=precision, memory=memory, threads=threads, max_side=max_side
     )
     sources = list(sources or [])
+    if against is not None:
+        _against(model, against, sources, output, options, preset, threshold, top, images)
+        return
     if model is not None and not model.is_file() and store is not None:
         raise fail(f"{model}: model file not found")
     if store is None:
@@ -152,6 +159,34 @@ def dedup(
         for path, why in rep.skipped:
             typer.echo(f"not moved: {display(path)}: {display(why)}", err=True)
         typer.echo(f"moved {len(rep.done)} files to {move_to} (undo: regatt dedup --undo {move_to})")
+
+
+def _against(model, store, sources, output, options, preset, threshold, top, images) -> None:
+    """``--against STORE``: the new photos' duplicates in the store, one CSV row per match."""
+    from ..collection import Collection
+    from ..sources import check_specs
+
+    if model is None or not sources:
+        raise fail("give MODEL and the new photos: regatt dedup MODEL --against STORE NEW... -o OUT")
+    if not model.is_file():
+        raise fail(f"{model}: model file not found")
+    check_specs(sources, [])
+    Collection.open(store)  # a missing or damaged store is refused before the model loads
+    collection = Collection.open(store, model, options)  # a store made by another model is refused
+    found = collection.duplicates_of(sources, preset=preset, threshold=threshold, top=top, images=images)
+    for note in found.notes:
+        typer.secho(f"note: {note}", err=True, fg=typer.colors.YELLOW)
+    for name, why in found.failed[:10]:
+        typer.echo(f"failed: {display(name)}: {display(why)}", err=True)
+    output.mkdir(parents=True, exist_ok=True)
+    fields = ["new", "name", "score", "cosine", "row", "path"]
+    with open(output / "against.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for m in found.matches:
+            d = m.as_dict()
+            w.writerow({**d, "new": display(d["new"]), "name": display(d["name"]), "path": display(d["path"])})
+    typer.echo(f"{found.summary()}; wrote {output}/against.csv")
 
 
 def register(app: typer.Typer) -> None:
