@@ -280,3 +280,107 @@ def test_dedup_against_a_collection(encoder, tiny_model, folder, tmp_path, photo
     assert "1 of 1 new photos duplicate" in capsys.readouterr().out
     lines = (out / "against.csv").read_text().splitlines()
     assert lines[0] == "new,name,score,cosine,row,path" and "coffee.jpg" in lines[1]
+
+
+def _manifest_commits(store: Path) -> int:
+    import json
+
+    try:
+        return int(json.loads((store / "manifest.json").read_text())["commits"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_kill_9_during_sync_then_rerun_equals_a_clean_run(tiny_model, tmp_path, photos):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = np.random.default_rng(5)
+    d = tmp_path / "photos"
+    d.mkdir()
+    base_imgs = list(photos.values())
+
+    def write(i: int, salt: int) -> None:
+        im = cv2.resize(base_imgs[i % len(base_imgs)], (56 + 8 * (i % 3), 48))
+        noise = np.random.default_rng(i * 100 + salt).integers(-20, 20, im.shape)
+        cv2.imwrite(str(d / f"{i:03d}.png"), np.clip(im.astype(int) + noise, 0, 255).astype(np.uint8))
+
+    for i in range(48):
+        write(i, 0)
+    base = tmp_path / "base"
+    cmd = [sys.executable, "-m", "regatt_sdk", "sync", str(tiny_model), str(d), "--no-progress", "--chunk-rows", "2",
+           "--batch-size", "2", "-o"]  # fmt: skip
+    assert subprocess.run([*cmd, str(base)], capture_output=True).returncode == 0
+    for i in range(0, 48, 3):
+        write(i, 1)  # changed
+    for i in range(1, 48, 9):
+        (d / f"{i:03d}.png").unlink()  # removed
+    for i in range(48, 60):
+        write(i, 0)  # added
+    clean = tmp_path / "clean"
+    shutil.copytree(base, clean)
+    assert subprocess.run([*cmd, str(clean)], capture_output=True).returncode == 0
+    want = state(clean)
+    kills = 0
+    for trial in range(3):
+        work = tmp_path / f"w{trial}"
+        shutil.copytree(base, work)
+        target = _manifest_commits(work) + int(rng.integers(1, 6))
+        proc = subprocess.Popen([*cmd, str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and _manifest_commits(work) < target and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(float(rng.uniform(0, 0.01)))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        assert subprocess.run([*cmd, str(work)], capture_output=True).returncode == 0
+        assert state(work) == want, trial
+    assert kills >= 2  # the runs were killed mid-way, not finished first
+
+
+def test_kill_9_during_compact_then_rerun_equals_a_clean_run(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from regatt_sdk.tombstones import remove
+
+    n, dim = 200_000, 16
+    rng = np.random.default_rng(9)
+    vecs = rng.standard_normal((n, dim)).astype(np.float32)
+    base = tmp_path / "base"
+    with FeatureStore.create(base, card_hash="c", dim=dim) as st:
+        st.append([f"p{i:06d}.jpg" for i in range(n)], vecs)
+        remove(st, rng.choice(n, n // 3, replace=False))
+    clean = tmp_path / "clean"
+    shutil.copytree(base, clean)
+    t0 = time.monotonic()
+    assert (
+        subprocess.run([sys.executable, "-m", "regatt_sdk", "compact", str(clean)], capture_output=True).returncode == 0
+    )
+    took = time.monotonic() - t0
+    ref = FeatureStore.open(clean)
+    for trial in range(3):
+        work = tmp_path / f"w{trial}"
+        shutil.copytree(base, work)
+        proc = subprocess.Popen([sys.executable, "-m", "regatt_sdk", "compact", str(work)])
+        time.sleep(float(rng.uniform(0.3, 1.0)) * took)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert (
+            subprocess.run([sys.executable, "-m", "regatt_sdk", "compact", str(work)], capture_output=True).returncode
+            == 0
+        )
+        got = FeatureStore.open(work)
+        assert got.names == ref.names
+        np.testing.assert_array_equal(got.vectors, ref.vectors)
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+        from regatt_sdk.integrity import verify
+
+        assert verify(work).ok
