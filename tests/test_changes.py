@@ -241,3 +241,19 @@ def test_pgvector_table_deletes_removed_rows_and_reloads_after_compaction(tmp_pa
     s.index.close()
     meta = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert meta["side_meta"]["generation"]
+
+
+def test_encode_resume_adds_a_removed_photo_again(tiny_model, views_dir, tmp_path):
+    from regatt_sdk.encoder import Encoder
+    from regatt_sdk.pipeline import encode_to_store
+
+    store = tmp_path / "s"
+    encode_to_store(Encoder(tiny_model), [str(views_dir)], store, progress=False)
+    name = str(views_dir / "coffee.jpg")
+    with FeatureStore.open(store, writable=True) as st:
+        remove_names(st, [name])
+    r = encode_to_store(Encoder(tiny_model), [str(views_dir)], store, progress=False, resume=True)
+    assert (r.encoded, r.skipped) == (1, 5)
+    st = FeatureStore.open(store)
+    assert live_rows(st)[name] == 6 and st.count == 7
+    np.testing.assert_allclose(st.vectors[6], st.vectors[st.names.index(name)], atol=1e-5)  # batched vs alone

@@ -284,6 +284,10 @@ def encode_to_store(
             report.local_added = _backfill_local(store, extractor, iter_sources(sources, extensions=extensions, list_files=list_files),
                             rois, workers, chunk_rows, max_pixels, min_side, upscale_small)  # fmt: skip
         done = (store.done_names() if resume else set()) if skip is None else skip
+        if skip is None and resume and store.side_meta.get("deleted"):  # a removed photo is not done
+            from .tombstones import live_rows
+
+            done = set(live_rows(store)) | {f.name for f in store.failures}
         items = iter_sources(sources, extensions=extensions, list_files=list_files)
 
         def todo() -> Iterator[SourceItem]:
