@@ -217,3 +217,29 @@ def test_serve_where(tiny_model, tmp_path, photos):
         assert status == 422 and "is not a date" in out["error"]
     finally:
         srv.stop()
+
+
+def test_collection_sync_keeps_its_pgvector_table_in_step(tiny_model, tmp_path, photos, pg_url):
+    pytest.importorskip("psycopg")
+    import cv2
+
+    from regatt_sdk.collection import Collection
+
+    d = tmp_path / "photos"
+    (d / "trips").mkdir(parents=True)
+    for name, img in photos.items():
+        cv2.imwrite(str((d / "trips" if name in ("chelsea", "rocket") else d) / f"{name}.jpg"), img)
+    col = Collection.create(tmp_path / "s", tiny_model, db=pg_url, table="colsync")
+    assert col.sync([str(d)]).added == 6
+    q = str(d / "coffee.jpg")
+    assert len(col.search(q, top=6)) == 6
+    (d / "coffee.jpg").unlink()
+    cv2.imwrite(str(d / "trips" / "coffee2.jpg"), photos["coffee"])
+    r = col.sync([str(d)])
+    assert (r.added, r.removed) == (1, 1)
+    hits = col.search(str(d / "trips" / "coffee2.jpg"), top=6)
+    names = [h.name for h in hits]
+    assert len(hits) == 6 and q not in names and names[0].endswith("coffee2.jpg")
+    hits = col.search(str(d / "trips" / "coffee2.jpg"), top=6, filters=["folder=trips"])
+    assert len(hits) == 3 and all("/trips/" in h.name for h in hits) and hits[0].name.endswith("coffee2.jpg")
+    col.close()
