@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"model": str(args.model), "photos": len(photos), "rows": rows, "first_auto_s": first_auto,
               "last_lines": lines, "machine": machine_info(2), "load_start": list(load_start),
               "load_end": list(os.getloadavg())}  # fmt: skip
+    report["command"] = " ".join(["python", *sys.argv])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))
@@ -101,6 +102,8 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
         "# Whole commands: the defaults (onnxruntime fp32) vs --engine auto --precision auto",
+        "",
+        f"Made by `{report.get('command', 'benchmarks/auto_default.py')}`.",
         "",
         f"{report['model']}; {m['cpu_model']}, {m['usable_cpus']} usable CPUs, flags {', '.join(m['simd'])}. "
         f"Fresh process per command, settings interleaved; wall seconds (open + gates + work). Load average "

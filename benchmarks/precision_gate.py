@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             del enc
     report = {"machine": machine_info(args.threads or 0), "landmarks": str(args.landmarks), "photos": len(files),
               "rows": rows}  # fmt: skip
+    report["command"] = " ".join(["python", *sys.argv])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))
@@ -109,6 +110,8 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
         "# Precision gate: every engine x precision x file",
+        "",
+        f"Made by `{report.get('command', 'benchmarks/precision_gate.py')}`.",
         "",
         f"Machine: {m['cpu_model']}, {m['usable_cpus']} usable CPUs; CPU flags of interest: {', '.join(m['simd'])}; "
         f"units by flag: {', '.join(f'{k} {v}' for k, v in m['units'].items())}; onnxruntime {m['onnxruntime']}.",
@@ -138,7 +141,10 @@ def markdown(report: dict) -> str:
     refused = [r for r in report["rows"] if not r["passed"]]
     if refused:
         lines += ["", "Refused:", ""] + [f"- {r['file']} {r['engine']} {r['variant']}: {r['reason']}" for r in refused]
-    lines += ["", "Random-weight files (timing only) have gate figures but no Paris mAP.", ""]
+    lines += ["", "Random-weight files (timing only) have gate figures but no Paris mAP."]
+    if report.get("files"):
+        lines += ["", "Files:", ""] + [f"- `{k}`: `{v}`" for k, v in report["files"].items()]
+    lines.append("")
     return "\n".join(lines)
 
 

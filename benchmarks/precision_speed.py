@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_start": [round(x, 2) for x in load_start], "load_end": [round(x, 2) for x in os.getloadavg()],
         "rows": rows,
     }  # fmt: skip
+    report["command"] = " ".join(["python", *sys.argv])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))
@@ -137,6 +138,8 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
         "# Speed of each variant, one fresh process per variant and round",
+        "",
+        f"Made by `{report.get('command', 'benchmarks/precision_speed.py')}`.",
         "",
         f"{m['cpu_model']}, {m['usable_cpus']} usable CPUs, {report['threads']} threads; CPU flags "
         f"{', '.join(m['simd'])}; units {', '.join(f'{k} {v}' for k, v in m['units'].items())}. "

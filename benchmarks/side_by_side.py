@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads, "machine": machine_info(args.threads), "load_start": list(load_start),
         "load_end": list(os.getloadavg()), "rows": rows,
     }  # fmt: skip
+    report["command"] = " ".join(["python", *sys.argv])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))
@@ -135,6 +136,8 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
         "# Engines side by side in one process; onnxruntime spinning",
+        "",
+        f"Made by `{report.get('command', 'benchmarks/side_by_side.py')}`.",
         "",
         f"{report['model']}, input {report['input']}, {report['threads']} threads; {m['cpu_model']}, "
         f"{m['usable_cpus']} usable CPUs, flags {', '.join(m['simd'])}. One fresh process per configuration and "

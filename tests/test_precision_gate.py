@@ -33,6 +33,10 @@ def ov():
     return pytest.importorskip("openvino")
 
 
+def _live_ort() -> set[int]:
+    return {id(o) for o in gc.get_objects() if type(o) is OrtEngine and o.session is not None}
+
+
 def _run(engine, card):
     return lambda x: engine.run(x, [card.output_name])[card.output_name]
 
@@ -147,17 +151,14 @@ def test_reference_sessions_do_not_spin_and_are_closed_after_the_gate(tiny_model
     monkeypatch.setattr(choose, "reference_engine", spy)
     monkeypatch.setattr(choose, "_REFERENCE", {})  # the retrieval gate's reference runs again
 
-    def live() -> set[int]:
-        return {id(o) for o in gc.get_objects() if type(o) is OrtEngine and o.session is not None}
-
     gc.collect()
-    before = live()
+    before = _live_ort()
     enc = Encoder(tiny_model, engine="openvino", threads=1)
     gc.collect()
     assert len(made) >= 2  # the descriptor gate's and the retrieval gate's references
     assert [s for _, s in made] == [False] * len(made)  # none spins
     assert all(r() is None or r().session is None for r, _ in made)  # all released
-    assert live() - before == set()  # nothing of onnxruntime stays alive beside the OpenVINO encoder
+    assert _live_ort() - before == set()  # nothing of onnxruntime stays alive beside the OpenVINO encoder
     own = Encoder(tiny_model, engine="onnxruntime", threads=1)
     assert own.engine.spinning is ort.ENCODER_SPINNING and own.engine.describe()["spinning"] is ort.ENCODER_SPINNING
     assert enc.engine.name == "openvino"
@@ -189,7 +190,11 @@ def test_precision_auto_picks_the_fastest_variant_that_passes_and_caches(tiny_mo
 
     monkeypatch.setattr(choose, "cpu_info", lambda: ("test CPU", {"avx512f", "avx512_bf16", "amx_bf16"}))
     monkeypatch.setattr("regatt_sdk.engines.openvino.cpu_supports", lambda precision, target="CPU": True)
+    gc.collect()
+    before = _live_ort()
     first = Encoder(tiny_model, engine="auto", precision="auto", threads=1)
+    gc.collect()  # the probe's losers and the gates' references are released: only the chosen engine lives
+    assert _live_ort() - before <= ({id(first.engine)} if first.choice.engine == "onnxruntime" else set())
     assert (first.choice.engine, first.choice.precision) in {
         ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"),
     }  # fmt: skip

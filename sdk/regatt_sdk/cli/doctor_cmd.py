@@ -72,6 +72,17 @@ def report_engines() -> None:
     typer.echo(
         f"  int8        {'VNNI dot products' if vnni else 'no VNNI: INT8 gains are limited'}; bf16 {'native' if bf16 else 'not native'}"
     )
+    from ..engines.choose import bf16_units
+
+    units = bf16_units(flags)
+    typer.echo(
+        "  precision auto  "
+        + (
+            f"tries bf16 on OpenVINO ({', '.join(units)}) beside fp32, keeps the fastest that passes the retrieval gate"
+            if units
+            else "fp32: no bf16 unit (no amx_bf16 / avx512_bf16 flag), the fastest exact engine"
+        )
+    )
     typer.echo("engines")
     typer.echo("  onnxruntime fp32 (engine='onnxruntime', the default on CPU and GPU)")
     if importlib.util.find_spec("openvino") is None:
