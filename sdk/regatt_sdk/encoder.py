@@ -69,7 +69,10 @@ class Encoder:
         self.choice: EngineChoice | None = None
         self.engine_asked = engine if isinstance(engine, str) else None
         if engine is None or isinstance(engine, str):
-            name = engine or parse_device(device).engine
+            dev = parse_device(device)
+            # precision="auto" without an engine: every engine of a CPU device competes (bf16 is
+            # OpenVINO's); otherwise the device's engine
+            name = engine or ("auto" if precision == "auto" and dev.kind in ("auto", "cpu") else dev.engine)
             self.engine, self.choice = select(self.model_path, self.card, device, name, precision, threads, memory)
         else:
             self.engine = engine
