@@ -232,3 +232,14 @@ def test_precision_auto_on_onnxruntime_says_it_has_no_bf16(tiny_model, engine_ca
     assert enc.choice.precision == "fp32" and "onnxruntime computes no bf16 on CPU" in enc.choice.reason
     assert choose.bf16_units({"avx512_bf16", "amx_tile"}) == ["avx512_bf16"]
     assert choose.bf16_units(set()) == []
+
+
+def test_cli_precision_auto_says_what_it_chose(tiny_model, photo_dir, tmp_path, engine_cache, monkeypatch, capsys):
+    from regatt_sdk.cli.app import main
+
+    monkeypatch.setattr(choose, "cpu_info", lambda: ("test CPU", {"avx2", "fma"}))
+    with pytest.raises(SystemExit) as info:
+        main(["encode", str(tiny_model), str(photo_dir), "-o", str(tmp_path / "store"), "--precision", "auto"])
+    assert int(info.value.code or 0) == 0
+    err = capsys.readouterr().err
+    assert "engine: precision auto -> fp32: this CPU has no bf16 unit" in err

@@ -68,6 +68,8 @@ class Encoder:
         self.card = read_card(self.model_path)
         self.choice: EngineChoice | None = None
         self.engine_asked = engine if isinstance(engine, str) else None
+        #: the precision asked for (``auto``: ``.choice.precision`` is what runs)
+        self.precision_asked = precision
         if engine is None or isinstance(engine, str):
             dev = parse_device(device)
             # precision="auto" without an engine: every engine of a CPU device competes (bf16 is

@@ -109,7 +109,7 @@ def encoder_options(
 
 def open_encoder(model, options: EncoderOptions):
     """:func:`regatt_sdk.compose.open_encoder`, then one line on stderr saying which engine runs
-    and why when ``--engine`` was given."""
+    and why when ``--engine`` or ``--precision`` was given."""
     from ..compose import open_encoder as compose_open
 
     encoder = compose_open(model, options)
@@ -118,6 +118,8 @@ def open_encoder(model, options: EncoderOptions):
 
 
 def say_choice(encoder) -> None:
-    """One line on stderr: which engine runs and why (when ``--engine`` was given)."""
-    if encoder.choice is not None and encoder.engine_asked is not None:
+    """One line on stderr: which engine runs and why (when ``--engine`` or ``--precision`` other
+    than fp32 was given)."""
+    asked = encoder.engine_asked is not None or getattr(encoder, "precision_asked", "fp32") != "fp32"
+    if encoder.choice is not None and asked:
         typer.echo(f"engine: {encoder.choice.reason}", err=True)
