@@ -68,10 +68,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quality", nargs="*", type=Path, default=[], help="files with real weights: gate + Paris mAP")
     ap.add_argument("--gate-only", nargs="*", type=Path, default=[], help="files (e.g. random weights): gates only")
     ap.add_argument("--landmarks", type=Path, default=HERE.parents[1] / "shared" / "data" / "paris6k-subset")
+    ap.add_argument(
+        "--test-landmarks", type=Path, default=None,
+        help="landmarks-train root: also the mAP on its test landmarks (splits.landmark_split)",
+    )  # fmt: skip
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "precision_gate")
     args = ap.parse_args(argv)
     files, labels = landmark_set(args.landmarks) if args.quality else ([], [])
+    checks = {"paris": (files, labels)}
+    if args.test_landmarks is not None and args.quality:
+        from regatt_export.splits import landmark_split
+        from regatt_sdk.files import list_images
+
+        test_files, test_labels = [], []
+        for name in landmark_split(args.test_landmarks)["test"]:
+            for f in list_images(args.test_landmarks / name, recursive=False):
+                test_files.append(f)
+                test_labels.append(name)
+        checks["test"] = (test_files, test_labels)
     rows = []
     reference_map: dict[str, float] = {}
     for path in [*args.quality, *args.gate_only]:
@@ -81,19 +96,21 @@ def main(argv: list[str] | None = None) -> int:
         for engine, precision in VARIANTS[card.precision]:
             row, enc = gate_row(path, engine, precision, args.threads)
             if enc is not None and path in args.quality:
-                t = time.perf_counter()
-                row["paris_map"] = landmark_map(enc.encode(files, batch_size=1), labels)
-                row["paris_s"] = time.perf_counter() - t
                 family = card.backbone + card.attention + card.whitening
-                if card.precision == "fp32" and (engine, precision) == ("onnxruntime", "fp32"):
-                    reference_map[family] = row["paris_map"]
-                if family in reference_map:
-                    row["paris_map_delta"] = row["paris_map"] - reference_map[family]
+                for check, (check_files, check_labels) in checks.items():
+                    t = time.perf_counter()
+                    row[f"{check}_map"] = landmark_map(enc.encode(check_files, batch_size=1), check_labels)
+                    row[f"{check}_s"] = time.perf_counter() - t
+                    if card.precision == "fp32" and (engine, precision) == ("onnxruntime", "fp32"):
+                        reference_map[family + check] = row[f"{check}_map"]
+                    if family + check in reference_map:
+                        row[f"{check}_map_delta"] = row[f"{check}_map"] - reference_map[family + check]
             print(json.dumps({k: v for k, v in row.items() if k != "reason"}), flush=True)
             rows.append(row)
             del enc
     report = {"machine": machine_info(args.threads or 0), "landmarks": str(args.landmarks), "photos": len(files),
-              "rows": rows}  # fmt: skip
+              "test_landmarks": str(args.test_landmarks) if "test" in checks else None,
+              "test_photos": len(checks["test"][0]) if "test" in checks else 0, "rows": rows}  # fmt: skip
     report["command"] = " ".join(["python", *sys.argv])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
@@ -122,21 +139,28 @@ def markdown(report: dict) -> str:
         "query; top-10 agreement with fp32 onnxruntime on the fp32 file (>= 0.85) and the copies' mAP at most "
         "1 point below it. Paris: "
         f"{report['photos']} photos of {report['landmarks']}, every photo a query, at the card's S; "
-        "delta = the variant's mAP minus fp32 onnxruntime's on the fp32 file.",
+        "delta = the variant's mAP minus fp32 onnxruntime's on the fp32 file."
+        + (
+            f" Test landmarks: the {report['test_photos']} photos of the test landmarks of {report['test_landmarks']} "
+            "(`splits.landmark_split`, never learned on), the same rule."
+            if report.get("test_photos")
+            else ""
+        ),
         "",
         "| file | engine | variant | gate | descriptor cosine (min) | top-10 agreement (worst) | copies mAP (delta) "
-        "| Paris mAP | Paris delta |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        "| Paris mAP | Paris delta | test landmarks mAP | test delta |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         if not r["passed"]:
-            lines.append(f"| {r['file']} | {r['engine']} | {r['variant']} | **refused** | | | | | |")
+            lines.append(f"| {r['file']} | {r['engine']} | {r['variant']} | **refused** | | | | | | | |")
             continue
         lines.append(
             f"| {r['file']} | {r['engine']} | {r['variant']} | passed | {_f(r['gate_min_cosine'], '{:.6f}')} "
             f"| {_f(r['top10_mean'], '{:.3f}')} ({_f(r['top10_min'], '{:.1f}')}) "
             f"| {_f(r['copies_map'])} ({_f(r['copies_map_delta'], '{:+.2f}')}) | {_f(r.get('paris_map'))} "
-            f"| {_f(r.get('paris_map_delta'), '{:+.2f}')} |"
+            f"| {_f(r.get('paris_map_delta'), '{:+.2f}')} | {_f(r.get('test_map'))} "
+            f"| {_f(r.get('test_map_delta'), '{:+.2f}')} |"
         )
     refused = [r for r in report["rows"] if not r["passed"]]
     if refused:

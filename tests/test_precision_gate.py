@@ -134,6 +134,8 @@ def test_a_variant_that_ranks_differently_is_refused_with_the_numbers(tiny_model
     engine_cache.unlink()
     enc = Encoder(tiny_model, engine="openvino", threads=1)
     assert enc.choice.retrieval[0].passed and "ranks 40 photos as onnxruntime fp32" in enc.choice.reason
+    # the gate ran the set on the dynamic graph: no static-graph slot (nor compile) spent on its shape
+    assert enc.engine.shapes == "auto" and enc.engine.describe()["compiled_shapes"] == 0
 
 
 def test_reference_sessions_do_not_spin_and_are_closed_after_the_gate(tiny_model, ov, engine_cache, monkeypatch):

@@ -237,6 +237,19 @@ def retrieval_gate(
             pass  # an entry of another format: gate again
     ref_path, ref_label = retrieval.reference_model(model, card)
     run = _runner(engine, card.output_name)
+    shapes = getattr(engine, "shapes", None)
+    if shapes == "auto":  # the set's one shape must not take a static-graph slot (and a compile)
+        engine.shapes = "dynamic"
+    try:
+        result = _retrieval_verdict(engine, model, card, precision, threads, run, ref_path, ref_label)
+    finally:
+        if shapes == "auto":
+            engine.shapes = shapes
+    _save_cache(key, {**result.to_dict(), "time": time.time()})
+    return result
+
+
+def _retrieval_verdict(engine, model, card, precision, threads, run, ref_path, ref_label) -> RetrievalResult:
     is_reference = (
         engine.name == "onnxruntime" and engine.device.kind in ("cpu", "auto")
         and engine.providers[:1] == ["CPUExecutionProvider"] and precision == "fp32"
@@ -249,7 +262,6 @@ def retrieval_gate(
         ref = _reference_vectors(ref_path or model, threads)
         result = retrieval.check(run, ref, card, engine=engine.name, precision=_label(card, precision),
                                  reference_label=ref_label)  # fmt: skip
-    _save_cache(key, {**result.to_dict(), "time": time.time()})
     return result
 
 
