@@ -384,3 +384,35 @@ def test_kill_9_during_compact_then_rerun_equals_a_clean_run(tmp_path):
         from regatt_sdk.integrity import verify
 
         assert verify(work).ok
+
+
+def test_sync_faiss_adds_the_new_rows_to_the_ann_index(tiny_model, folder, tmp_path, photos, capsys):
+    pytest.importorskip("faiss")
+    import warnings
+
+    from regatt_sdk.cli.app import main
+    from regatt_sdk.index.searcher import Searcher
+
+    store = tmp_path / "s"
+
+    def run(*args: str) -> str:
+        try:
+            main(["sync", str(tiny_model), str(folder), "-o", str(store), "--no-progress", "--faiss", *args])
+        except SystemExit as exc:
+            assert not exc.code
+        return capsys.readouterr().out
+
+    assert "(built)" in run()
+    cv2.imwrite(str(folder / "astronaut.jpg"), cv2.flip(photos["astronaut"], 1))  # changed: a new row
+    (folder / "camera.jpg").unlink()
+    out = run()
+    assert "1 changed, 1 removed" in out and "(added 1 rows)" in out
+    assert "ANN index: up to date" in run()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # not stale: no fallback to exact search
+        s = Searcher.for_store(store)
+    assert s.index.backend == "faiss" and s.index.size == 7
+    st = FeatureStore.open(store)
+    _, rows = s.search_vectors(np.asarray(st.vectors), 7)
+    live = set(live_rows(st).values())
+    assert set(rows[rows >= 0].tolist()) == live

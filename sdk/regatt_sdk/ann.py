@@ -21,7 +21,7 @@ from .index.faiss_index import KINDS, FaissIndex, IndexBuildError, check_kind, i
 
 __all__ = [
     "INDEX_SUFFIX", "KINDS", "META_KIND", "META_SUFFIX", "AnnError", "build_store_index", "check_kind",
-    "describe", "index_paths", "load_store_index", "save_index",
+    "describe", "index_paths", "load_store_index", "save_index", "update_store_index",
 ]  # fmt: skip
 
 INDEX_SUFFIX = ".ann.faiss"
@@ -56,6 +56,44 @@ def build_store_index(store_path: str | os.PathLike, kind: str = "auto", **optio
     ann = FaissIndex.build(store.vectors, kind, **options)  # type: ignore[arg-type]
     save_index(ann, store_path, card_hash=store.card_hash)
     return ann
+
+
+def update_store_index(store_path: str | os.PathLike, kind: str = "auto", **options: object) -> tuple[FaissIndex, str]:
+    """Bring the store's ANN index in step with the store: the rows appended since it was built
+    are added to it (its graph or trained lists kept: what ``regatt sync --faiss`` does after a
+    sync), or it is built (none yet, another model's, or more rows than the store). Removed rows
+    stay in it and are skipped at search time (compact the store to drop them). Returns the
+    index and what was done (``"added N rows"`` / ``"built"`` / ``"up to date"``)."""
+    from .store import FeatureStore
+
+    index_file, meta_file = index_paths(store_path)
+    store = FeatureStore.open(store_path)
+    meta = None
+    if index_file.is_file() and meta_file.is_file():
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            meta = None
+    usable = (
+        meta is not None
+        and meta.get("dim") == store.dim
+        and meta.get("card_hash", store.card_hash) == store.card_hash
+        and isinstance(meta.get("count"), int)
+        and 0 < meta["count"] <= store.count
+    )
+    if not usable:
+        return build_store_index(store_path, kind, **options), "built"
+    import_faiss()
+    ann = FaissIndex.load(index_file, store.vectors, meta_file)
+    old = int(meta["count"])
+    if ann.ntotal != old:
+        return build_store_index(store_path, kind, **options), "built"
+    if old == store.count:
+        return ann, "up to date"
+    ann._add_rows(store.vectors[old:])
+    ann.meta["count"] = ann.ntotal
+    save_index(ann, store_path, card_hash=store.card_hash)
+    return ann, f"added {store.count - old} rows"
 
 
 def load_store_index(store_path: str | os.PathLike) -> tuple[FaissIndex | None, str]:

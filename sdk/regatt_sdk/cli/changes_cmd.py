@@ -49,7 +49,11 @@ def sync(
     memory: str = memory_option("pattern"),
     threads: int = threads_option(),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress while encoding."),
-    faiss: bool = typer.Option(False, "--faiss", help="Then rebuild the store's FAISS ANN index when rows were added."),
+    faiss: bool = typer.Option(
+        False,
+        "--faiss",
+        help="Then bring the store's FAISS ANN index in step (the new rows added to it; built if none).",
+    ),
     db: str = typer.Option(
         None,
         "--db",
@@ -86,10 +90,14 @@ def sync(
     if report.failed > SHOWN_FAILURES:
         typer.echo(f"... and {report.failed - SHOWN_FAILURES} more failures", err=True)
     typer.echo(report.summary())
-    if faiss and (report.added or report.changed or report.touched):
-        from ..ann import build_store_index, describe
+    if faiss:
+        from ..ann import describe, update_store_index
 
-        typer.echo(describe(build_store_index(output), output))
+        ann, done = update_store_index(output)
+        typer.echo(f"{describe(ann, output)} ({done})" if done != "up to date" else f"ANN index: {done}")
+    if report.rows and (report.rows - report.live) / report.rows > 0.25:
+        typer.echo(f"note: {report.rows - report.live} of {report.rows} stored rows are removed: "
+                   f"regatt compact {output} rewrites the store without them", err=True)  # fmt: skip
     if db:
         from ..index.pgvector import load_store, redact
 
