@@ -228,7 +228,7 @@ def finish_rows(
         if notes is not None:
             notes += [f"{r['variant']} {r['engine']}: {b}" for b in (bad, bad2) if b]
         r["speedup_vs_eager"] = eager[v] / float(r["p50_ms"]) if v in eager and r["engine"] != eng.EAGER else None
-        r["paper_s"] = PAPER_TIMES_S.get(v)
+        r["paper_s"] = PAPER_TIMES_S.get(v.split("+")[0])  # given files: "context+int8"
         r["paper_comparable"] = paper_config
         r["vs_paper"] = (float(r["p50_ms"]) / 1000.0) / r["paper_s"] if r["paper_s"] else None
 
