@@ -243,3 +243,15 @@ def test_collection_sync_keeps_its_pgvector_table_in_step(tiny_model, tmp_path, 
     hits = col.search(str(d / "trips" / "coffee2.jpg"), top=6, filters=["folder=trips"])
     assert len(hits) == 3 and all("/trips/" in h.name for h in hits) and hits[0].name.endswith("coffee2.jpg")
     col.close()
+    pytest.importorskip("fastapi")
+    from httpserver import Server
+
+    srv = Server(tiny_model, "--db", pg_url, "--table", "colsync", log=tmp_path / "log")
+    try:
+        body = (d / "trips" / "coffee2.jpg").read_bytes()
+        status, out = srv.json("POST", "/v1/search?top=6&where=folder%3Dtrips", body)
+        assert status == 200 and [h["name"] for h in out["hits"]] == [h.name for h in hits], out
+        status, out = srv.json("POST", "/v1/search?top=6&where=size%3Cabc", body)
+        assert status == 422 and "whole number" in out["error"]
+    finally:
+        srv.stop()
