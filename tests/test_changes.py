@@ -257,3 +257,22 @@ def test_encode_resume_adds_a_removed_photo_again(tiny_model, views_dir, tmp_pat
     st = FeatureStore.open(store)
     assert live_rows(st)[name] == 6 and st.count == 7
     np.testing.assert_allclose(st.vectors[6], st.vectors[st.names.index(name)], atol=1e-5)  # batched vs alone
+
+
+def test_local_features_added_later_skip_removed_photos_whose_files_are_gone(tiny_model, views_dir, tmp_path):
+    from regatt_sdk.encoder import Encoder
+    from regatt_sdk.local.storage import LocalIndex
+    from regatt_sdk.pipeline import encode_to_store
+
+    store = tmp_path / "s"
+    encode_to_store(Encoder(tiny_model), [str(views_dir)], store, progress=False)
+    gone = views_dir / "rocket.jpg"
+    with FeatureStore.open(store, writable=True) as st:
+        remove_names(st, [str(gone)])
+    gone.unlink()
+    r = encode_to_store(Encoder(tiny_model), [str(views_dir)], store, progress=False, resume=True, local=True)
+    assert r.local_added == 6
+    st = FeatureStore.open(store)
+    li = LocalIndex.open(st)
+    row = st.names.index(str(gone))
+    assert li.count == 6 and len(li.features(row)) == 0 and len(li.features((row + 1) % 6)) > 0

@@ -487,7 +487,10 @@ def _backfill_local(
         i = wanted.get(item.name)
         if i is not None and item.error is None:
             paths[i] = item.path
-    missing = [n for n, p in zip(names, paths) if p is None]
+    from .tombstones import deleted_rows
+
+    removed = set((deleted_rows(store) - have).tolist())  # their photos may be gone: no features
+    missing = [n for k, (n, p) in enumerate(zip(names, paths)) if p is None and k not in removed]
     if missing:
         raise StoreError(
             f"{len(missing)} stored row(s) need local features but their images are not among the sources "
@@ -495,6 +498,12 @@ def _backfill_local(
         )
 
     def load(i: int) -> Any:
+        if i in removed:  # a removed row keeps its place in the side files, with no keypoints
+            from .local.extract import LocalFeatures
+
+            dims = extractor.book.dims
+            return LocalFeatures(np.zeros((0, 4), np.float32), np.zeros((0, dims), np.int8),
+                                 np.zeros(0, np.uint16), 1.0, 0, 0)  # fmt: skip
         image = read_image(paths[i], max_pixels=max_pixels, min_side=min_side, upscale_small=upscale_small)
         roi = rois.get(names[i], rois.get(paths[i])) if rois else None
         if roi is not None:
