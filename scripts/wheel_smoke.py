@@ -94,6 +94,11 @@ def serve_ready(model: Path, store: Path) -> None:
                     body = json.loads(r.read())
                     if r.status == 200 and body.get("ready"):
                         step(f"regatt serve: /readyz 200 (card {body.get('card_hash')})")
+                        for page in ("/", "/static/app.js", "/static/app.css"):  # package data
+                            with urllib.request.urlopen(f"http://127.0.0.1:{port}{page}", timeout=5) as p:
+                                if p.status != 200 or not p.read():
+                                    sys.exit(f"wheel-smoke: regatt serve: GET {page} answered {p.status}")
+                        step("regatt serve: the search page and its assets 200")
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
                 pass

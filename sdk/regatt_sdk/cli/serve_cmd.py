@@ -82,13 +82,25 @@ def serve(
         help="Before ready, run one batch of --max-batch square images at the prepared side, so memory "
         "reaches its size for the largest batch at start instead of during the load.",
     ),
+    images: Path = typer.Option(
+        None,
+        "--images",
+        help="Folder the store's names are relative to; the page's thumbnails come only "
+        "from files inside it (default: the folder common to the names).",
+    ),  # fmt: skip
+    dedup: Path = typer.Option(
+        None, "--dedup", help="A 'regatt dedup' output folder (groups.json) to show read-only on the page."
+    ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
-    """Serve POST /v1/encode and /v1/search (micro-batched), /healthz, /readyz, /metrics, /docs."""
+    """Serve POST /v1/encode and /v1/search (micro-batched), /healthz, /readyz, /metrics, /docs,
+    and the search page at / (thumbnails, duplicates)."""
     if not model.is_file():
         raise RegattError(f"{model}: model file not found")
     if store is not None and db is not None:
         raise RegattError("give --store or --db, not both")
+    if dedup is not None and not (dedup / "groups.json").is_file():
+        raise RegattError(f"{dedup}: no groups.json: give a 'regatt dedup ... -o OUT' output folder")
     from ..optional import require
 
     require("fastapi", extra="serve", what="regatt serve")
@@ -103,7 +115,7 @@ def serve(
         max_batch=max_batch, window_ms=window_ms, max_queue=max_queue, timeout_s=timeout,
         max_bytes=max_bytes, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes,
         body_timeout_s=body_timeout, decode_workers=workers, dba=dba, ann=ann,
-        ef_search=ef_search, db_pool=db_pool, warmup=warmup,
+        ef_search=ef_search, db_pool=db_pool, warmup=warmup, images=images, dedup=dedup,
     )  # fmt: skip
     run(config, host, port, log_level=log_level)
 

@@ -103,6 +103,10 @@ class ServeConfig:
     #: engine's arena grows to the largest batch the server can run now, not mid-load
     warmup: bool = True
     retry_after_s: int = 1
+    #: the folder the store's names are relative to (thumbnails are made only from files in it;
+    #: default: the folder common to the names), and a ``regatt dedup`` output shown read-only
+    images: Path | None = None
+    dedup: Path | None = None
 
 
 def warm_up(encoder: Any, batch: int) -> float:
@@ -575,6 +579,9 @@ def create_app(config: ServeConfig, service: Service | None = None):
     async def metrics():
         return PlainTextResponse(svc.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    from .web import register as register_page
+
+    register_page(app, svc, config)  # the search page, thumbnails, duplicates (serve/web.py)
     return app
 
 
