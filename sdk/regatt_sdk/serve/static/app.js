@@ -21,6 +21,8 @@
     $("status").classList.toggle("error", !!error);
   }
 
+  const short = (name) => name.split("/").pop() || name;  // the file name; the whole name in title
+
   function thumb(row, name) {
     const img = el("img", { alt: name, loading: "lazy" });
     if (row === null || row === undefined) {
@@ -151,7 +153,7 @@
     list.replaceChildren();
     for (const h of hits) {
       const meta = el("span", { class: "meta" },
-        el("span", { class: "name", text: h.rank + ". " + h.name }),
+        el("span", { class: "name", title: h.name, text: h.rank + ". " + short(h.name) }),
         el("span", { class: "score", text: "score " + h.score.toFixed(3) + " " }),
         h.inliers !== undefined && h.inliers !== null
           ? el("span", { class: "badge inliers", text: h.inliers + " inliers" }) : null);
@@ -208,7 +210,7 @@
             thumb(m.row, m.name),
             el("span", { class: "meta" },
               el("span", { class: "badge " + action, text: action }), " ",
-              el("span", { class: "name", text: m.name }),
+              el("span", { class: "name", title: m.name, text: short(m.name) }),
               el("span", { class: "muted", text: score }))));
         }
         box.append(el("section", { class: "group", "aria-label": "Group " + g.id },
