@@ -54,7 +54,7 @@ def site(tiny_model: Path, photo_dir: Path, tmp_path_factory):
         Encoder(tiny_model, device="cpu", max_side=int(SIDE)), [str(coll)], store, progress=False, local=True
     )
     out = root / "dedup"
-    r = CliRunner().invoke(build(), ["dedup", "--store", str(store), "-o", str(out), "--threshold", "0.99"])
+    r = CliRunner().invoke(build(), ["dedup", "--store", str(store), "-o", str(out), "--threshold", "0.99999"])
     assert r.exit_code == 0, r.output
     srv = Server(tiny_model, "--store", str(store), "--max-side", SIDE, "--dedup", str(out), log=root / "server.log")
     yield srv, coll
