@@ -145,6 +145,8 @@ def test_search_page_in_a_browser(site, browser) -> None:
     text = d.find_element(By.ID, "detail-text").text
     assert "score" in text and "verified matches" in text, text
     wait(d, lambda d: d.execute_script("return document.getElementById('detail-hit').naturalWidth") > 0)
+    wait(d, lambda d: d.execute_script("return document.getElementById('detail-match').naturalWidth") > 0)
+    assert d.find_element(By.ID, "detail-match").is_displayed()  # the verified matches picture
     shot(d, "04-hit")
     d.find_element(By.ID, "detail-close").send_keys(Keys.ENTER)  # keyboard: the dialog's button
     wait(d, lambda d: d.find_element(By.ID, "detail").get_attribute("open") is None)

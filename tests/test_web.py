@@ -184,3 +184,43 @@ def test_serve_refuses_a_dedup_folder_without_groups(tiny_model: Path, collectio
         build(), ["serve", str(tiny_model), "--store", str(collection["store"]), "--dedup", str(tmp_path)]
     )
     assert r.exit_code != 0 and "no groups.json" in f"{r.output}{r.exception}"
+
+
+@pytest.fixture(scope="module")
+def local_server(tiny_model: Path, collection: dict, tmp_path_factory):
+    """A server over a store with local features (regatt encode --local) of the same folder."""
+    store = tmp_path_factory.mktemp("web-local") / "store"
+    encode_to_store(
+        Encoder(tiny_model, device="cpu", max_side=int(SIDE)), [str(collection["coll"])], store, progress=False,
+        local=True,
+    )  # fmt: skip
+    from regatt_sdk.compose import open_store
+
+    srv = Server(tiny_model, "--store", str(store), "--max-side", SIDE, log=store.parent / "server.log")
+    yield srv, open_store(store).names
+    srv.stop()
+
+
+def test_match_picture(local_server, collection: dict) -> None:
+    import cv2
+
+    srv, names = local_server
+    assert srv.json("GET", "/v1/info")[1]["rerank"] is True
+    data = (collection["coll"] / "astronaut.jpg").read_bytes()
+    row = names.index(str(collection["coll"] / "astronaut.jpg"))
+    status, head, body = srv.request("POST", f"/v1/match?row={row}&roi=0,0,400,400", data)
+    assert status == 200, body
+    assert head["content-type"] == "image/png" and int(head["x-regatt-inliers"]) > 10
+    pic = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+    assert pic.shape[0] == 480 + 28  # the drawing's height, never the full photo
+    assert srv.json("POST", f"/v1/match?row={names.index(str(collection['coll'] / 'link.jpg'))}", data)[0] == 404
+    assert srv.json("POST", f"/v1/match?row={len(names)}", data)[0] == 404
+    assert srv.json("POST", f"/v1/match?row={row}", b"not an image" * 10)[0] == 422
+    assert srv.json("POST", f"/v1/match?row={row}&roi=5,5,1,1", data)[0] == 422
+    assert srv.json("POST", "/v1/match?row=x", data)[0] == 422
+
+
+def test_match_needs_local_features(server: Server, collection: dict) -> None:
+    data = (collection["coll"] / "astronaut.jpg").read_bytes()
+    status, body = server.json("POST", "/v1/match?row=0", data)
+    assert status == 422 and "local features" in body["error"], body

@@ -3,8 +3,9 @@
 ``GET /`` (``static/index.html``), ``GET /static/app.js`` and ``/static/app.css`` (package data, no
 build step, nothing from the internet), ``GET /v1/info`` (what the page may offer: rows, local
 features for ``rerank``, a duplicates folder), ``GET /v1/thumb?row=N`` (a JPEG of at most
-:data:`THUMB_SIDE` px of a store row, made once and cached) and ``GET /v1/duplicates`` (the groups
-of ``regatt serve ... --dedup DIR``, a ``regatt dedup`` output folder; read-only).
+:data:`THUMB_SIDE` px of a store row, made once and cached), ``GET /v1/duplicates`` (the groups
+of ``regatt serve ... --dedup DIR``, a ``regatt dedup`` output folder; read-only) and ``POST
+/v1/match?row=N`` (the upload and row N's photo with the verified local matches drawn, PNG).
 
 Which files a thumbnail may be made from (the rule, tested in ``tests/test_web.py``): a client
 names only a store row, never a path. The row must exist and not be removed. Its stored name must
@@ -32,6 +33,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from fastapi import Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 #: the package data the page is made of
@@ -178,6 +180,37 @@ def read_duplicates(folder: Path, rows: dict[str, int]) -> list[dict[str, Any]]:
     return out
 
 
+def draw_match(svc: Any, config: Any, data: bytes, roi: Any, row: int, src: Path) -> tuple[bytes, int]:
+    """``(PNG bytes, inliers)``: the upload (cropped to ``roi``) and row ``row``'s photo ``src``
+    with the verified matches drawn (:func:`regatt_sdk.local.draw.draw_matches`)."""
+    import cv2
+    import numpy as np
+
+    from ..errors import ImageError
+    from ..imageio import decode_image, read_image
+    from ..index.searcher import read_query
+    from ..local.draw import draw_matches
+    from .app import ApiError
+
+    try:
+        bgr = decode_image(data, "upload", max_pixels=config.max_pixels, max_decoded_bytes=config.max_decoded_bytes)
+        photo = read_query(bgr, roi)
+        if photo.size == 0:
+            raise ApiError(422, "the roi leaves nothing of the image")
+        hit = read_image(src)
+    except ImageError as exc:
+        raise ApiError(422, f"not a usable image: {exc.reason}") from None
+    rr = svc.searcher.reranker()
+    qf = rr.describe_query(photo)
+    v = rr.verify_rows(qf, np.asarray([row], np.int64), np.zeros(1, np.float32))[0]
+    pic = draw_matches(photo, hit, qf, rr.local.features(row), v.matches, v.geometry.mask, v.geometry.H,
+                       title=f"{v.inliers} inliers")  # fmt: skip
+    ok, png = cv2.imencode(".png", pic)
+    if not ok:
+        raise ApiError(500, "could not draw the matches")
+    return png.tobytes(), int(v.inliers)
+
+
 def register(app: Any, svc: Any, config: Any) -> None:
     """Add the page, its assets and ``/v1/info``, ``/v1/thumb``, ``/v1/duplicates`` to ``app``."""
     from .app import MAX_RERANK, MAX_TOP, ApiError
@@ -250,6 +283,32 @@ def register(app: Any, svc: Any, config: Any) -> None:
         if path is None:
             return JSONResponse({"error": why, "status": 404}, status_code=404)
         return Response(path.read_bytes(), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    @app.post("/v1/match", summary="Verified matches between an upload and one store row (PNG)")
+    async def match(request: Request, row: str = "", roi: str | None = None):
+        """The upload (raw image bytes as the body; ``roi`` in its pixels) and the photo of store
+        row ``row`` side by side, at most 480 px high, with the inlier matches found by local
+        features drawn between them (a store encoded with ``--local``); the count is in the
+        ``X-Regatt-Inliers`` header. 404 for a row without a thumbnail (the same rule)."""
+        from .app import parse_roi, read_body
+
+        try:
+            n = int(row)
+        except ValueError:
+            raise ApiError(422, f"row {row!r}: expected a row number") from None
+        box = parse_roi(roi)
+        svc.can_rerank()
+        src, why = thumbs().source(n)
+        if src is None:
+            return JSONResponse({"error": why, "status": 404}, status_code=404)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
+        data = await read_body(request.receive, headers, config.max_bytes, config.body_timeout_s)
+        if not data:
+            raise ApiError(422, "empty upload: send the query image's bytes as the body")
+        png, inliers = await asyncio.get_running_loop().run_in_executor(
+            svc.decode_pool, draw_match, svc, config, data, box, n, src
+        )
+        return Response(png, media_type="image/png", headers={"X-Regatt-Inliers": str(inliers)})
 
     @app.get("/v1/duplicates", summary="Groups of a regatt dedup output (read-only)")
     async def duplicates():

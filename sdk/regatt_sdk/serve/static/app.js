@@ -176,6 +176,17 @@
     }
     if ($("roi").value) text += " · query box " + $("roi").value;
     $("detail-text").textContent = text;
+    $("detail-match-fig").hidden = true; $("detail-pair").hidden = false;
+    if (state.matchUrl) { URL.revokeObjectURL(state.matchUrl); state.matchUrl = null; }
+    if (h.inliers !== undefined && h.inliers !== null && state.file) {  // the verified matches picture
+      const q = "/v1/match?row=" + encodeURIComponent(h.row) + ($("roi").value ? "&roi=" + encodeURIComponent($("roi").value) : "");
+      fetch(q, { method: "POST", body: state.file }).then(async (r) => {
+        if (!r.ok) throw new Error((await r.json()).error || r.status);
+        state.matchUrl = URL.createObjectURL(await r.blob());
+        $("detail-match").src = state.matchUrl;
+        $("detail-match-fig").hidden = false; $("detail-pair").hidden = true;  // it shows both
+      }).catch((err) => { $("detail-text").textContent = text + " · no matches picture: " + err.message; });
+    }
     const d = $("detail");
     if (d.showModal) d.showModal(); else d.setAttribute("open", "");
     $("detail-close").focus();
