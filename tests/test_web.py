@@ -224,3 +224,18 @@ def test_match_needs_local_features(server: Server, collection: dict) -> None:
     data = (collection["coll"] / "astronaut.jpg").read_bytes()
     status, body = server.json("POST", "/v1/match?row=0", data)
     assert status == 422 and "local features" in body["error"], body
+
+
+def test_thumbnail_cache_of_a_store_it_cannot_write(collection: dict, tmp_path: Path) -> None:
+    """When STORE/thumbs cannot be made the cache goes under the system's temporary folder."""
+    import tempfile
+
+    from regatt_sdk.compose import open_store
+    from regatt_sdk.serve.web import Thumbnails
+
+    (tmp_path / "thumbs").write_text("a file where the cache folder would go")
+    names = open_store(collection["store"]).names
+    t = Thumbnails(tmp_path, names, None, images=collection["coll"])
+    assert t.cache.parent == Path(tempfile.gettempdir()) / "regatt-thumbs"
+    path, why = t.get(names.index(str(collection["coll"] / "camera.jpg")))
+    assert path is not None and path.parent == t.cache, why

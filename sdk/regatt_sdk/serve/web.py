@@ -83,8 +83,14 @@ class Thumbnails:
             pass
         key = hashlib.sha1(os.fsencode(os.path.abspath(self.store_path))).hexdigest()[:16]
         other = Path(tempfile.gettempdir()) / "regatt-thumbs" / key
-        other.mkdir(parents=True, exist_ok=True)
-        return other
+        try:
+            other.mkdir(parents=True, exist_ok=True, mode=0o700)
+            st = other.lstat()
+            if other.is_symlink() or st.st_uid != os.getuid():  # someone else's folder: not trusted
+                raise PermissionError(other)
+            return other
+        except OSError:
+            return Path(tempfile.mkdtemp(prefix="regatt-thumbs-"))
 
     def is_removed(self, row: int) -> bool:
         return self.removed is not None and row < len(self.removed) and bool(self.removed[row])
