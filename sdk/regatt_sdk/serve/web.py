@@ -115,6 +115,7 @@ class Thumbnails:
         import cv2
 
         from ..errors import ImageError
+        from ..files import atomic_write
         from ..imageio import read_image
 
         src, why = self.source(row)
@@ -137,24 +138,9 @@ class Thumbnails:
         ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, THUMB_QUALITY])
         if not ok:
             return None, f"row {row}: could not make its thumbnail"
-        fd, tmp = tempfile.mkstemp(dir=self.cache, prefix=".tmp-", suffix=".jpg")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data.tobytes())
-            os.replace(tmp, out)
-        except BaseException:
-            with _suppress():
-                os.unlink(tmp)
-            raise
+        with atomic_write(out) as fh:  # readers see no thumbnail or a whole one
+            fh.write(data.tobytes())
         return out, ""
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], OSError)
 
 
 def read_duplicates(folder: Path, rows: dict[str, int]) -> list[dict[str, Any]]:
