@@ -140,7 +140,7 @@ def test_search_page_in_a_browser(site, browser) -> None:
     shot(d, "03-box")
 
     # open a hit: the query and the hit side by side, with score and inliers
-    cards[0].click()
+    cards[0].send_keys(Keys.ENTER)  # keyboard: results are buttons
     wait(d, lambda d: d.find_element(By.ID, "detail").get_attribute("open") is not None)
     text = d.find_element(By.ID, "detail-text").text
     assert "score" in text and "verified matches" in text, text
@@ -149,6 +149,10 @@ def test_search_page_in_a_browser(site, browser) -> None:
     assert d.find_element(By.ID, "detail-match").is_displayed()  # the verified matches picture
     shot(d, "04-hit")
     d.find_element(By.ID, "detail-close").send_keys(Keys.ENTER)  # keyboard: the dialog's button
+    wait(d, lambda d: d.find_element(By.ID, "detail").get_attribute("open") is None)
+    cards[1].send_keys(Keys.ENTER)
+    wait(d, lambda d: d.find_element(By.ID, "detail").get_attribute("open") is not None)
+    ActionChains(d).send_keys(Keys.ESCAPE).perform()  # Escape closes it too
     wait(d, lambda d: d.find_element(By.ID, "detail").get_attribute("open") is None)
 
     # the duplicates view: the copied photo and its original, one kept, one to remove
