@@ -158,3 +158,26 @@ def test_pgvector_table_as_the_backend(pictures, tmp_path, pg_url):
         st.append(["x"], np.full((1, 32), 32**-0.5, np.float32))
     with pytest.raises(DatabaseError, match="another model"):
         Collection.open(other, db=pg_url, table="collection_t").sync()
+
+
+def test_duplicates_leave_out_removed_rows(tiny_model, tmp_path, photos):
+    import shutil
+
+    import cv2
+
+    from regatt_sdk import Collection
+    from regatt_sdk.tombstones import remove
+
+    d = tmp_path / "p"
+    d.mkdir()
+    cv2.imwrite(str(d / "a.jpg"), photos["astronaut"])
+    shutil.copy(d / "a.jpg", d / "a-copy.jpg")
+    cv2.imwrite(str(d / "b.jpg"), photos["coffee"])
+    col = Collection.create(tmp_path / "s", tiny_model)
+    col.add([str(d)])
+    before = col.duplicates(threshold=0.99)
+    assert before.groups == 1 and {r.name.rsplit("/", 1)[-1] for r in before.rows} == {"a.jpg", "a-copy.jpg"}
+    with col.store.__class__.open(col.path, writable=True) as st:
+        remove(st, [col.names.index(str(d / "a-copy.jpg"))])
+    col = Collection.open(tmp_path / "s", tiny_model)
+    assert col.duplicates(threshold=0.99).groups == 0

@@ -352,8 +352,17 @@ class Collection:
 
         if len(self) == 0:
             raise CollectionError(f"collection {self.path} is empty: add images first")
-        return find_duplicates(
-            self.vectors,
+        from .tombstones import deleted_mask
+
+        removed = deleted_mask(self.store)
+        vectors = self.vectors
+        if removed is not None and removed.any():
+            vectors = np.array(vectors)
+            vectors[removed] = 0.0  # a removed row pairs with nothing by cosine
+            if backend == "index":
+                backend = "auto"  # the ANN index still holds removed rows' vectors
+        report = find_duplicates(
+            vectors,
             self.names,
             encoder=self.encoder,
             preset=preset,
@@ -365,6 +374,7 @@ class Collection:
             index=lambda: self.searcher().index,
             store=self.store,
         )
+        return report if removed is None or not removed.any() else _without_rows(report, removed)
 
     def duplicates_of(
         self,
@@ -413,6 +423,25 @@ class Collection:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+
+def _without_rows(report: DuplicateReport, removed: np.ndarray) -> DuplicateReport:
+    """``report`` without the members ``removed`` (N,) bool marks (a changed photo's old row can
+    still match its file by hash): groups left with one member are dropped, groups renumbered,
+    and a group whose kept member was removed keeps its first remaining one."""
+    from dataclasses import replace
+
+    groups: dict[int, list] = {}
+    for r in report.rows:
+        if not removed[r.member]:
+            groups.setdefault(r.group, []).append(r)
+    rows = []
+    for number, members in enumerate((m for m in groups.values() if len(m) > 1), start=1):
+        has_keep = any(m.action == "keep" for m in members)
+        for k, m in enumerate(members):
+            action = m.action if has_keep else ("keep" if k == 0 else "remove")
+            rows.append(replace(m, group=number, action=action))
+    return replace(report, rows=rows)
 
 
 def _encoder(model: str | os.PathLike | Encoder, options: EncoderOptions | None) -> Encoder:
