@@ -437,15 +437,25 @@ def same_pad_model(tmp_path_factory) -> Path:
     return out
 
 
-def test_int8_same_pad_model_passes_the_openvino_gate(same_pad_model, photo_dir, tmp_path):
+def test_int8_same_pad_model_passes_the_openvino_gate(same_pad_model, photo_dir, tmp_path, monkeypatch):
     """The default backbone's INT8 QDQ export runs on OpenVINO with onnxruntime's descriptors
-    (the gate: cosine >= 0.99 at the golden and untraced sizes; 0.976 before the fix)."""
+    (the gate: cosine >= 0.99 at the golden and untraced sizes; 0.976 before the fix).
+
+    This fixture (4 calibration photos, no learned head) describes every photo nearly alike
+    (its reference finds the gate's copies at ~28 mAP), so rankings are noise and the retrieval
+    gate (tests/test_precision_gate.py) cannot judge it: it is opened up here, and only the
+    descriptor gate this test is about decides."""
     pytest.importorskip("openvino")
     import onnx
 
     from regatt_export.quantize import Int8Options, quantize_int8
     from regatt_sdk.encoder import Encoder
+    from regatt_sdk.engines import retrieval
     from regatt_sdk.engines.gate import INT8_MIN_COSINE
+
+    monkeypatch.setattr(retrieval, "MIN_TOP10", 0.0)
+    monkeypatch.setattr(retrieval, "MAX_MAP_DROP", 100.0)
+    monkeypatch.setenv("REGATT_ENGINE_CACHE", str(tmp_path / "engines.json"))
 
     out = tmp_path / "e.int8.onnx"
     card, _ = quantize_int8(same_pad_model, out, photo_dir, Int8Options(count=4, holdout=2, min_cosine=0.5))
