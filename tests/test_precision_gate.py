@@ -245,3 +245,15 @@ def test_cli_precision_auto_says_what_it_chose(tiny_model, photo_dir, tmp_path, 
     assert int(info.value.code or 0) == 0
     err = capsys.readouterr().err
     assert "engine: precision auto -> fp32: this CPU has no bf16 unit" in err
+
+
+def test_verify_judges_a_bf16_variant_by_the_gates_cosine(tiny_model, ov, engine_cache):
+    from regatt_sdk.encoder import Encoder
+    from regatt_sdk.engines.openvino import cpu_supports
+
+    if not cpu_supports("bf16"):
+        pytest.skip("no BF16 on this CPU")
+    enc = Encoder(tiny_model, engine="openvino", precision="bf16", threads=1)
+    assert enc.verify() >= 0.0  # the server's golden check: cosine >= 0.99, not the exact bound
+    exact = Encoder(tiny_model, engine="openvino", threads=1)
+    assert exact.verify() <= 1e-4

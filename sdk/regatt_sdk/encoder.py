@@ -231,14 +231,30 @@ class Encoder:
 
     # -- checks ---------------------------------------------------------------------------------
     def verify(self) -> float:
-        """Run the card's golden input; return max |diff| or raise if it exceeds the card's atol."""
+        """Run the card's golden input; return max |diff| or raise if it exceeds the card's atol
+        (an exact variant), or, for a variant the gate passed by cosine (bf16 compute, an INT8 or
+        fp16 file on another engine than onnxruntime), if its cosine falls below the gate's."""
+        from .engines import gate
+
         g = self.card.golden
         if g is None:
             raise ModelError(f"{self.model_path}: the model card has no golden vector")
         image = golden_image(g.height, g.width, g.seed)[None]
         got = self.encode_prepared(image)[0]
-        diff = float(np.abs(got - np.asarray(g.vector, dtype=np.float32)).max())
-        if not diff <= max(g.atol, 1e-4):
+        want = np.asarray(g.vector, dtype=np.float32)
+        diff = float(np.abs(got - want).max())
+        c = self.choice
+        by_cosine = c is not None and (
+            c.precision != "fp32" or (self.card.precision != "fp32" and c.engine != "onnxruntime")
+        )
+        if by_cosine:
+            cos = float(got @ want / max(float(np.linalg.norm(got) * np.linalg.norm(want)), 1e-12))
+            if not cos >= gate.BF16_MIN_COSINE:
+                raise ModelError(
+                    f"{self.model_path}: golden check failed on {self.providers[0]} {c.precision} "
+                    f"(cosine {cos:.6f} < {gate.BF16_MIN_COSINE})"
+                )
+        elif not diff <= max(g.atol, 1e-4):
             raise ModelError(f"{self.model_path}: golden check failed on {self.providers[0]} (max |diff| {diff:.2e})")
         return diff
 

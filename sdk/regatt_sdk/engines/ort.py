@@ -28,10 +28,12 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 MEMORY_PLANS = ("pattern", "arena", "lean")
 #: the onnxruntime config key that lets intra-op worker threads busy-wait for work after a run
 SPIN_KEY = "session.intra_op.allow_spinning"
-#: whether the Encoder's own sessions spin (``spinning=None``). Measured on 2 cores
-#: (``benchmarks/results/side_by_side.md``): after each run onnxruntime's workers keep spinning
-#: for ~10-15 ms, so an OpenVINO run that follows loses a core; without spinning onnxruntime alone
-#: is as fast within the noise. The SDK's own reference and probe sessions never spin.
+#: whether the Encoder's own sessions spin. Measured (``benchmarks/results/side_by_side.md``, 2
+#: cores, default model 384x512, fresh processes): after each run onnxruntime's workers spin
+#: ~10-15 ms, so an OpenVINO run right after one in the same process took 1.91x its time alone
+#: (fp32; bf16 1.86x) with spinning and 1.10x (bf16 1.17x) without; onnxruntime alone is 8 %
+#: slower without spinning (26.2 vs 24.2 ms). Off: engines side by side matter more than 8 %.
+#: The SDK's own reference sessions never spin.
 ENCODER_SPINNING = False
 #: device kind -> the onnxruntime provider it needs
 PROVIDERS: dict[str, str] = {
