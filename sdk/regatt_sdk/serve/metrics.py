@@ -57,6 +57,9 @@ class Metrics:
         self.latency = Histogram(LATENCY_BUCKETS)
         self.batch_size = Histogram(BATCH_BUCKETS)
         self.inference = Histogram(LATENCY_BUCKETS)
+        for hist in (self.batch_size, self.inference):  # label-less series exist from the start, at zero
+            hist.counts[()] = [0] * (len(hist.buckets) + 1)
+            hist.sums[()] = 0.0
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
 
     def request(self, endpoint: str, status: int, seconds: float) -> None:
