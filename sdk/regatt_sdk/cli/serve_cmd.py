@@ -91,10 +91,16 @@ def serve(
     dedup: Path = typer.Option(
         None, "--dedup", help="A 'regatt dedup' output folder (groups.json) to show read-only on the page."
     ),
+    watch: bool = typer.Option(
+        True,
+        "--watch/--no-watch",
+        help="Notice (at most once a second, on a request) when the --store changes (regatt sync, encode "
+        "--resume, removals, compact) and reload it in the background; POST /v1/reload reloads either way.",
+    ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve POST /v1/encode and /v1/search (micro-batched), /healthz, /readyz, /metrics, /docs,
-    and the search page at / (thumbnails, duplicates)."""
+    and the search page at / (thumbnails, duplicates). A --store that changes is reloaded (--watch)."""
     if not model.is_file():
         raise RegattError(f"{model}: model file not found")
     if store is not None and db is not None:
@@ -115,7 +121,7 @@ def serve(
         max_batch=max_batch, window_ms=window_ms, max_queue=max_queue, timeout_s=timeout,
         max_bytes=max_bytes, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes,
         body_timeout_s=body_timeout, decode_workers=workers, dba=dba, ann=ann,
-        ef_search=ef_search, db_pool=db_pool, warmup=warmup, images=images, dedup=dedup,
+        ef_search=ef_search, db_pool=db_pool, warmup=warmup, images=images, dedup=dedup, watch=watch,
     )  # fmt: skip
     run(config, host, port, log_level=log_level)
 

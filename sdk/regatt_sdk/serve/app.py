@@ -9,12 +9,26 @@ queue is taken (503 + ``Retry-After`` when full), the image is decoded and prepa
 thread (the header checks of :mod:`regatt_sdk.imageio` first: 422 with the reason for a
 non-image, truncated file, bomb or pixel limit), then the :class:`~.batcher.MicroBatcher` runs
 it with other same-size images; the whole wait is bounded by ``timeout_s`` (503 past it).
+
+A store that changes while the server runs (``regatt sync``, ``encode --resume``, removals,
+``regatt compact``): each request first looks, at most once per ``watch_s`` (1 s), whether the
+store's committed state changed (:func:`store_signature`: a few ``stat`` calls; nothing runs
+between requests). When it did, a background thread loads the new state (:class:`StoreState`:
+searcher, removed rows, local features, ANN index, DBA) and swaps it in with one assignment;
+each request takes the state once when it starts, so requests in flight finish on the old one
+and none waits for the load. A load that fails (a store made by another model, damaged,
+missing) keeps the old state, logs a warning and is reported in ``/readyz`` and ``/v1/info``
+(``store.reload_error``) and ``/metrics`` (``regatt_store_reloads_total{result="failed"}``);
+the same on-disk state is not tried again until it changes (or ``POST /v1/reload``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,12 +51,18 @@ from ..preprocess import prepare
 from .batcher import MicroBatcher, QueueFull
 from .metrics import Metrics, resident_bytes
 
+log = logging.getLogger(__name__)
+
 #: default upload limit (bytes)
 DEFAULT_MAX_BYTES = 32 * 2**20
 #: the largest ``rerank`` a search may ask for (each candidate costs ~1 ms)
 MAX_RERANK = 1000
 #: the largest ``top`` a search may ask for
 MAX_TOP = 1000
+#: seconds between two looks at whether the store changed (only when requests arrive)
+WATCH_INTERVAL_S = 1.0
+#: loads of a store that changed again while it was being read, before the last one is kept
+RELOAD_ATTEMPTS = 3
 _IMAGE_BODY = {
     "requestBody": {
         "required": True,
@@ -107,6 +127,10 @@ class ServeConfig:
     #: default: the folder common to the names), and a ``regatt dedup`` output shown read-only
     images: Path | None = None
     dedup: Path | None = None
+    #: look (at most every ``watch_s`` seconds, on a request) whether the store's committed state
+    #: changed, and reload it in the background when it did (``POST /v1/reload`` works either way)
+    watch: bool = True
+    watch_s: float = WATCH_INTERVAL_S
 
 
 def warm_up(encoder: Any, batch: int) -> float:
@@ -173,6 +197,56 @@ def decode_and_prepare(
         raise ApiError(422, f"cannot use this image: {exc}") from None
 
 
+def store_signature(path: str | os.PathLike) -> tuple:
+    """What changes whenever the store at ``path`` commits: its manifest (replaced by a rename at
+    every commit, so its inode, mtime and size; a compaction swaps in another directory) and the
+    ANN index files beside it (``None`` for a file that is missing). A few ``stat`` calls."""
+    from ..ann import index_paths
+    from ..store import MANIFEST
+
+    out: list[tuple[int, int, int] | None] = []
+    for file in (Path(path) / MANIFEST, *index_paths(path)):
+        try:
+            st = os.stat(file)
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+@dataclass
+class StoreState:
+    """What the server searches, loaded together and swapped as one: the searcher (index with
+    removed rows masked, names, local features) and what it was loaded from. A request takes the
+    current one once (:meth:`Service.current`) and uses only it."""
+
+    searcher: Any
+    #: :func:`store_signature` of the store before it was read (``None`` with ``--db``)
+    signature: tuple | None = None
+    #: the server's count of loads: 1 at start, +1 at each reload swapped in
+    generation: int = 1
+    #: the store's commit counter, card hash and compaction id (``side_meta["generation"]``)
+    commits: int | None = None
+    card_hash: str | None = None
+    compaction: str | None = None
+    removed: int = 0
+    local: bool = False
+    loaded_at: float = field(default_factory=time.time)
+    #: per-state caches (filtered indexes, thumbnails), made on first use under ``lock``
+    cache: dict = field(default_factory=dict)
+    filtered: dict = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def rows(self) -> int:
+        return len(self.searcher.names)
+
+
 class Service:
     """The loaded model, the searcher, the batcher and the metrics of one server."""
 
@@ -181,8 +255,8 @@ class Service:
         self.metrics = Metrics()
         self.ready = False
         self.encoder: Any = None
-        self.searcher: Any = None
-        self._filtered: dict[tuple[str, ...], tuple[Any, Any]] = {}  # filters -> (index, exclude)
+        #: what searches use now (None without a store or database); replaced whole by a reload
+        self.state: StoreState | None = None
         self.batcher: MicroBatcher | None = None
         self.golden_diff: float | None = None
         self.loaded = False
@@ -190,11 +264,28 @@ class Service:
         # a database answers several searches at once (one connection each); an in-memory index one
         searchers = max(1, config.db_pool) if config.db is not None else 1
         self.search_pool = ThreadPoolExecutor(searchers, thread_name_prefix="regatt-search")
+        # reloading (see the module docstring): one load at a time
+        self._reload_lock = threading.Lock()
+        self._pending = False  # a background reload was started and has not finished
+        self._checked = 0.0  # monotonic time of the last look at the store
+        self._failed: tuple | None = None  # the signature whose load failed (not retried until it changes)
+        self.checked_at: float | None = None
+        self.reloaded_at: float | None = None
+        self.reload_error: str | None = None
+        self.reload_failed_at: float | None = None
+
+    @property
+    def searcher(self) -> Any:
+        """The current state's searcher (``None`` without a store or database)."""
+        return None if self.state is None else self.state.searcher
+
+    def current(self) -> StoreState | None:
+        """The state a request uses from start to end (a reload swaps in another for later ones)."""
+        return self.state
 
     def load(self) -> None:
         """Open the model (golden check), the store or database, and apply DBA once."""
         from ..compose import OptionError, open_encoder
-        from ..index.searcher import Searcher
 
         c = self.config
         if c.options.query_scales is not None:
@@ -202,35 +293,9 @@ class Service:
         self.encoder = open_encoder(c.model, c.options)
         self.golden_diff = self.encoder.verify()
         self.warmup_s = warm_up(self.encoder, c.max_batch) if c.warmup else None
-        if c.store is not None:
-            from ..collection import Collection
-
-            collection = Collection.open(c.store, self.encoder)  # a store of another model is refused
-            if len(collection) == 0:
-                raise RegattError(f"feature store {c.store} is empty")
-            self.searcher = collection.searcher(ann=c.ann)
-            if collection.store.side_meta.get("local"):
-                self.searcher.reranker().ivf  # noqa: B018 - open the local features and the inverted file now
-        elif c.db is not None:
-            self.searcher = Searcher.for_db(
-                c.db, self.encoder, table=c.table, ef_search=c.ef_search, pool_size=max(1, c.db_pool)
-            )
-        if self.searcher is not None and c.dba > 0:
-            from ..expansion import DatabaseAugmentation
-
-            _, index = DatabaseAugmentation(k=c.dba).apply(
-                np.zeros((1, self.encoder.dim), np.float32), getattr(self.searcher.index, "inner", self.searcher.index)
-            )
-            close = getattr(self.searcher.index, "close", None)
-            if close is not None and index is not self.searcher.index:
-                close()  # the augmented rows are searched in memory: no more database calls
-            if getattr(self.searcher, "exclude", None) is not None:  # removed rows stay out
-                from ..index.masked import MaskedIndex
-
-                index = MaskedIndex(index, self.searcher.exclude)
-            store_path, exclude = self.searcher.store_path, getattr(self.searcher, "exclude", None)
-            self.searcher = Searcher(index, self.searcher.names, self.encoder)
-            self.searcher.store_path, self.searcher.exclude = store_path, exclude
+        if c.store is not None or c.db is not None:
+            self.state = self.open_state(1)
+            self.checked_at = time.time()
         self.metrics.gauge(
             "regatt_queue_depth",
             "Images admitted and not yet answered.",
@@ -240,7 +305,157 @@ class Service:
         self.metrics.gauge(
             "regatt_ready", "1 when the model is loaded and its golden check passed.", lambda: float(self.ready)
         )
+        if c.store is not None:
+            self.metrics.counter(
+                "regatt_store_reloads_total", "Reloads of the store after it changed (or POST /v1/reload).",
+                [(("result", "ok"),), (("result", "failed"),)],
+            )  # fmt: skip
+            self.metrics.gauge(
+                "regatt_store_generation", "Loads of the store swapped in (1 at start).",
+                lambda: float(self.state.generation if self.state else 0),
+            )  # fmt: skip
+            self.metrics.gauge(
+                "regatt_store_rows", "Rows of the store searched now (removed ones included).",
+                lambda: float(self.state.rows if self.state else 0),
+            )  # fmt: skip
+            self.metrics.gauge(
+                "regatt_store_reload_failing", "1 when the last reload failed (the older state is served).",
+                lambda: float(self.reload_error is not None),
+            )  # fmt: skip
         self.loaded = True
+
+    def open_state(self, generation: int) -> StoreState:
+        """Load the store (or database) as a :class:`StoreState`: a store of another model, an
+        empty or damaged one is refused with its error (at start: the CLI's one line)."""
+        from ..index.searcher import Searcher
+
+        c = self.config
+        if c.store is not None:
+            from ..collection import Collection
+
+            signature = store_signature(c.store)
+            collection = Collection.open(c.store, self.encoder)  # a store of another model is refused
+            if len(collection) == 0:
+                raise RegattError(f"feature store {c.store} is empty")
+            store = collection.store
+            meta = store.side_meta
+            searcher = collection.searcher(ann=c.ann)
+            if meta.get("local"):
+                searcher.reranker().ivf  # noqa: B018 - open the local features and the inverted file now
+            exclude = getattr(searcher, "exclude", None)
+            state = StoreState(
+                searcher, signature, generation, commits=int(store.manifest.get("commits", 0)),
+                card_hash=store.card_hash, compaction=meta.get("generation"), local=bool(meta.get("local")),
+                removed=0 if exclude is None else int(exclude.sum()),
+            )  # fmt: skip
+        else:
+            searcher = Searcher.for_db(
+                c.db, self.encoder, table=c.table, ef_search=c.ef_search, pool_size=max(1, c.db_pool)
+            )
+            state = StoreState(searcher, generation=generation)
+        if c.dba > 0:
+            state.searcher = self._augmented(state.searcher)
+        if getattr(state.searcher.index, "dim", self.encoder.dim) != self.encoder.dim:
+            raise RegattError(f"the index has {state.searcher.index.dim}-d rows, the model {self.encoder.dim}-d")
+        return state
+
+    def _augmented(self, searcher: Any) -> Any:
+        """``searcher`` with database-side augmentation (``--dba K``) applied to its rows."""
+        from ..expansion import DatabaseAugmentation
+        from ..index.searcher import Searcher
+
+        _, index = DatabaseAugmentation(k=self.config.dba).apply(
+            np.zeros((1, self.encoder.dim), np.float32), getattr(searcher.index, "inner", searcher.index)
+        )
+        close = getattr(searcher.index, "close", None)
+        if close is not None and index is not searcher.index:
+            close()  # the augmented rows are searched in memory: no more database calls
+        if getattr(searcher, "exclude", None) is not None:  # removed rows stay out
+            from ..index.masked import MaskedIndex
+
+            index = MaskedIndex(index, searcher.exclude)
+        out = Searcher(index, searcher.names, self.encoder)
+        out.store_path, out.exclude, out._reranker = searcher.store_path, searcher.exclude, searcher._reranker
+        return out
+
+    # ------------------------------------------------------------------ reloading
+
+    def poll(self) -> None:
+        """On a request (event loop): at most once per ``watch_s``, look whether the store's
+        committed state changed; if so, start a background reload. Never waits for one."""
+        c = self.config
+        if not (c.watch and c.store is not None and self.ready) or self._pending:
+            return
+        now = time.monotonic()
+        if now - self._checked < c.watch_s:
+            return
+        self._checked = now
+        self.checked_at = time.time()
+        signature = store_signature(c.store)
+        if self.state is None or signature == self.state.signature or signature == self._failed:
+            return
+        self._pending = True
+        try:
+            threading.Thread(target=self._background, name="regatt-reload", daemon=True).start()
+        except BaseException:
+            self._pending = False
+            raise
+
+    def _background(self) -> None:
+        try:
+            self.reload("the store changed")
+        finally:
+            self._pending = False
+
+    def reload(self, why: str = "requested") -> bool:
+        """Load the store again and swap the new state in (requests in flight keep the old one);
+        on failure keep the old state and record the error. One load at a time. True when swapped."""
+        c = self.config
+        if c.store is None:
+            return False
+        with self._reload_lock:
+            old = self.state
+            generation = (old.generation if old else 0) + 1
+            try:
+                for _ in range(RELOAD_ATTEMPTS):  # a store that changed while read: read it again
+                    state = self.open_state(generation)
+                    if store_signature(c.store) == state.signature:
+                        break
+            except Exception as exc:  # noqa: BLE001 - whatever breaks the load, the old state serves on
+                self._failed = store_signature(c.store)
+                self.reload_error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, RegattError) else str(exc)
+                self.reload_failed_at = time.time()
+                self.metrics.inc("regatt_store_reloads_total", (("result", "failed"),))
+                kept = f"{old.rows} rows loaded at {_iso(old.loaded_at)}" if old else "nothing"
+                log.warning("reloading %s (%s) failed, still serving %s: %s", c.store, why, kept, self.reload_error)
+                return False
+            self.state = state  # one assignment: the next request sees the new state
+            self._failed, self.reload_error, self.reload_failed_at = None, None, None
+            self.reloaded_at = state.loaded_at
+            self.metrics.inc("regatt_store_reloads_total", (("result", "ok"),))
+            log.info("reloaded %s (%s): generation %d, %d rows (%d removed)", c.store, why, generation, state.rows,
+                     state.removed)  # fmt: skip
+            return True
+
+    def store_info(self) -> dict[str, Any] | None:
+        """The store part of ``/readyz`` and ``/v1/info`` (``None`` without a store)."""
+        st = self.state
+        if self.config.store is None or st is None:
+            return None
+        return {
+            "path": str(self.config.store),
+            "store_generation": st.generation,
+            "rows": st.rows,
+            "removed": st.removed,
+            "commits": st.commits,
+            "compaction": st.compaction,
+            "loaded_at": _iso(st.loaded_at),
+            "reloaded_at": _iso(self.reloaded_at),
+            "checked_at": _iso(self.checked_at),
+            "reload_error": self.reload_error,
+            "reload_failed_at": _iso(self.reload_failed_at),
+            "watch": self.config.watch,
+        }
 
     async def start(self) -> None:
         c = self.config
@@ -262,10 +477,11 @@ class Service:
             close()
 
     async def describe(
-        self, data: bytes, roi, *, local: bool = False
+        self, data: bytes, roi, *, local: bool = False, state: StoreState | None = None
     ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         """``(descriptor (D,), original (w, h), used (w, h))`` of one upload, through the queue;
-        with ``local``, the upload's local features (cropped to ``roi``) are a fourth item."""
+        with ``local``, the upload's local features (cropped to ``roi``, by ``state``'s store,
+        default the current one) are a fourth item."""
         assert self.batcher is not None
         try:
             self.batcher.admit()
@@ -274,12 +490,18 @@ class Service:
                 503, f"server busy: {exc}; retry later", {"Retry-After": str(self.config.retry_after_s)}
             ) from None
         c = self.config
+        st = state or self.current()
+        extract = None
+        if local:
+
+            def extract(photo: np.ndarray) -> Any:
+                return self.extract_local(photo, st)
 
         async def work():
             loop = asyncio.get_running_loop()
             out = await loop.run_in_executor(
                 self.decode_pool, decode_and_prepare, data, self.encoder.prepare_side, roi, c.max_pixels,
-                c.max_decoded_bytes, self.extract_local if local else None,
+                c.max_decoded_bytes, extract,
             )  # fmt: skip
             prepared, size = out[0], out[1]
             vec = await self.batcher.encode(prepared)
@@ -296,52 +518,76 @@ class Service:
         finally:
             self.batcher.release()
 
-    def extract_local(self, photo: np.ndarray) -> Any:
+    def extract_local(self, photo: np.ndarray, state: StoreState | None = None) -> Any:
         """Local features of an upload (cropped to its roi), as queries get them."""
-        return self.searcher.reranker().describe_query(photo)
+        st = state or self.current()
+        assert st is not None
+        return st.searcher.reranker().describe_query(photo)
 
-    def can_rerank(self) -> None:
+    def can_rerank(self, state: StoreState | None = None) -> None:
         """Refuse (422) re-ranking on a server whose index has no local features."""
         from ..local.storage import LocalFeaturesMissing
 
-        if self.searcher is None or self.searcher.store_path is None:
+        st = state or self.current()
+        if st is None or st.searcher.store_path is None:
             raise ApiError(422, "rerank needs a feature store with local features (regatt serve MODEL --store STORE)")
         try:
-            self.searcher.reranker()
+            st.searcher.reranker()
         except LocalFeaturesMissing as exc:
             raise ApiError(422, f"rerank is not available: {exc}; then restart the server") from None
 
-    def filtered(self, where: tuple[str, ...]) -> tuple[Any, Any]:
-        """``(index, exclude)`` of the searcher restricted to the rows ``where`` keeps (cached)."""
-        if where not in self._filtered:
-            s = self.searcher
-            inner = getattr(s.index, "inner", s.index)
-            if s.store_path is None:  # a database: the filters go into its SQL
-                from ..filters import sql_where
+    def filtered(self, where: tuple[str, ...], state: StoreState | None = None) -> tuple[Any, Any]:
+        """``(index, exclude)`` of ``state``'s searcher restricted to the rows ``where`` keeps
+        (cached with the state)."""
+        st = state or self.current()
+        assert st is not None
+        with st.lock:
+            if where not in st.filtered:
+                st.filtered[where] = self._filter(st, where)
+                while len(st.filtered) > 64:
+                    st.filtered.pop(next(iter(st.filtered)))
+            return st.filtered[where]
 
-                self._filtered[where] = (_WhereIndex(inner, sql_where(list(where))), None)
-            else:
-                from ..compose import open_store
-                from ..filters import filter_mask
-                from ..index.masked import MaskedIndex
+    def _filter(self, st: StoreState, where: tuple[str, ...]) -> tuple[Any, Any]:
+        s = st.searcher
+        inner = getattr(s.index, "inner", s.index)
+        if s.store_path is None:  # a database: the filters go into its SQL
+            from ..filters import sql_where
 
-                store = open_store(s.store_path)
-                exclude = ~filter_mask(store, list(where))[: inner.size]
-                if getattr(s, "exclude", None) is not None:
-                    exclude |= s.exclude
-                self._filtered[where] = (MaskedIndex(inner, exclude), exclude)
-            while len(self._filtered) > 64:
-                self._filtered.pop(next(iter(self._filtered)))
-        return self._filtered[where]
+            return _WhereIndex(inner, sql_where(list(where))), None
+        from ..compose import open_store
+        from ..filters import filter_mask
+        from ..index.masked import MaskedIndex
+
+        # rows never change between compactions: the metadata of the store on disk now holds
+        # this state's rows as a prefix, unless it was compacted or replaced since
+        store = open_store(s.store_path)
+        if (
+            store.card_hash != st.card_hash
+            or store.side_meta.get("generation") != st.compaction
+            or store.count < inner.size
+        ):
+            raise ApiError(
+                503, "the store on disk is no longer the one being searched (compacted or replaced; see "
+                "store.reload_error in /readyz): filters are read from it once it has been reloaded; retry",
+                {"Retry-After": str(self.config.retry_after_s)},
+            )  # fmt: skip
+        exclude = ~filter_mask(store, list(where))[: inner.size]
+        if getattr(s, "exclude", None) is not None:
+            exclude |= s.exclude
+        return MaskedIndex(inner, exclude), exclude
 
     def search(
-        self, vec: np.ndarray, top: int, qe: int, rerank: int = 0, local: Any = None, where: tuple[str, ...] = ()
-    ) -> list[dict[str, Any]]:
+        self, vec: np.ndarray, top: int, qe: int, rerank: int = 0, local: Any = None, where: tuple[str, ...] = (),
+        state: StoreState | None = None,
+    ) -> list[dict[str, Any]]:  # fmt: skip
         from ..expansion import QueryExpansion
         from ..index.searcher import Searcher
 
-        s = self.searcher
-        index, exclude = self.filtered(where) if where else (s.index, getattr(s, "exclude", None))
+        st = state or self.current()
+        assert st is not None
+        s = st.searcher
+        index, exclude = self.filtered(where, st) if where else (s.index, getattr(s, "exclude", None))
         searcher = Searcher(index, s.names, steps=[QueryExpansion(k=qe)] if qe > 0 else [])
         searcher.exclude = exclude
         if rerank:
@@ -461,6 +707,10 @@ def create_app(config: ServeConfig, service: Service | None = None):
     @app.middleware("http")
     async def _measure(request, call_next):
         t = time.perf_counter()
+        try:
+            svc.poll()  # at most once a second: has the store changed? (reloads in the background)
+        except Exception as exc:  # noqa: BLE001 - a look at the store never fails a request
+            log.warning("looking for changes to %s failed: %s", config.store, exc)
         response = await call_next(request)
         route = request.scope.get("route")
         endpoint = getattr(route, "path", "other")
@@ -519,7 +769,8 @@ def create_app(config: ServeConfig, service: Service | None = None):
         with average query expansion over ``qe`` neighbours (0: off); ``rerank=K`` verifies the
         global top K and the visual-word candidates with local features (a store encoded with
         ``--local``): verified hits first, each with its ``inliers``."""
-        if svc.searcher is None:
+        st = svc.current()  # this request searches this state to the end, whatever reloads meanwhile
+        if st is None:
             raise ApiError(404, "this server has no database: start it with --store STORE or --db URL")
         data, fields = await upload(request)
         top = parse_int(fields.get("top"), "top", 10, 1, MAX_TOP)
@@ -529,20 +780,20 @@ def create_app(config: ServeConfig, service: Service | None = None):
         if where:
             from ..filters import FilterError
 
-            if svc.searcher.store_path is None and not hasattr(svc.searcher.index, "search_where"):
+            if st.searcher.store_path is None and not hasattr(st.searcher.index, "search_where"):
                 raise ApiError(422, "where filters need a store kept by regatt sync, or its pgvector table")
             try:
-                svc.filtered(where)
+                await asyncio.get_running_loop().run_in_executor(None, svc.filtered, where, st)
             except FilterError as exc:
                 raise ApiError(422, str(exc)) from None
         local = None
         if rerank:
-            svc.can_rerank()
-            vec, size, used, local = await svc.describe(data, parse_roi(fields.get("roi")), local=True)
+            svc.can_rerank(st)
+            vec, size, used, local = await svc.describe(data, parse_roi(fields.get("roi")), local=True, state=st)
         else:
             vec, size, used = await svc.describe(data, parse_roi(fields.get("roi")))
         hits = await asyncio.get_running_loop().run_in_executor(
-            svc.search_pool, svc.search, vec, top, qe, rerank, local, where
+            svc.search_pool, svc.search, vec, top, qe, rerank, local, where, st
         )
         return {
             "hits": hits,
@@ -567,13 +818,28 @@ def create_app(config: ServeConfig, service: Service | None = None):
                 return JSONResponse({"ready": False, "database": f"unreachable: {reason}"}, status_code=503)
             database = "ok"
         c = svc.encoder.card
+        st = svc.current()
         return {
-            "database": database,
+            "database": database, "store": svc.store_info(),
             "ready": True, "model": str(config.model), "card_hash": str(c.hash), "dim": c.dim,
             "max_side": svc.encoder.max_side, "prepare_side": svc.encoder.prepare_side, "providers": svc.encoder.providers, "golden_max_diff": svc.golden_diff, "warmup_s": svc.warmup_s,
             "memory": getattr(svc.encoder.engine, "memory", None),
-            "index": None if svc.searcher is None else {"backend": svc.searcher.index.backend, "rows": len(svc.searcher.names)},
+            "index": None if st is None else {"backend": st.searcher.index.backend, "rows": st.rows},
         }  # fmt: skip
+
+    @app.post("/v1/reload", summary="Load the store again now")
+    async def reload():
+        """Load the feature store again (as the server does by itself within about a second of a
+        change, unless started with ``--no-watch``) and swap it in; requests in flight finish on
+        the old state. 409 with the reason when it cannot be loaded (the old state is kept)."""
+        if config.store is None:
+            raise ApiError(404, "reload needs a feature store: this server was started without --store")
+        ok = await asyncio.get_running_loop().run_in_executor(None, svc.reload, "POST /v1/reload")
+        info = svc.store_info()
+        if not ok:
+            message = f"the store could not be loaded, the previous state is still served: {svc.reload_error}"
+            return JSONResponse({"error": message, "status": 409, "store": info}, status_code=409)
+        return {"reloaded": True, "store": info}
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics():

@@ -61,6 +61,21 @@ class Metrics:
             hist.counts[()] = [0] * (len(hist.buckets) + 1)
             hist.sums[()] = 0.0
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        #: other counters: name -> (help text, {labels: count}), declared by :meth:`counter`
+        self.counters: dict[str, tuple[str, dict[tuple, int]]] = {}
+
+    def counter(self, name: str, help_text: str, labels: Sequence[tuple] = ()) -> None:
+        """Declare the counter ``name``; each label tuple of ``labels`` is exposed at zero from the start."""
+        with self._lock:
+            self.counters.setdefault(name, (help_text, {}))
+            for key in labels:
+                self.counters[name][1].setdefault(tuple(key), 0)
+
+    def inc(self, name: str, labels: tuple = (), by: int = 1) -> None:
+        """Add ``by`` to the counter ``name`` (declared by :meth:`counter`) at ``labels``."""
+        with self._lock:
+            values = self.counters[name][1]
+            values[labels] = values.get(labels, 0) + by
 
     def request(self, endpoint: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -86,6 +101,9 @@ class Metrics:
                 ("regatt_inference_seconds", self.inference, "Seconds per inference batch."),
             ):
                 lines += [f"# HELP {name} {text}", f"# TYPE {name} histogram", *hist.lines(name)]
+            for name, (text, values) in sorted(self.counters.items()):
+                lines += [f"# HELP {name} {text}", f"# TYPE {name} counter"]
+                lines += [f"{name}{_labels(k)} {v}" for k, v in sorted(values.items())]
         for name, (text, read) in sorted(self.gauges.items()):
             lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {read():g}"]
         return "\n".join(lines) + "\n"

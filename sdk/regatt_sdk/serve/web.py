@@ -172,9 +172,10 @@ def read_duplicates(folder: Path, rows: dict[str, int]) -> list[dict[str, Any]]:
     return out
 
 
-def draw_match(svc: Any, config: Any, data: bytes, roi: Any, row: int, src: Path) -> tuple[bytes, int]:
+def draw_match(state: Any, config: Any, data: bytes, roi: Any, row: int, src: Path) -> tuple[bytes, int]:
     """``(PNG bytes, inliers)``: the upload (cropped to ``roi``) and row ``row``'s photo ``src``
-    with the verified matches drawn (:func:`regatt_sdk.local.draw.draw_matches`)."""
+    with the verified matches drawn (:func:`regatt_sdk.local.draw.draw_matches`); ``state``: what
+    the server searches (its ``searcher``'s local features)."""
     import cv2
     import numpy as np
 
@@ -192,7 +193,7 @@ def draw_match(svc: Any, config: Any, data: bytes, roi: Any, row: int, src: Path
         hit = read_image(src)
     except ImageError as exc:
         raise ApiError(422, f"not a usable image: {exc.reason}") from None
-    rr = svc.searcher.reranker()
+    rr = state.searcher.reranker()
     qf = rr.describe_query(photo)
     v = rr.verify_rows(qf, np.asarray([row], np.int64), np.zeros(1, np.float32))[0]
     pic = draw_matches(photo, hit, qf, rr.local.features(row), v.matches, v.geometry.mask, v.geometry.H,
@@ -207,33 +208,22 @@ def register(app: Any, svc: Any, config: Any) -> None:
     """Add the page, its assets and ``/v1/info``, ``/v1/thumb``, ``/v1/duplicates`` to ``app``."""
     from .app import MAX_RERANK, MAX_TOP, ApiError
 
-    state: dict[str, Any] = {}
-    lock = threading.Lock()
     images = getattr(config, "images", None)
     dedup = getattr(config, "dedup", None)
 
-    def thumbs() -> Thumbnails:
-        s = svc.searcher
+    def thumbs(st: Any) -> Thumbnails:
+        """The thumbnails of the rows of ``st`` (the state a request took; made once per state:
+        a reloaded store has its own names, removed rows and collection folder)."""
+        s = None if st is None else st.searcher
         if s is None or getattr(s, "store_path", None) is None:
             raise ApiError(404, "thumbnails need a feature store (regatt serve MODEL --store STORE)")
-        with lock:
-            if "thumbs" not in state:
-                from ..compose import open_store
-                from ..tombstones import deleted_mask
+        with st.lock:
+            if "thumbs" not in st.cache:
+                st.cache["thumbs"] = Thumbnails(s.store_path, s.names, getattr(s, "exclude", None), images)
+            return st.cache["thumbs"]
 
-                store = open_store(s.store_path)
-                state["thumbs"] = Thumbnails(s.store_path, store.names, deleted_mask(store), images)
-            return state["thumbs"]
-
-    def has_local() -> bool:
-        s = svc.searcher
-        if s is None or getattr(s, "store_path", None) is None:
-            return False
-        if "local" not in state:
-            from ..compose import open_store
-
-            state["local"] = bool(open_store(s.store_path).side_meta.get("local"))
-        return state["local"]
+    def has_local(st: Any) -> bool:
+        return st is not None and getattr(st.searcher, "store_path", None) is not None and bool(st.local)
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -249,17 +239,19 @@ def register(app: Any, svc: Any, config: Any) -> None:
 
     @app.get("/v1/info", summary="What this server offers (for the page)")
     async def info():
-        s = svc.searcher
+        st = svc.current()
+        s = None if st is None else st.searcher
         store = getattr(s, "store_path", None) if s is not None else None
         return {
             "search": s is not None,
             "rows": None if s is None else len(s.names),
             "thumbnails": store is not None,
-            "rerank": await asyncio.get_running_loop().run_in_executor(None, has_local),
+            "rerank": has_local(st),
             "duplicates": dedup is not None,
             "max_top": MAX_TOP,
             "max_rerank": MAX_RERANK,
             "thumb_side": THUMB_SIDE,
+            "store": svc.store_info(),
         }
 
     @app.get("/v1/thumb", summary="Thumbnail of one store row (JPEG)")
@@ -270,7 +262,7 @@ def register(app: Any, svc: Any, config: Any) -> None:
             n = int(row)
         except ValueError:
             raise ApiError(422, f"row {row!r}: expected a row number") from None
-        t = thumbs()
+        t = thumbs(svc.current())
         path, why = await asyncio.get_running_loop().run_in_executor(svc.decode_pool, t.get, n)
         if path is None:
             return JSONResponse({"error": why, "status": 404}, status_code=404)
@@ -289,8 +281,9 @@ def register(app: Any, svc: Any, config: Any) -> None:
         except ValueError:
             raise ApiError(422, f"row {row!r}: expected a row number") from None
         box = parse_roi(roi)
-        svc.can_rerank()
-        src, why = thumbs().source(n)
+        st = svc.current()  # rows are numbered by this state until the request ends
+        svc.can_rerank(st)
+        src, why = thumbs(st).source(n)
         if src is None:
             return JSONResponse({"error": why, "status": 404}, status_code=404)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
@@ -298,7 +291,7 @@ def register(app: Any, svc: Any, config: Any) -> None:
         if not data:
             raise ApiError(422, "empty upload: send the query image's bytes as the body")
         png, inliers = await asyncio.get_running_loop().run_in_executor(
-            svc.decode_pool, draw_match, svc, config, data, box, n, src
+            svc.decode_pool, draw_match, st, config, data, box, n, src
         )
         return Response(png, media_type="image/png", headers={"X-Regatt-Inliers": str(inliers)})
 
@@ -311,11 +304,11 @@ def register(app: Any, svc: Any, config: Any) -> None:
 
         def load():
             rows: dict[str, int] = {}
-            s = svc.searcher
-            if s is not None and getattr(s, "store_path", None) is not None:
+            st = svc.current()
+            if st is not None and getattr(st.searcher, "store_path", None) is not None:
                 from ..names import display
 
-                t = thumbs()
+                t = thumbs(st)
                 for r, name in enumerate(t.names):
                     if not t.is_removed(r):
                         rows[display(name)] = r
