@@ -235,7 +235,7 @@ def test_cli_eval_rerank_adds_local_features_and_reports_both(tiny_model, tmp_pa
     assert _cli(args + ["--rerank", "5"]) == 0  # the store made without them gets local features
     res = json.loads(out_json.read_text())
     assert res["rerank"] == 5 and res["map_rerank"] > res["map"]
-    assert res["map_rerank"] > 90
+    assert res["map_rerank"] > 90 and res["map_rerank_qe"] > 90  # with QE after verification too
     assert LocalIndex.open(FeatureStore.open(store)).count == 15
 
 
@@ -264,3 +264,48 @@ def test_serve_rerank_over_a_store_with_local_features(tiny_model, views_dir, tm
         assert status == 422 and "--resume --local" in body["error"]
     finally:
         srv.stop()
+
+
+def test_query_expansion_after_verification_ranks_by_the_expanded_query():
+    from regatt_sdk.local.rerank import RerankConfig, Reranker, Verified, expanded_query
+
+    def unit(v):
+        v = np.asarray(v, np.float32)
+        return v / np.linalg.norm(v)
+
+    vectors = np.stack([
+        unit([0.3, 1, 0, 0]),  # 0: verified (another view: low global score)
+        unit([1, 0, 0.2, 0]),  # 1: a candidate close to the query, not verified
+        unit([0, 1, 0, 0.1]),  # 2: not a candidate, close to row 0 (the same place)
+        unit([0, 0, 1, 0]),  # 3, 4: elsewhere
+        unit([0, 0, 0, 1]),
+    ])  # fmt: skip
+    q = unit([1, 0, 0, 0])
+    vectors_of = lambda rows: vectors[np.asarray(rows)]  # noqa: E731
+    cfg = RerankConfig(qe=1)
+    g = vectors @ q
+    bonus = cfg.weight * min(30, cfg.cap) / cfg.cap
+    verified = [
+        Verified(0, float(g[0]), float(g[0]) + bonus, 30, np.zeros((0, 2), np.int32), None),
+        Verified(1, float(g[1]), float(g[1]), 3, np.zeros((0, 2), np.int32), None),
+    ]
+    global_rows = np.argsort(-g, kind="stable")
+    q2 = expanded_query(q, verified, vectors_of, cfg)
+    np.testing.assert_allclose(q2, unit(q + vectors[0]), atol=1e-6)
+    rr = Reranker.__new__(Reranker)  # expand needs no local features
+    rescored, order = rr.expand(q, verified, global_rows, vectors_of, cfg)
+    want = vectors @ q2 + np.array([bonus, 0, 0, 0, 0], np.float32)
+    np.testing.assert_array_equal(order, np.argsort(-want, kind="stable"))
+    assert order[0] == 0 and list(order).index(2) < list(order).index(3)  # row 2 came in through row 0
+    assert [v.row for v in rescored] == [0, 1] and abs(rescored[0].score - want[0]) < 1e-6
+    # a search function gives the same order; removed rows never come back
+    search = lambda q_: (vectors @ q_, np.arange(5))  # noqa: E731
+    _, order_s = rr.expand(q, verified, global_rows, vectors_of, cfg, search=search)
+    np.testing.assert_array_equal(order_s, order)
+    gone = np.zeros(5, bool)
+    gone[2] = True
+    _, order_x = rr.expand(q, verified, global_rows[~gone[global_rows]], vectors_of, cfg, search=search, exclude=gone)
+    assert 2 not in order_x and len(order_x) == 4
+    # nothing verified, or qe 0: no expansion
+    assert rr.expand(q, verified[1:], global_rows, vectors_of, cfg) is None
+    assert expanded_query(q, verified, vectors_of, RerankConfig(qe=0)) is None

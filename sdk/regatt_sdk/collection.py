@@ -279,7 +279,7 @@ class Collection:
         image: str | os.PathLike | np.ndarray,
         top: int = 10,
         roi: Roi | str | None = None,
-        qe: int = 0,
+        qe: int | None = None,
         *,
         rerank: int = 0,
         backend: str = "exact",
@@ -292,7 +292,8 @@ class Collection:
         described, as :class:`~regatt_sdk.index.searcher.Hit` s (rank, name, score, row).
         ``rerank=K``: verify the global top ``K`` and the visual-word candidates with local
         features and geometry (needs a collection with local features); hits then carry
-        ``inliers``. ``filters``: only photos whose metadata they keep (see :meth:`searcher`);
+        ``inliers``. ``qe``: average query expansion over the top ``qe`` (default off); with
+        ``rerank``, over the best ``qe`` *verified* hits only (default 1, chosen on val; 0: off). ``filters``: only photos whose metadata they keep (see :meth:`searcher`);
         exact search returns the true filtered top ``top``."""
         return self.search_full(
             image, top, roi, qe, rerank=rerank, backend=backend, ann=ann, nprobe=nprobe, filters=filters
@@ -303,7 +304,7 @@ class Collection:
         image: str | os.PathLike | np.ndarray,
         top: int = 10,
         roi: Roi | str | None = None,
-        qe: int = 0,
+        qe: int | None = None,
         *,
         rerank: int = 0,
         backend: str = "exact",
@@ -316,8 +317,11 @@ class Collection:
         self._need_encoder("search by image")
         box = parse_roi(roi, "roi") if isinstance(roi, str) else roi
         query = os.fspath(image) if isinstance(image, os.PathLike) else image
-        searcher = self.searcher(qe=qe, backend=backend, ann=ann, nprobe=nprobe, filters=filters)
-        return searcher.search_full(query, roi=box, top=top, rerank=rerank)
+        if rerank:  # query expansion after verification only
+            searcher = self.searcher(backend=backend, ann=ann, nprobe=nprobe, filters=filters)
+            return searcher.search_full(query, roi=box, top=top, rerank=rerank, qe=qe)
+        searcher = self.searcher(qe=qe or 0, backend=backend, ann=ann, nprobe=nprobe, filters=filters)
+        return searcher.search_full(query, roi=box, top=top)
 
     def search_vectors(
         self, queries: np.ndarray, top: int = 10, qe: int = 0, *, filters: Any = None

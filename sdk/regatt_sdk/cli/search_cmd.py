@@ -26,7 +26,7 @@ from .engine_opts import (
     precision_option,
     threads_option,
 )
-from .query_opts import qe_option, query_scales_option, show_option
+from .query_opts import query_scales_option, show_option
 
 __all__ = ["parse_roi", "resolve_image", "search"]
 
@@ -39,7 +39,13 @@ def search(
     query: Path = typer.Argument(None, help="Query image.", show_default=False),
     roi: str = typer.Option(None, "--roi", help="Query box x1,y1,x2,y2 in original pixels."),
     top: int = typer.Option(10, "--top", "-k", min=1, help="Number of results to print."),
-    qe: int = qe_option(0, "Average query expansion"),
+    qe: int = typer.Option(
+        None,
+        "--qe",
+        min=0,
+        help="Average query expansion over the top K (default off); with --rerank, over the best K "
+        "verified hits only (default 1, chosen on validation photos; 0: off).",
+    ),  # fmt: skip
     show: Path = show_option("Write the query and results as a PNG grid."),
     images: Path = typer.Option(
         None, "--images", help="Folder holding the store's images, for --show (default: names are paths)."
@@ -112,7 +118,7 @@ def search(
 
         Collection.open(store)  # a missing or damaged store is refused before the model loads
     encoder = open_encoder(model, options)
-    steps = [QueryExpansion(k=qe)] if qe > 0 else []
+    steps = [QueryExpansion(k=qe)] if qe and not rerank else []  # with --rerank: after verification
     if db is not None:
         searcher = Searcher.for_db(db, encoder, table=table, ef_search=ef_search, filters=filters)
     else:
@@ -139,7 +145,7 @@ def search(
     searcher.store_path, searcher.exclude = store_path, exclude
     if rerank and db is not None:
         raise RegattError("--rerank needs a feature store with local features, not --db")
-    result = searcher.search_full(query, roi=box, top=top, rerank=rerank)
+    result = searcher.search_full(query, roi=box, top=top, rerank=rerank, qe=qe if rerank else None)
     for note in result.notes:
         typer.secho(f"note: {note}", err=True, fg=typer.colors.YELLOW)
     hits = result.hits

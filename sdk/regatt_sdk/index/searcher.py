@@ -185,8 +185,12 @@ class Searcher:
             self._reranker = Reranker(FeatureStore.open(self.store_path))
         return self._reranker
 
-    def search_full(self, image: Any, roi: Any = None, top: int = 10, *, rerank: int = 0) -> SearchResult:
-        """:meth:`search` with what the second stage found (for pictures of the matches)."""
+    def search_full(
+        self, image: Any, roi: Any = None, top: int = 10, *, rerank: int = 0, qe: int | None = None
+    ) -> SearchResult:
+        """:meth:`search` with what the second stage found (for pictures of the matches);
+        ``qe`` with ``rerank``: query expansion over that many verified hits (None: the
+        reranker's default, chosen on val; 0: off)."""
         if self.encoder is None:
             raise RegattError("this searcher has no encoder: search with descriptors (search_vectors)")
         if top < 1:
@@ -200,13 +204,16 @@ class Searcher:
 
         reranker = self.reranker()
         qf = reranker.describe_query(read_query(image, roi))
-        return self.search_local(vec, qf, top, rerank)
+        return self.search_local(vec, qf, top, rerank, qe=qe)
 
-    def search_local(self, vec: np.ndarray, qf: Any, top: int, rerank: int) -> SearchResult:
+    def search_local(self, vec: np.ndarray, qf: Any, top: int, rerank: int, *, qe: int | None = None) -> SearchResult:
         """The two stages for a query already described: its descriptor ``vec`` (D,) and local
         features ``qf``; ``rerank`` (>= 1, clipped to the index size with a note) candidates
-        from the global search, plus the visual-word candidates, verified."""
-        from ..local.rerank import check_k
+        from the global search, plus the visual-word candidates, verified; ``qe``: query
+        expansion over that many verified hits (None: the reranker's default, 0: off)."""
+        from dataclasses import replace
+
+        from ..local.rerank import check_k, expanded_query
 
         reranker = self.reranker()
         k, note = check_k(int(rerank), self.index.size)
@@ -214,13 +221,28 @@ class Searcher:
         found = rows[0] >= 0  # fewer than asked when rows are removed or filtered out
         scores, rows = scores[:, found], rows[:, found]
         cfg = reranker.config.with_candidates(k)
-        verified, order = reranker.rerank(vec, qf, scores[0], rows[0], self.index.vectors, cfg, exclude=self.exclude)
+        if qe is not None:
+            cfg = replace(cfg, qe=int(qe))
+
+        def search(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            s2, r2 = self.search_vectors(q, max(top, k))
+            return s2[0], r2[0]
+
+        verified, order = reranker.rerank(
+            vec, qf, scores[0], rows[0], self.index.vectors, cfg, exclude=self.exclude, search=search
+        )
         by_row = {v.row: v for v in verified}
+        q2 = expanded_query(vec, verified, self.index.vectors, cfg) if cfg.qe > 0 else None
         global_score = {int(r): float(s) for s, r in zip(scores[0], rows[0])}
         hits = []
         for rank, row in enumerate(order[:top], start=1):
             v = by_row.get(int(row))
-            score = v.score if v else global_score[int(row)]
+            if v is not None:
+                score = v.score
+            elif q2 is not None:  # ranked by the expanded query
+                score = float(np.asarray(self.index.vectors(np.array([row], np.int64)), np.float32)[0] @ q2)
+            else:
+                score = global_score[int(row)]
             hits.append(Hit(rank, self.names[int(row)] if self.names else str(row), score, int(row),
                             v.inliers if v else None))  # fmt: skip
         return SearchResult(hits, qf, by_row, [note] if note else [], reranker.local)
