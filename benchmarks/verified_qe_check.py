@@ -28,12 +28,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from twostage_check import Runner, average_precision, fused_order, make_checks  # noqa: E402
-
 from regatt_sdk.bench.machine import machine_info  # noqa: E402
 from regatt_sdk.local.extract import LocalConfig  # noqa: E402
 from regatt_sdk.local.rerank import RerankConfig, Reranker  # noqa: E402
 from regatt_sdk.store import FeatureStore  # noqa: E402
+from twostage_check import Runner, average_precision, fused_order, make_checks  # noqa: E402
 
 NS = (0, 1, 2, 3, 5, 10)
 VAL = ("lm-val", "clutter-val", "clutter-val-catalogue")
