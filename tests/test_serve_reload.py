@@ -132,6 +132,7 @@ def test_a_store_replaced_or_damaged_keeps_the_old_rows(
         err = until(lambda: store_info(server)["reload_error"], "the other model's store reported")
         assert "another model" in err
         assert names(server, query) == before  # still the old rows
+        assert "failed, still serving 3 rows" in (tmp_path / "log").read_text()  # the log line
         status, page = server.json("GET", "/v1/info")
         assert page["rows"] == 3 and "another model" in page["store"]["reload_error"]
         metrics = server.metrics()

@@ -392,6 +392,10 @@ class Service:
         self._checked = now
         self.checked_at = time.time()
         signature = store_signature(c.store)
+        if self.state is not None and signature == self.state.signature and self.reload_error is not None:
+            # the store on disk is again the one served (e.g. a replaced store put back): no error
+            log.warning("%s is again the store being served; the last reload's error is cleared", c.store)
+            self._failed, self.reload_error, self.reload_failed_at = None, None, None
         if self.state is None or signature == self.state.signature or signature == self._failed:
             return
         self._pending = True
