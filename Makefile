@@ -11,7 +11,7 @@ RUNTIME_TESTS := tests/test_sdk.py tests/test_engines.py tests/test_index.py tes
 	tests/test_datasets.py tests/test_layering.py tests/test_encode_cli.py tests/test_explain.py \
 	tests/test_ann.py tests/test_distributed.py tests/test_composition.py tests/test_collection.py tests/test_docs.py tests/test_reliability.py \
 	tests/test_integrity.py tests/test_faults.py tests/test_hostile.py tests/test_local.py tests/test_precision_gate.py \
-	tests/test_changes.py tests/test_sync.py tests/test_filters.py tests/test_web.py
+	tests/test_changes.py tests/test_sync.py tests/test_filters.py tests/test_web.py tests/test_serve_reload.py
 RUNTIME_VENV := .venv-runtime
 
 .PHONY: venv test test-runtime wheel-smoke docs demo bench clean

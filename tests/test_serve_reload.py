@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -74,6 +75,16 @@ def test_added_removed_and_compacted_photos_are_searched(
 ) -> None:
     folder, store = collection(tmp_path, photo_dir, encoder)
     server = start(tiny_model, store, tmp_path)
+    statuses: list[int] = []
+    done = threading.Event()
+
+    def searching() -> None:  # searches all along: none may fail while the store changes and reloads
+        data = (photo_dir / "chelsea.jpg").read_bytes()
+        while not done.is_set():
+            statuses.append(server.request("POST", "/v1/search?top=2", data)[0])
+
+    searcher = threading.Thread(target=searching)
+    searcher.start()
     try:
         info = store_info(server)
         assert info["store_generation"] == 1 and info["rows"] == 3 and info["reload_error"] is None
@@ -107,7 +118,11 @@ def test_added_removed_and_compacted_photos_are_searched(
         metrics = server.metrics()
         assert metrics['regatt_store_reloads_total{result="ok"}'] >= 3
         assert metrics['regatt_store_reloads_total{result="failed"}'] == 0 and metrics["regatt_store_rows"] == 3
+        done.set()
+        searcher.join()
+        assert statuses and set(statuses) == {200}, statuses
     finally:
+        done.set()
         server.stop()
 
 
