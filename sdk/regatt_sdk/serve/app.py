@@ -2,7 +2,8 @@
 
 Endpoints: ``POST /v1/encode`` and ``POST /v1/search`` (image bytes as the raw body or a
 multipart ``image`` field; ``roi``, ``top``, ``qe`` as query parameters or form fields),
-``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (Prometheus text), ``/openapi.json``.
+``POST /v1/reload``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (Prometheus text),
+``/openapi.json``.
 
 A request's path: the body is read up to ``max_bytes`` (413 past it), a place in the bounded
 queue is taken (503 + ``Retry-After`` when full), the image is decoded and prepared in a worker
@@ -538,7 +539,8 @@ class Service:
         try:
             st.searcher.reranker()
         except LocalFeaturesMissing as exc:
-            raise ApiError(422, f"rerank is not available: {exc}; then restart the server") from None
+            why = "a store given local features is reloaded by a --watch server, or on POST /v1/reload"
+            raise ApiError(422, f"rerank is not available: {exc} ({why})") from None
 
     def filtered(self, where: tuple[str, ...], state: StoreState | None = None) -> tuple[Any, Any]:
         """``(index, exclude)`` of ``state``'s searcher restricted to the rows ``where`` keeps
