@@ -252,6 +252,17 @@ def test_serve_rerank_over_a_store_with_local_features(tiny_model, views_dir, tm
         status, body = srv.json("POST", "/v1/search?top=2&rerank=6", jpg.tobytes())
         assert status == 200, body
         assert body["hits"][0]["name"].endswith("coffee.jpg") and body["hits"][0]["inliers"] >= 15
+        # qe with rerank counts verified hits (default 1, 0: off): as the Searcher ranks in-process
+        from regatt_sdk.encoder import Encoder
+        from regatt_sdk.index.searcher import Searcher
+
+        local = Searcher.for_store(store, Encoder(tiny_model))
+        photo = cv2.imdecode(jpg, cv2.IMREAD_COLOR)
+        for query, qe in (("", None), ("&qe=0", 0), ("&qe=2", 2)):
+            status, body = srv.json("POST", f"/v1/search?top=4&rerank=6{query}", jpg.tobytes())
+            want = local.search_full(photo, top=4, rerank=6, qe=qe).hits
+            assert status == 200 and [h["row"] for h in body["hits"]] == [h.row for h in want], (qe, body)
+            np.testing.assert_allclose([h["score"] for h in body["hits"]], [h.score for h in want], atol=1e-4)
         status, body = srv.json("POST", "/v1/search?top=2", jpg.tobytes())
         assert status == 200 and "inliers" not in body["hits"][0]
         status, body = srv.json("POST", "/v1/search?rerank=-1", jpg.tobytes())

@@ -594,11 +594,12 @@ class Service:
         assert st is not None
         s = st.searcher
         index, exclude = self.filtered(where, st) if where else (s.index, getattr(s, "exclude", None))
-        searcher = Searcher(index, s.names, steps=[QueryExpansion(k=qe)] if qe > 0 else [])
+        # with rerank, qe counts verified hits (QE after verification; < 0: the default)
+        searcher = Searcher(index, s.names, steps=[QueryExpansion(k=qe)] if qe > 0 and not rerank else [])
         searcher.exclude = exclude
         if rerank:
             searcher.store_path, searcher._reranker = s.store_path, s.reranker()
-            hits = searcher.search_local(vec, local, top, rerank).hits
+            hits = searcher.search_local(vec, local, top, rerank, qe=None if qe < 0 else qe).hits
         else:
             scores, rows = searcher.search_vectors(vec, top)
             hits = searcher.hits(scores[0], rows[0])
@@ -772,15 +773,16 @@ def create_app(config: ServeConfig, service: Service | None = None):
     @app.post("/v1/search", openapi_extra=_IMAGE_BODY, summary="Top-k matches of one image")
     async def search(request: Request):
         """Top ``top`` (default 10) names and scores from the store, FAISS index or database,
-        with average query expansion over ``qe`` neighbours (0: off); ``rerank=K`` verifies the
+        with average query expansion over ``qe`` neighbours (default 0: off); ``rerank=K`` verifies the
         global top K and the visual-word candidates with local features (a store encoded with
-        ``--local``): verified hits first, each with its ``inliers``."""
+        ``--local``): verified hits first, each with its ``inliers``; with ``rerank``, ``qe``
+        counts verified hits only (query expansion after verification; default 1, 0: off)."""
         st = svc.current()  # this request searches this state to the end, whatever reloads meanwhile
         if st is None:
             raise ApiError(404, "this server has no database: start it with --store STORE or --db URL")
         data, fields = await upload(request)
         top = parse_int(fields.get("top"), "top", 10, 1, MAX_TOP)
-        qe = parse_int(fields.get("qe"), "qe", 0, 0, 100)
+        qe = parse_int(fields.get("qe"), "qe", -1, 0, 100)  # -1: not given
         rerank = parse_int(fields.get("rerank"), "rerank", 0, 0, MAX_RERANK)
         where = parse_where(fields.get("where"))
         if where:
